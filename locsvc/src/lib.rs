@@ -1,0 +1,14 @@
+//! locsvc: a partitioned SIP location service.
+//!
+//! An AoR is hashed (`partition`) onto a location group of SQL databases
+//! listed in the master's `locdb` table (`cluster`). The registrar rules of
+//! RFC 3261 §10.3 (`registrar`) decide what a REGISTER changes; the router
+//! (`router`) writes every change to all active members of the group and
+//! reads from one member that is known to be up to date; `store` speaks SQL to
+//! MySQL/MariaDB, PostgreSQL and SQLite; `expiry` removes expired bindings;
+//! `grpc` is the API edge.
+
+pub mod domain;
+pub mod partition;
+pub mod registrar;
+pub mod store;

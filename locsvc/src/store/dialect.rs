@@ -1,0 +1,263 @@
+//! The SQL that differs between MySQL/MariaDB, PostgreSQL and SQLite.
+//! Statements are written once with `?` placeholders; `Dialect::finish`
+//! rewrites them to `$n` for PostgreSQL. Everything that is the same in all
+//! three stays in one place (`TableSql`).
+
+/// A SQL dialect (and sqlx driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Dialect {
+    MySql,
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// Rewrites `?` placeholders into this dialect's form.
+    pub fn finish(self, sql: &str) -> String {
+        if self != Self::Postgres {
+            return sql.to_string();
+        }
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// `expr` cast to a 64-bit signed integer (decodes as i64 everywhere).
+    pub fn int64(self, expr: &str) -> String {
+        match self {
+            Self::MySql => format!("CAST({expr} AS SIGNED)"),
+            Self::Postgres => format!("CAST({expr} AS BIGINT)"),
+            Self::Sqlite => format!("CAST({expr} AS INTEGER)"),
+        }
+    }
+
+    /// Name used in logs, metrics and migration folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MySql => "mysql",
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Columns locsvc reads and writes, in bind order (kamctl names).
+pub const COLUMNS: [&str; 18] = [
+    "ruid",
+    "username",
+    "domain",
+    "contact",
+    "received",
+    "path",
+    "expires",
+    "q",
+    "callid",
+    "cseq",
+    "last_modified",
+    "flags",
+    "cflags",
+    "user_agent",
+    "socket",
+    "methods",
+    "instance",
+    "reg_id",
+];
+
+/// Statements for one location table, built once per table at start-up so
+/// no SQL is formatted on the request path (except multi-row batches).
+#[derive(Debug, Clone)]
+pub struct TableSql {
+    dialect: Dialect,
+    table: String,
+    /// Every row of an AoR, expired ones included (the registrar needs them).
+    pub select_aor: String,
+    /// Valid rows of an AoR (`expires > ?`).
+    pub select_aor_valid: String,
+    pub upsert_one: String,
+    pub delete_ruid_one: String,
+    pub delete_aor: String,
+    pub delete_contact: String,
+    pub sweep: String,
+    pub dump_page: String,
+    pub count_contacts: String,
+    pub count_aors: String,
+    /// Whether AoR statements filter on `domain` too.
+    pub use_domain: bool,
+}
+
+impl TableSql {
+    /// Builds the statements for `table` (an identifier validated by the caller).
+    pub fn new(dialect: Dialect, table: &str, use_domain: bool) -> Self {
+        let cols = COLUMNS.join(", ");
+        let aor_filter = if use_domain {
+            "username = ? AND domain = ?"
+        } else {
+            "username = ?"
+        };
+        let f = |s: String| dialect.finish(&s);
+        let sweep = match dialect {
+            // MySQL has DELETE ... LIMIT; the expires index bounds the scan.
+            Dialect::MySql => format!("DELETE FROM {table} WHERE expires < ? LIMIT ?"),
+            // Re-checking expires in the outer DELETE keeps a row that another
+            // instance refreshed between the sub-select and the delete.
+            Dialect::Postgres => format!(
+                "DELETE FROM {table} WHERE expires < ? AND id IN \
+                 (SELECT id FROM {table} WHERE expires < ? LIMIT ? FOR UPDATE SKIP LOCKED)"
+            ),
+            Dialect::Sqlite => format!(
+                "DELETE FROM {table} WHERE expires < ? AND id IN \
+                 (SELECT id FROM {table} WHERE expires < ? LIMIT ?)"
+            ),
+        };
+        Self {
+            dialect,
+            table: table.to_string(),
+            select_aor: f(format!("SELECT {cols} FROM {table} WHERE {aor_filter}")),
+            select_aor_valid: f(format!(
+                "SELECT {cols} FROM {table} WHERE {aor_filter} AND expires > ?"
+            )),
+            upsert_one: Self::upsert_sql(dialect, table, 1),
+            delete_ruid_one: f(format!("DELETE FROM {table} WHERE ruid = ?")),
+            delete_aor: f(format!("DELETE FROM {table} WHERE {aor_filter}")),
+            delete_contact: f(format!(
+                "DELETE FROM {table} WHERE {aor_filter} AND contact = ?"
+            )),
+            sweep: f(sweep),
+            dump_page: f(format!(
+                "SELECT {id} AS row_id, {cols} FROM {table} WHERE id > ? AND expires > ? \
+                 ORDER BY id LIMIT ?",
+                id = dialect.int64("id")
+            )),
+            count_contacts: f(format!("SELECT COUNT(*) FROM {table} WHERE expires > ?")),
+            count_aors: f(format!(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT username, domain FROM {table} \
+                 WHERE expires > ?) a"
+            )),
+            use_domain,
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// An upsert of `rows` rows keyed on the unique `ruid`.
+    pub fn upsert(&self, rows: usize) -> String {
+        if rows == 1 {
+            self.upsert_one.clone()
+        } else {
+            Self::upsert_sql(self.dialect, &self.table, rows)
+        }
+    }
+
+    /// A delete of `n` ruids.
+    pub fn delete_ruids(&self, n: usize) -> String {
+        if n == 1 {
+            return self.delete_ruid_one.clone();
+        }
+        let marks = vec!["?"; n].join(", ");
+        self.dialect
+            .finish(&format!("DELETE FROM {} WHERE ruid IN ({marks})", self.table))
+    }
+
+    fn upsert_sql(dialect: Dialect, table: &str, rows: usize) -> String {
+        let cols = COLUMNS.join(", ");
+        let one = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
+        let values = vec![one; rows].join(", ");
+        let updated = COLUMNS.iter().filter(|c| **c != "ruid");
+        let on_conflict = match dialect {
+            Dialect::MySql => format!(
+                "ON DUPLICATE KEY UPDATE {}",
+                updated
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Dialect::Postgres | Dialect::Sqlite => format!(
+                "ON CONFLICT (ruid) DO UPDATE SET {}",
+                updated
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        dialect.finish(&format!(
+            "INSERT INTO {table} ({cols}) VALUES {values} {on_conflict}"
+        ))
+    }
+}
+
+/// Statements on the master's `locdb` table.
+#[derive(Debug, Clone)]
+pub struct LocdbSql {
+    pub select_all: String,
+    pub mark_failover: String,
+}
+
+impl LocdbSql {
+    /// Builds the `locdb` statements for `dialect`.
+    pub fn new(dialect: Dialect) -> Self {
+        let i = |c: &str| dialect.int64(c);
+        Self {
+            select_all: format!(
+                "SELECT {id} AS id, {no} AS no, url, {status} AS status, {errors} AS errors, \
+                 failover, {spare} AS spare, {rg} AS rg FROM locdb ORDER BY id, no",
+                id = i("id"),
+                no = i("no"),
+                status = i("status"),
+                errors = i("errors"),
+                spare = i("spare"),
+                rg = i("rg"),
+            ),
+            mark_failover: dialect
+                .finish("UPDATE locdb SET failover = ? WHERE id = ? AND no = ? AND url = ?"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered_in_order() {
+        assert_eq!(
+            Dialect::Postgres.finish("a = ? AND b = ? LIMIT ?"),
+            "a = $1 AND b = $2 LIMIT $3"
+        );
+        assert_eq!(Dialect::MySql.finish("a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn upserts_bind_every_column_for_every_row() {
+        for d in [Dialect::MySql, Dialect::Postgres, Dialect::Sqlite] {
+            let t = TableSql::new(d, "location", true);
+            let sql = t.upsert(3);
+            let marks = if d == Dialect::Postgres {
+                sql.matches('$').count()
+            } else {
+                sql.matches('?').count()
+            };
+            assert_eq!(marks, 3 * COLUMNS.len(), "{sql}");
+            assert!(sql.contains("ruid"));
+        }
+    }
+
+    #[test]
+    fn aor_filters_follow_use_domain() {
+        let with = TableSql::new(Dialect::MySql, "location", true);
+        let without = TableSql::new(Dialect::MySql, "location", false);
+        assert!(with.select_aor.ends_with("username = ? AND domain = ?"));
+        assert!(without.select_aor.ends_with("username = ?"));
+    }
+}

@@ -1,0 +1,382 @@
+//! Storage of bindings in SQL databases.
+//!
+//! Owns: the `LocationStore` trait the router talks to, its SQL
+//! implementation for MySQL/MariaDB, PostgreSQL and SQLite (dialect
+//! differences live in `dialect`; shared logic is written once and run per
+//! driver through `with_pool!`), the master's `locdb` reads and writes, and
+//! migrations. Does not own: which member to use (router), health (failover),
+//! or registrar rules.
+
+mod dialect;
+mod error;
+pub mod migrate;
+mod pool;
+pub mod rows;
+mod url;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use sqlx::Row;
+
+pub use dialect::{COLUMNS, Dialect, LocdbSql, TableSql};
+pub use error::StoreError;
+pub(crate) use pool::with_pool;
+pub use pool::{DbPool, PoolSettings};
+pub use rows::StoredBinding;
+pub use url::{DbUrl, DbUrlError, redact};
+
+use crate::domain::{Aor, Binding, UnixTime};
+use rows::{Q_UNSPECIFIED, decode_row, join_path, to_db_time};
+
+/// Counts of one location table on one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableStats {
+    pub contacts: u64,
+    pub aors: u64,
+}
+
+/// One row of the master's `locdb` table, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocdbRow {
+    pub id: i64,
+    pub no: i64,
+    pub url: String,
+    pub status: i64,
+    pub errors: i64,
+    pub failover: NaiveDateTime,
+    pub spare: i64,
+    pub rg: i64,
+}
+
+/// Binding storage on one database (one group member, or the master for
+/// `single` tables).
+#[async_trait]
+pub trait LocationStore: Send + Sync + 'static {
+    /// Every row of `aor`, expired ones included (the registrar matches them).
+    async fn load_aor(&self, table: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError>;
+    /// Rows of `aor` still valid at `now`, in no particular order.
+    async fn lookup(&self, table: &str, aor: &Aor, now: UnixTime)
+    -> Result<Vec<Binding>, StoreError>;
+    /// Upserts `upserts` (keyed by ruid) and deletes `deletes`, atomically.
+    async fn apply(
+        &self,
+        table: &str,
+        aor: &Aor,
+        upserts: &[Binding],
+        deletes: &[String],
+    ) -> Result<(), StoreError>;
+    /// Deletes one contact of `aor`, or all of them; returns rows deleted.
+    async fn remove(&self, table: &str, aor: &Aor, contact: Option<&str>)
+    -> Result<u64, StoreError>;
+    /// Deletes at most `batch` rows that expired before `before`.
+    async fn sweep_expired(&self, table: &str, before: UnixTime, batch: u32)
+    -> Result<u64, StoreError>;
+    /// Valid rows with row id > `after`, ascending, at most `limit`.
+    async fn dump_page(
+        &self,
+        table: &str,
+        after: i64,
+        limit: u32,
+        now: UnixTime,
+    ) -> Result<Vec<StoredBinding>, StoreError>;
+    /// Valid contacts and distinct AoRs.
+    async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError>;
+    /// A real round trip (`SELECT 1`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The SQL implementation of `LocationStore` for one database.
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: DbPool,
+    url: DbUrl,
+    tables: HashMap<String, TableSql>,
+    locdb: LocdbSql,
+    timeout: Duration,
+}
+
+impl SqlStore {
+    /// Opens (lazily) the database at `url` serving `tables`.
+    pub fn open(
+        url: &DbUrl,
+        tables: &[String],
+        use_domain: bool,
+        pool: &PoolSettings,
+        query_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let dialect = url.dialect();
+        Ok(Self {
+            pool: DbPool::open_lazy(url, pool)?,
+            url: url.clone(),
+            tables: tables
+                .iter()
+                .map(|t| (t.clone(), TableSql::new(dialect, t, use_domain)))
+                .collect(),
+            locdb: LocdbSql::new(dialect),
+            timeout: query_timeout,
+        })
+    }
+
+    /// The URL (redacted when displayed).
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// The dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.pool.dialect()
+    }
+
+    /// The pool, for migrations and tests.
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn sql(&self, table: &str) -> Result<&TableSql, StoreError> {
+        self.tables
+            .get(table)
+            .ok_or_else(|| StoreError::Rejected(format!("table {table:?} is not configured")))
+    }
+
+    /// Runs `f` under the per-query deadline.
+    async fn timed<T>(
+        &self,
+        f: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Every `locdb` row, ordered by id and no.
+    pub async fn load_locdb(&self) -> Result<Vec<LocdbRow>, StoreError> {
+        let sql = &self.locdb.select_all;
+        let rows = with_pool!(&self.pool, p => {
+            let rows = self.timed(sqlx::query(sql).fetch_all(p)).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LocdbRow {
+                        id: r.try_get("id")?,
+                        no: r.try_get("no")?,
+                        url: r.try_get("url")?,
+                        status: r.try_get("status")?,
+                        errors: r.try_get("errors")?,
+                        failover: r.try_get("failover")?,
+                        spare: r.try_get("spare")?,
+                        rg: r.try_get("rg")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Records in `locdb` that member (`id`, `no`) missed writes at `at`, so
+    /// every instance keeps reads off it (p_usrloc's "recent failover").
+    pub async fn mark_failover(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let sql = &self.locdb.mark_failover;
+        let at = to_db_time(at);
+        let done = with_pool!(&self.pool, p => self
+            .timed(sqlx::query(sql).bind(at).bind(id as i32).bind(no as i32).bind(url).execute(p))
+            .await?
+            .rows_affected());
+        Ok(done)
+    }
+}
+
+/// Binds one binding's `COLUMNS`, in order, onto a query.
+macro_rules! bind_binding {
+    ($q:expr, $aor:expr, $b:expr) => {
+        $q.bind(&$b.ruid)
+            .bind($aor.user())
+            .bind($aor.domain())
+            .bind(&$b.contact)
+            .bind($b.received.as_deref())
+            .bind(join_path(&$b.path))
+            .bind(to_db_time($b.expires))
+            .bind($b.q.unwrap_or(Q_UNSPECIFIED))
+            .bind(&$b.call_id)
+            .bind($b.cseq as i32)
+            .bind(to_db_time($b.last_modified))
+            .bind($b.flags as i32)
+            .bind($b.cflags as i32)
+            .bind(&$b.user_agent)
+            .bind($b.socket.as_deref())
+            .bind($b.methods.map(|m| m as i32))
+            .bind($b.instance.as_deref())
+            .bind($b.reg_id as i32)
+    };
+}
+
+/// Binds the AoR filter (`username` [, `domain`]).
+macro_rules! bind_aor {
+    ($q:expr, $sql:expr, $aor:expr) => {{
+        let q = $q.bind($aor.user());
+        if $sql.use_domain { q.bind($aor.domain().unwrap_or_default()) } else { q }
+    }};
+}
+
+#[async_trait]
+impl LocationStore for SqlStore {
+    async fn load_aor(&self, table: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let rows = self.timed(bind_aor!(sqlx::query(&sql.select_aor), sql, aor).fetch_all(p)).await?;
+            rows.iter().map(|r| decode_row(r, false).map(|s| s.binding)).collect()
+        })
+    }
+
+    async fn lookup(
+        &self,
+        table: &str,
+        aor: &Aor,
+        now: UnixTime,
+    ) -> Result<Vec<Binding>, StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let q = bind_aor!(sqlx::query(&sql.select_aor_valid), sql, aor).bind(to_db_time(now));
+            let rows = self.timed(q.fetch_all(p)).await?;
+            rows.iter().map(|r| decode_row(r, false).map(|s| s.binding)).collect()
+        })
+    }
+
+    async fn apply(
+        &self,
+        table: &str,
+        aor: &Aor,
+        upserts: &[Binding],
+        deletes: &[String],
+    ) -> Result<(), StoreError> {
+        let sql = self.sql(table)?;
+        let upsert_sql = (!upserts.is_empty()).then(|| sql.upsert(upserts.len()));
+        let delete_sql = (!deletes.is_empty()).then(|| sql.delete_ruids(deletes.len()));
+        with_pool!(&self.pool, p => {
+            self.timed(async {
+                // One statement needs no transaction; two must land together
+                // so a member never holds half a REGISTER.
+                let mut tx = if upsert_sql.is_some() && delete_sql.is_some() {
+                    Some(p.begin().await?)
+                } else {
+                    None
+                };
+                if let Some(s) = &upsert_sql {
+                    let mut q = sqlx::query(s);
+                    for b in upserts {
+                        q = bind_binding!(q, aor, b);
+                    }
+                    match tx.as_mut() {
+                        Some(tx) => q.execute(&mut **tx).await?,
+                        None => q.execute(p).await?,
+                    };
+                }
+                if let Some(s) = &delete_sql {
+                    let mut q = sqlx::query(s);
+                    for r in deletes {
+                        q = q.bind(r);
+                    }
+                    match tx.as_mut() {
+                        Some(tx) => q.execute(&mut **tx).await?,
+                        None => q.execute(p).await?,
+                    };
+                }
+                if let Some(tx) = tx {
+                    tx.commit().await?;
+                }
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    async fn remove(
+        &self,
+        table: &str,
+        aor: &Aor,
+        contact: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let done = match contact {
+                Some(c) => {
+                    let q = bind_aor!(sqlx::query(&sql.delete_contact), sql, aor).bind(c);
+                    self.timed(q.execute(p)).await?
+                }
+                None => self.timed(bind_aor!(sqlx::query(&sql.delete_aor), sql, aor).execute(p)).await?,
+            };
+            Ok(done.rows_affected())
+        })
+    }
+
+    async fn sweep_expired(
+        &self,
+        table: &str,
+        before: UnixTime,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let sql = self.sql(table)?;
+        let before = to_db_time(before);
+        with_pool!(&self.pool, p => {
+            let q = sqlx::query(&sql.sweep).bind(before);
+            let q = match self.dialect() {
+                Dialect::MySql => q.bind(i64::from(batch)),
+                Dialect::Postgres | Dialect::Sqlite => q.bind(before).bind(i64::from(batch)),
+            };
+            Ok(self.timed(q.execute(p)).await?.rows_affected())
+        })
+    }
+
+    async fn dump_page(
+        &self,
+        table: &str,
+        after: i64,
+        limit: u32,
+        now: UnixTime,
+    ) -> Result<Vec<StoredBinding>, StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let q = sqlx::query(&sql.dump_page)
+                .bind(after)
+                .bind(to_db_time(now))
+                .bind(i64::from(limit));
+            let rows = self.timed(q.fetch_all(p)).await?;
+            rows.iter().map(|r| decode_row(r, true)).collect()
+        })
+    }
+
+    async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError> {
+        let sql = self.sql(table)?;
+        let now = to_db_time(now);
+        let (contacts, aors): (i64, i64) = with_pool!(&self.pool, p => {
+            let c = self.timed(sqlx::query_scalar(&sql.count_contacts).bind(now).fetch_one(p)).await?;
+            let a = self.timed(sqlx::query_scalar(&sql.count_aors).bind(now).fetch_one(p)).await?;
+            (c, a)
+        });
+        Ok(TableStats {
+            contacts: contacts.max(0) as u64,
+            aors: aors.max(0) as u64,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(&self.pool, p => {
+            self.timed(sqlx::query("SELECT 1").execute(p)).await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! One connection pool per member URL, for whichever driver the URL names.
+//! Pools connect lazily so an unreachable member never blocks start-up, and
+//! every acquire is bounded so a hung server cannot hold a request forever.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{Dialect, DbUrl, StoreError};
+
+/// Pool sizing and deadlines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// Longest wait for a connection (including connecting to the server).
+    pub acquire_timeout: Duration,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_millis(1000),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A pool of one of the three drivers.
+#[derive(Debug, Clone)]
+pub enum DbPool {
+    MySql(MySqlPool),
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool, so shared logic is
+/// written once and compiled per driver without generic sqlx bounds.
+macro_rules! with_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            $crate::store::DbPool::MySql($p) => $body,
+            $crate::store::DbPool::Postgres($p) => $body,
+            $crate::store::DbPool::Sqlite($p) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+impl DbPool {
+    /// Creates a pool for `url` without connecting yet.
+    pub fn open_lazy(url: &DbUrl, s: &PoolSettings) -> Result<Self, StoreError> {
+        let cfg = |e: sqlx::Error| StoreError::Config(super::url::redact(&e.to_string()));
+        Ok(match url.dialect() {
+            Dialect::MySql => {
+                let o = MySqlConnectOptions::from_str(url.expose()).map_err(cfg)?;
+                Self::MySql(
+                    MySqlPoolOptions::new()
+                        .max_connections(s.max_connections)
+                        .acquire_timeout(s.acquire_timeout)
+                        .idle_timeout(s.idle_timeout)
+                        .connect_lazy_with(o),
+                )
+            }
+            Dialect::Postgres => {
+                let o = PgConnectOptions::from_str(url.expose()).map_err(cfg)?;
+                Self::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(s.max_connections)
+                        .acquire_timeout(s.acquire_timeout)
+                        .idle_timeout(s.idle_timeout)
+                        .connect_lazy_with(o),
+                )
+            }
+            Dialect::Sqlite => {
+                let o = SqliteConnectOptions::from_str(url.expose())
+                    .map_err(cfg)?
+                    .create_if_missing(true)
+                    // WAL lets readers run while the single writer commits.
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(s.acquire_timeout);
+                Self::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(s.max_connections.min(8))
+                        .acquire_timeout(s.acquire_timeout)
+                        .idle_timeout(s.idle_timeout)
+                        .connect_lazy_with(o),
+                )
+            }
+        })
+    }
+
+    /// The driver's dialect.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::MySql(_) => Dialect::MySql,
+            Self::Postgres(_) => Dialect::Postgres,
+            Self::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    /// Closes every connection; later calls fail with `Unavailable`.
+    pub async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+}

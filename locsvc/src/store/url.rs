@@ -1,0 +1,135 @@
+//! Database URLs: which dialect a URL speaks, and a form safe to log.
+
+use std::fmt;
+
+use super::Dialect;
+
+/// A validated sqlx database URL (`mysql://`, `postgres://`, `sqlite://`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DbUrl {
+    raw: String,
+    dialect: Dialect,
+}
+
+/// Why a database URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbUrlError {
+    #[error("database URL is empty")]
+    Empty,
+    #[error("unknown database URL scheme {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)")]
+    Scheme(String),
+    #[error("database URL is malformed: {0}")]
+    Malformed(String),
+}
+
+impl DbUrl {
+    /// Parses `raw` and works out its dialect.
+    pub fn parse(raw: &str) -> Result<Self, DbUrlError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(DbUrlError::Empty);
+        }
+        let scheme = raw
+            .split_once(':')
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .ok_or_else(|| DbUrlError::Malformed("no scheme".into()))?;
+        let dialect = match scheme.as_str() {
+            "mysql" | "mariadb" => Dialect::MySql,
+            "postgres" | "postgresql" => Dialect::Postgres,
+            "sqlite" => Dialect::Sqlite,
+            _ => return Err(DbUrlError::Scheme(scheme)),
+        };
+        let raw = if scheme == "mariadb" {
+            format!("mysql{}", &raw["mariadb".len()..])
+        } else {
+            raw.to_string()
+        };
+        if dialect != Dialect::Sqlite {
+            let u = url::Url::parse(&raw).map_err(|e| DbUrlError::Malformed(e.to_string()))?;
+            if u.host_str().is_none_or(str::is_empty) {
+                return Err(DbUrlError::Malformed("no host".into()));
+            }
+        }
+        Ok(Self { raw, dialect })
+    }
+
+    /// The dialect this URL speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The URL with its password, for connecting only; never log it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with any password replaced by `***`, safe for logs and APIs.
+    pub fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+}
+
+/// Replaces the password of a URL-shaped string with `***`.
+pub fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        // Unparsable: hide everything between "://" and the last '@'.
+        Err(_) => match (raw.find("://"), raw.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &raw[..s + 3], &raw[at..]),
+            _ => raw.to_string(),
+        },
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_display_or_debug() {
+        let u = DbUrl::parse("mysql://locsvc:s3cret@10.0.0.1:3306/loc").unwrap();
+        assert_eq!(u.dialect(), Dialect::MySql);
+        assert!(!format!("{u} {u:?}").contains("s3cret"));
+        assert_eq!(u.redacted(), "mysql://locsvc:***@10.0.0.1:3306/loc");
+        assert!(u.expose().contains("s3cret"));
+    }
+
+    #[test]
+    fn each_scheme_maps_to_its_dialect() {
+        assert_eq!(DbUrl::parse("mariadb://a@h/db").unwrap().dialect(), Dialect::MySql);
+        assert_eq!(DbUrl::parse("mariadb://a@h/db").unwrap().expose(), "mysql://a@h/db");
+        assert_eq!(DbUrl::parse("postgresql://h/db").unwrap().dialect(), Dialect::Postgres);
+        assert_eq!(DbUrl::parse("sqlite:///tmp/x.db").unwrap().dialect(), Dialect::Sqlite);
+        assert_eq!(DbUrl::parse("sqlite::memory:").unwrap().dialect(), Dialect::Sqlite);
+    }
+
+    #[test]
+    fn unknown_schemes_and_garbage_are_refused() {
+        assert_eq!(DbUrl::parse("oracle://h/x"), Err(DbUrlError::Scheme("oracle".into())));
+        assert_eq!(DbUrl::parse(""), Err(DbUrlError::Empty));
+        assert!(DbUrl::parse("no-scheme-here").is_err());
+        assert!(DbUrl::parse("mysql://").is_err());
+    }
+
+    #[test]
+    fn unparsable_urls_are_still_redacted() {
+        assert_eq!(redact("mysql://u:p w@h/x"), "mysql://u:***@h/x");
+        assert_eq!(redact("mysql://u:pw@[bad/x"), "mysql://***@[bad/x");
+    }
+}
