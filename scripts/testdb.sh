@@ -35,6 +35,7 @@ readonly START_TIMEOUT=60  # crash recovery after a SIGKILL fits well inside thi
 readonly STOP_TIMEOUT=60
 readonly LOCK_TIMEOUT=900  # another caller may be in the middle of a cold install
 readonly APT_LOCK_TIMEOUT=300
+ALLOW_REPICK=0 # set by `up` only; see resolve_port
 
 # mariadbd and runuser live in sbin, which a CI shell's PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -87,7 +88,7 @@ take_lock() {
 
 pg_bindir() {
 	local d
-	d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+	d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 	[[ -n $d && -x $d/postgres && -x $d/initdb ]] || return 1
 	echo "$d"
 }
@@ -197,19 +198,35 @@ procs_in_dir() {
 }
 
 wait_dir_empty() {
-	local dir=$1 left deadline=$((SECONDS + 30))
-	while left=$(procs_in_dir "$dir") && [[ -n $left ]]; do
+	local dir=$1 deadline=$((SECONDS + 30)) left=()
+	while mapfile -t left < <(procs_in_dir "$dir") && ((${#left[@]})); do
 		if ((SECONDS >= deadline)); then
-			log "killing leftover processes in $dir: $(echo $left)"
-			kill -CONT $left 2>/dev/null || true
-			kill -KILL $left 2>/dev/null || true
+			log "killing leftover processes in $dir: ${left[*]}"
+			kill -CONT "${left[@]}" 2>/dev/null || true
+			kill -KILL "${left[@]}" 2>/dev/null || true
 			sleep 1
-			left=$(procs_in_dir "$dir")
-			[[ -z $left ]] || die "leftover processes in $dir would not die: $(echo $left)"
+			mapfile -t left < <(procs_in_dir "$dir")
+			((${#left[@]} == 0)) || die "leftover processes in $dir would not die: ${left[*]}"
 			return 0
 		fi
 		sleep 0.2
 	done
+}
+
+# For a subshell about to exec a server (or what starts one): keep only
+# stdin/out/err. A server outlives this script, and any pipe it kept open from
+# our caller (`$(testdb.sh up)`, a test's Command::output(), a CI runner's
+# own descriptors) would make that reader wait for EOF forever; fd 9 is our
+# lock, which a server must not hold either.
+close_inherited_fds() {
+	local fd
+	for fd in /proc/"$BASHPID"/fd/*; do
+		fd=${fd##*/}
+		if ((fd > 2)); then
+			eval "exec $fd>&-" || true
+		fi
+	done
+	return 0
 }
 
 # ---------------------------------------------------------------- ports
@@ -228,7 +245,7 @@ port_listened() {
 # A random port below the ephemeral range, so that no outgoing connection can
 # be sitting on it when the server is restarted later.
 pick_port() {
-	local eph_lo eph_hi lo hi used others p i n
+	local eph_lo eph_hi lo hi used others p i
 	read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range
 	if ((eph_lo > 21000)); then
 		lo=20000 hi=$((eph_lo - 1))
@@ -321,7 +338,7 @@ my_init() {
 	# server refuses to run as root otherwise.
 	mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
 		--auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
-		>"$dir/install.log" 2>&1 </dev/null 9>&- ||
+		>"$dir/install.log" 2>&1 </dev/null ||
 		fail_with_log "$dir/install.log" "$name: mariadb-install-db failed"
 	touch "$dir/data/.locsvc-initialized"
 }
@@ -335,14 +352,17 @@ my_launch() {
 	mark_log "$dir/server.log"
 	log "$name: starting mariadbd on 127.0.0.1:$port"
 	# setsid: the server must outlive the caller's process group (a test
-	# harness may kill it). Every fd is redirected, or `$(testdb.sh up)` and
-	# a test's Command::output() would wait for the daemon; fd 9 is the lock.
-	setsid mariadbd --no-defaults --user=root \
-		--datadir="$dir/data" --bind-address=127.0.0.1 --port="$port" \
-		--socket="$dir/sock" --pid-file="$dir/pid" --log-error="$dir/server.log" \
-		--skip-name-resolve --innodb-buffer-pool-size=128M \
-		--innodb-flush-log-at-trx-commit=2 --max-connections=1000 --skip-log-bin \
-		</dev/null >>"$dir/server.log" 2>&1 9>&- &
+	# harness may kill it). No job control here, so the subshell is no group
+	# leader and setsid execs in place: $! is mariadbd itself.
+	(
+		close_inherited_fds
+		exec setsid mariadbd --no-defaults --user=root \
+			--datadir="$dir/data" --bind-address=127.0.0.1 --port="$port" \
+			--socket="$dir/sock" --pid-file="$dir/pid" --log-error="$dir/server.log" \
+			--skip-name-resolve --innodb-buffer-pool-size=128M \
+			--innodb-flush-log-at-trx-commit=2 --max-connections=1000 --skip-log-bin \
+			</dev/null >>"$dir/server.log" 2>&1
+	) &
 	LAUNCHED_PID=$!
 }
 
@@ -372,9 +392,13 @@ my_finish() {
 # ---------------------------------------------------------------- postgres
 
 # postgres refuses to run as root. cd / because root's cwd may be unreadable
-# for postgres; fd 9 (the lock) must not leak into the postmaster.
+# for postgres.
 as_pg() {
-	(cd / && runuser -u postgres -- "$@") 9>&-
+	(
+		cd /
+		close_inherited_fds
+		exec runuser -u postgres -- "$@"
+	)
 }
 
 pg_answers_tcp() {

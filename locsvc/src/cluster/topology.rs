@@ -1,0 +1,126 @@
+//! The live cluster snapshot: groups with their members' stores and health.
+//! A new snapshot is published on every `locdb` change; members whose
+//! (group, no, url) did not change keep their pool and their health.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use super::{ConfigProblem, MemberConfig, MemberStatus};
+use crate::domain::UnixTime;
+use crate::partition::Partitioner;
+use crate::store::LocationStore;
+
+/// Health a member accumulates across snapshots.
+#[derive(Debug, Default)]
+pub struct MemberHealth {
+    /// When the member last missed a write its partner took (0 = never).
+    missed_write_at: AtomicI64,
+    /// Transport failures and timeouts seen by this instance.
+    transport_errors: AtomicU64,
+    /// When this instance last recorded a missed write in `locdb`.
+    last_mark_at: AtomicI64,
+}
+
+impl MemberHealth {
+    /// Records that the member missed a write at `now`.
+    pub fn mark_missed(&self, now: UnixTime) {
+        self.missed_write_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// When the member last missed a write (0 = never).
+    pub fn missed_write_at(&self) -> UnixTime {
+        self.missed_write_at.load(Ordering::Acquire)
+    }
+
+    /// Counts one transport failure.
+    pub fn count_transport_error(&self) -> u64 {
+        self.transport_errors.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Transport failures so far.
+    pub fn transport_errors(&self) -> u64 {
+        self.transport_errors.load(Ordering::Acquire)
+    }
+
+    /// True at most once per second: whether to write the miss to `locdb`
+    /// now (a storm of failed writes must not become a storm of updates).
+    pub fn should_record_mark(&self, now: UnixTime) -> bool {
+        let last = self.last_mark_at.load(Ordering::Acquire);
+        last < now
+            && self
+                .last_mark_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// A group member in one snapshot.
+pub struct Member {
+    pub config: MemberConfig,
+    pub store: Arc<dyn LocationStore>,
+    pub health: Arc<MemberHealth>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("config", &self.config)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    /// Receives writes (status on).
+    pub fn writable(&self) -> bool {
+        self.config.status == MemberStatus::On
+    }
+
+    /// Holds everything its partners hold, as far as we know: on, and no
+    /// missed write (here or recorded in `locdb.failover`) within `window`
+    /// seconds. After `window` (the longest registration) every binding it
+    /// missed has expired anyway — p_usrloc's `expire_time` rule.
+    pub fn readable(&self, now: UnixTime, window: i64) -> bool {
+        let recent = |t: UnixTime| t > 0 && now < t.saturating_add(window);
+        self.writable()
+            && !recent(self.config.failover)
+            && !recent(self.health.missed_write_at())
+    }
+
+    /// `group/no`, for logs and errors.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.config.group, self.config.no)
+    }
+}
+
+/// A location group in one snapshot.
+#[derive(Debug)]
+pub struct Group {
+    pub id: u32,
+    pub members: Vec<Arc<Member>>,
+}
+
+/// One published view of the cluster.
+#[derive(Debug)]
+pub struct Topology {
+    /// Increases with every published change.
+    pub generation: u64,
+    pub partitioner: Partitioner,
+    pub groups: BTreeMap<u32, Arc<Group>>,
+    pub spares: Vec<MemberConfig>,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl Topology {
+    /// An empty topology (before the first load).
+    pub fn empty(partitioner: Partitioner) -> Self {
+        Self {
+            generation: 0,
+            partitioner,
+            groups: BTreeMap::new(),
+            spares: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Keeps the published `Topology` in step with `locdb`: loads it at start,
+//! re-reads it every poll interval, and publishes a new snapshot only when
+//! something changed. Pools are keyed by URL and reused across snapshots;
+//! health is keyed by (group, no, url). A bad or unreachable master never
+//! takes the service down: the last good snapshot stays in force.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{self, ClusterConfig, ConfigProblem, MemberStatus};
+use super::{Group, Member, MemberHealth, Topology};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::partition::{HashMode, Partitioner};
+use crate::store::{LocationStore, PoolSettings, SqlStore, StoreError};
+
+/// How member stores are opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Partitioned location tables every member serves.
+    pub tables: Vec<String>,
+    pub use_domain: bool,
+    pub pool: PoolSettings,
+    pub query_timeout: Duration,
+}
+
+type MemberKey = (u32, u32, String);
+
+/// Owns the member pools and publishes topology snapshots.
+pub struct ClusterWatcher {
+    master: Arc<SqlStore>,
+    opts: StoreOptions,
+    hash_mode: HashMode,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    stores: HashMap<String, Arc<SqlStore>>,
+    health: HashMap<MemberKey, Arc<MemberHealth>>,
+    config: Option<ClusterConfig>,
+    problems: Vec<ConfigProblem>,
+    tx: watch::Sender<Arc<Topology>>,
+}
+
+impl ClusterWatcher {
+    /// Creates the watcher and its snapshot channel (empty until `reload`).
+    pub fn new(
+        master: Arc<SqlStore>,
+        opts: StoreOptions,
+        hash_mode: HashMode,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> (Self, watch::Receiver<Arc<Topology>>) {
+        let (tx, rx) = watch::channel(Arc::new(Topology::empty(Partitioner::new(hash_mode, []))));
+        let w = Self {
+            master,
+            opts,
+            hash_mode,
+            clock,
+            metrics,
+            stores: HashMap::new(),
+            health: HashMap::new(),
+            config: None,
+            problems: Vec::new(),
+            tx,
+        };
+        (w, rx)
+    }
+
+    /// The master store.
+    pub fn master(&self) -> &Arc<SqlStore> {
+        &self.master
+    }
+
+    /// Reads `locdb` and publishes a new snapshot if anything changed.
+    /// Returns whether a snapshot was published.
+    pub async fn reload(&mut self) -> Result<bool, StoreError> {
+        let rows = match self.master.load_locdb().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                return Err(e);
+            }
+        };
+        let (config, problems) = model::build(&rows, self.config.as_ref());
+        if problems != self.problems {
+            for p in &problems {
+                tracing::error!(problem = %p, "locdb problem");
+            }
+            if problems.is_empty() && !self.problems.is_empty() {
+                tracing::info!("locdb problems resolved");
+            }
+        }
+        self.metrics.config_problems.set(problems.len() as i64);
+        if self.config.as_ref() == Some(&config) && problems == self.problems {
+            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+            return Ok(false);
+        }
+        self.publish(config, problems).await;
+        self.metrics.config_reloads.with_label_values(&["changed"]).inc();
+        Ok(true)
+    }
+
+    async fn publish(&mut self, config: ClusterConfig, problems: Vec<ConfigProblem>) {
+        let now = (self.clock)();
+        let previous = self.config.take();
+        let mut groups = std::collections::BTreeMap::new();
+        let mut live_urls = HashSet::new();
+        let mut live_keys = HashSet::new();
+        let mut to_mark = Vec::new();
+        for (id, g) in &config.groups {
+            let prev_group = previous.as_ref().and_then(|p| p.groups.get(id));
+            let mut members = Vec::with_capacity(g.members.len());
+            for m in &g.members {
+                let raw = m.url.expose().to_string();
+                let store = match self.store_for(m) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(group = id, no = m.no, error = %e, "cannot open member pool");
+                        continue;
+                    }
+                };
+                live_urls.insert(raw.clone());
+                let key = (m.group, m.no, raw);
+                live_keys.insert(key.clone());
+                let health = self.health.entry(key).or_default().clone();
+                if let Some(pg) = prev_group {
+                    let before = pg.members.iter().find(|p| p.no == m.no && p.url == m.url);
+                    // A member that was not on, or is new in an existing
+                    // group, missed writes: keep reads off it until the
+                    // window passes (or a resync fills it).
+                    let missed = match before {
+                        Some(b) => b.status != MemberStatus::On && m.status == MemberStatus::On,
+                        None => true,
+                    };
+                    if missed {
+                        health.mark_missed(now);
+                        to_mark.push(m.clone());
+                    }
+                }
+                let store: Arc<dyn LocationStore> = store;
+                members.push(Arc::new(Member {
+                    config: m.clone(),
+                    store,
+                    health,
+                }));
+                self.metrics
+                    .member_status
+                    .with_label_values(&[&id.to_string(), &m.no.to_string()])
+                    .set(m.status.code());
+            }
+            groups.insert(*id, Arc::new(Group { id: *id, members }));
+        }
+        // Pools of members that left the layout are closed in the background.
+        let gone: Vec<String> = self
+            .stores
+            .keys()
+            .filter(|u| !live_urls.contains(*u))
+            .cloned()
+            .collect();
+        for u in gone {
+            if let Some(s) = self.stores.remove(&u) {
+                tokio::spawn(async move { s.close().await });
+            }
+        }
+        self.health.retain(|k, _| live_keys.contains(k));
+        let generation = self.tx.borrow().generation + 1;
+        let topo = Topology {
+            generation,
+            partitioner: Partitioner::new(self.hash_mode, config.groups.keys().copied()),
+            groups,
+            spares: config.spares.clone(),
+            problems: problems.clone(),
+        };
+        tracing::info!(
+            generation,
+            groups = topo.groups.len(),
+            problems = problems.len(),
+            "cluster layout loaded"
+        );
+        self.tx.send_replace(Arc::new(topo));
+        self.config = Some(config);
+        self.problems = problems;
+        for m in to_mark {
+            if let Err(e) = self
+                .master
+                .mark_failover(m.group, m.no, m.url.expose(), now)
+                .await
+            {
+                tracing::warn!(group = m.group, no = m.no, error = %e, "cannot record re-admission in locdb");
+            }
+        }
+    }
+
+    fn store_for(&mut self, m: &model::MemberConfig) -> Result<Arc<SqlStore>, StoreError> {
+        let raw = m.url.expose().to_string();
+        if let Some(s) = self.stores.get(&raw) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(SqlStore::open(
+            &m.url,
+            &self.opts.tables,
+            self.opts.use_domain,
+            &self.opts.pool,
+            self.opts.query_timeout,
+        )?);
+        self.stores.insert(raw, s.clone());
+        Ok(s)
+    }
+
+    /// Every member store, for migrations.
+    pub fn member_stores(&self) -> Vec<Arc<SqlStore>> {
+        self.stores.values().cloned().collect()
+    }
+
+    /// Re-reads `locdb` every `interval` until `shutdown`, then closes pools.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.reload().await {
+                        tracing::warn!(error = %e, "cannot read locdb; keeping the last good layout");
+                    }
+                }
+            }
+        }
+        for s in self.stores.values() {
+            s.close().await;
+        }
+        self.master.close().await;
+    }
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics, one registry per app instance (no process-global
+//! state, so two instances can run in one test), served as text over HTTP.
+
+use std::net::SocketAddr;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Every metric locsvc exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// RPCs by method and gRPC code.
+    pub rpc_requests: IntCounterVec,
+    /// RPC latency by method.
+    pub rpc_seconds: HistogramVec,
+    /// RPCs refused by load shedding.
+    pub rpc_shed: IntCounter,
+    /// Member operation failures by group, member and kind.
+    pub member_errors: IntCounterVec,
+    /// Writes a member missed while its partner took them.
+    pub member_missed_writes: IntCounterVec,
+    /// Configured status per member (0 off, 1 on, 2 maintenance).
+    pub member_status: IntGaugeVec,
+    /// Expired bindings deleted.
+    pub contacts_swept: IntCounter,
+    /// `locdb` reloads by result.
+    pub config_reloads: IntCounterVec,
+    /// Current number of `locdb` problems.
+    pub config_problems: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("locsvc".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let rpc_requests = counter_vec("rpc_requests_total", "RPCs by method and code", &["method", "code"]);
+        let member_errors = counter_vec(
+            "member_errors_total",
+            "Member operation failures",
+            &["group", "member", "kind"],
+        );
+        let member_missed_writes = counter_vec(
+            "member_missed_writes_total",
+            "Writes a member missed while its partner took them",
+            &["group", "member"],
+        );
+        let config_reloads = counter_vec("config_reloads_total", "locdb reloads by result", &["result"]);
+        let rpc_seconds = HistogramVec::new(
+            HistogramOpts::new("rpc_duration_seconds", "RPC latency").buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(rpc_seconds.clone())).expect("unique metric");
+        let member_status = IntGaugeVec::new(
+            Opts::new("member_status", "locdb status per member (0 off, 1 on, 2 maintenance)"),
+            &["group", "member"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(member_status.clone())).expect("unique metric");
+        let rpc_shed = IntCounter::new("rpc_shed_total", "RPCs refused by load shedding").expect("valid metric");
+        registry.register(Box::new(rpc_shed.clone())).expect("unique metric");
+        let contacts_swept =
+            IntCounter::new("contacts_swept_total", "Expired bindings deleted").expect("valid metric");
+        registry.register(Box::new(contacts_swept.clone())).expect("unique metric");
+        let config_problems =
+            IntGauge::new("config_problems", "Current locdb problems").expect("valid metric");
+        registry.register(Box::new(config_problems.clone())).expect("unique metric");
+        Self {
+            registry,
+            rpc_requests,
+            rpc_seconds,
+            rpc_shed,
+            member_errors,
+            member_missed_writes,
+            member_status,
+            contacts_swept,
+            config_reloads,
+            config_problems,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The address a metrics listener bound, for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "disabled".to_string(), |a| format!("http://{a}/metrics"))
+}
