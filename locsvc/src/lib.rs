@@ -18,3 +18,7 @@ pub mod expiry;
 pub mod location;
 pub mod metrics;
 pub mod router;
+pub mod settings;
+pub mod grpc;
+pub mod app;
+pub mod cli;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub rpc_seconds: HistogramVec,
     /// RPCs refused by load shedding.
     pub rpc_shed: IntCounter,
+    /// RPCs being served now.
+    pub rpc_in_flight: IntGauge,
     /// Member operation failures by group, member and kind.
     pub member_errors: IntCounterVec,
     /// Writes a member missed while its partner took them.
@@ -72,6 +74,8 @@ impl Metrics {
         registry.register(Box::new(member_status.clone())).expect("unique metric");
         let rpc_shed = IntCounter::new("rpc_shed_total", "RPCs refused by load shedding").expect("valid metric");
         registry.register(Box::new(rpc_shed.clone())).expect("unique metric");
+        let rpc_in_flight = IntGauge::new("rpc_in_flight", "RPCs being served now").expect("valid metric");
+        registry.register(Box::new(rpc_in_flight.clone())).expect("unique metric");
         let contacts_swept =
             IntCounter::new("contacts_swept_total", "Expired bindings deleted").expect("valid metric");
         registry.register(Box::new(contacts_swept.clone())).expect("unique metric");
@@ -83,6 +87,7 @@ impl Metrics {
             rpc_requests,
             rpc_seconds,
             rpc_shed,
+            rpc_in_flight,
             member_errors,
             member_missed_writes,
             member_status,

@@ -120,6 +120,11 @@ impl Router {
         self.topology.borrow().clone()
     }
 
+    /// A receiver that sees every new snapshot (tests await `changed()`).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Topology>> {
+        self.topology.clone()
+    }
+
     /// The mode of `table`, if configured.
     pub fn table_mode(&self, table: &str) -> Result<TableMode, RouteError> {
         self.tables

@@ -181,6 +181,27 @@ impl SqlStore {
         Ok(rows)
     }
 
+    /// Adds one `locdb` row (used to seed the embedded layout and by tests).
+    pub async fn insert_locdb(&self, row: &LocdbRow) -> Result<(), StoreError> {
+        let sql = self.dialect().finish(
+            "INSERT INTO locdb (id, no, url, status, errors, failover, spare, rg) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        with_pool!(&self.pool, p => {
+            let q = sqlx::query(&sql)
+                .bind(row.id as i32)
+                .bind(row.no as i32)
+                .bind(&row.url)
+                .bind(row.status as i32)
+                .bind(row.errors as i32)
+                .bind(row.failover)
+                .bind(row.spare as i32)
+                .bind(row.rg as i32);
+            self.timed(q.execute(p)).await?;
+        });
+        Ok(())
+    }
+
     /// Records in `locdb` that member (`id`, `no`) missed writes at `at`, so
     /// every instance keeps reads off it (p_usrloc's "recent failover").
     pub async fn mark_failover(

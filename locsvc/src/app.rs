@@ -1,0 +1,361 @@
+//! Builds and runs a locsvc instance: opens the master, loads the cluster,
+//! binds its listeners (port 0 allowed), and serves until a shutdown future
+//! resolves. `main` stays thin and tests run the real app in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locsvc_proto::v1::location_server::LocationServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::clock::{self, Clock};
+use crate::cluster::{ClusterWatcher, StoreOptions};
+use crate::expiry::Sweeper;
+use crate::grpc::{BearerAuth, LocationApi};
+use crate::location::LocationService;
+use crate::metrics::{self, Metrics};
+use crate::router::{Router, TableMode};
+use crate::settings::Settings;
+use crate::store::migrate::Scope;
+use crate::store::{DbUrl, LocdbRow, SqlStore, StoreError};
+
+/// How long in-flight requests may run after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the app could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("master database {url}: {source}")]
+    Master { url: String, source: StoreError },
+    #[error("member database {url}: {source}")]
+    Member { url: String, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// A built, not yet running, locsvc instance.
+pub struct App {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    watcher: ClusterWatcher,
+    service: Arc<LocationService>,
+    sweeper: Sweeper,
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// The master URL of the embedded SQLite layout under `data_dir`.
+pub fn embedded_master_url(data_dir: &Path) -> Result<DbUrl, AppError> {
+    let dir = std::path::absolute(data_dir).map_err(|source| AppError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    std::fs::create_dir_all(&dir).map_err(|source| AppError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let url = format!("sqlite://{}", dir.join("master.db").display());
+    DbUrl::parse(&url).map_err(|e| AppError::Master {
+        url,
+        source: StoreError::Config(e.to_string()),
+    })
+}
+
+/// Seeds an empty embedded `locdb` with two groups of two SQLite members.
+async fn seed_embedded(master: &SqlStore, data_dir: &Path) -> Result<(), StoreError> {
+    if !master.load_locdb().await?.is_empty() {
+        return Ok(());
+    }
+    let dir = std::path::absolute(data_dir).map_err(|e| StoreError::Config(e.to_string()))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 1))
+        .unwrap_or_default();
+    for id in 1..=2 {
+        for no in 1..=2 {
+            let file = dir.join(format!("group{id}-member{no}.db"));
+            master
+                .insert_locdb(&LocdbRow {
+                    id,
+                    no,
+                    url: format!("sqlite://{}", file.display()),
+                    status: 1,
+                    errors: 0,
+                    failover: epoch,
+                    spare: 0,
+                    rg: no,
+                })
+                .await?;
+        }
+    }
+    tracing::info!(dir = %dir.display(), "created the embedded SQLite layout: 2 groups of 2 members");
+    Ok(())
+}
+
+fn open_master(settings: &Settings) -> Result<(DbUrl, bool, SqlStore), AppError> {
+    let (url, embedded) = match &settings.master_url {
+        Some(u) => (u.clone(), false),
+        None => (embedded_master_url(&settings.data_dir)?, true),
+    };
+    let store = SqlStore::open(
+        &url,
+        &settings.tables_of(TableMode::Single),
+        settings.cluster.key_policy.use_domain,
+        &settings.cluster.pool,
+        settings.cluster.query_timeout,
+    )
+    .map_err(|source| AppError::Master {
+        url: url.redacted(),
+        source,
+    })?;
+    Ok((url, embedded, store))
+}
+
+/// Applies migrations to the master and every member (spares included);
+/// returns one line per database.
+pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
+    let (url, embedded, master) = open_master(settings)?;
+    let master_err = |source| AppError::Master {
+        url: url.redacted(),
+        source,
+    };
+    let mut report = Vec::new();
+    let n = master.migrate(Scope::Master).await.map_err(master_err)?;
+    for t in settings.tables_of(TableMode::Single) {
+        master.migrate(Scope::Table(&t)).await.map_err(master_err)?;
+    }
+    report.push(format!("master {}: {n} migration(s) applied", url.redacted()));
+    if embedded {
+        seed_embedded(&master, &settings.data_dir).await.map_err(master_err)?;
+    }
+    let rows = master.load_locdb().await.map_err(master_err)?;
+    let mut urls: Vec<String> = rows.iter().map(|r| r.url.clone()).collect();
+    urls.sort();
+    urls.dedup();
+    for raw in urls {
+        let Ok(u) = DbUrl::parse(&raw) else {
+            report.push(format!("skipped unusable url {}", crate::store::redact(&raw)));
+            continue;
+        };
+        let member = SqlStore::open(
+            &u,
+            &[],
+            settings.cluster.key_policy.use_domain,
+            &settings.cluster.pool,
+            settings.cluster.query_timeout,
+        )
+        .map_err(|source| AppError::Member {
+            url: u.redacted(),
+            source,
+        })?;
+        let mut n = 0;
+        for t in settings.cluster_tables() {
+            n += member.migrate(Scope::Table(&t)).await.map_err(|source| AppError::Member {
+                url: u.redacted(),
+                source,
+            })?;
+        }
+        member.close().await;
+        report.push(format!("member {}: {n} migration(s) applied", u.redacted()));
+    }
+    master.close().await;
+    Ok(report)
+}
+
+impl App {
+    /// Builds an instance with the system clock.
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        Self::build_with_clock(settings, clock::system()).await
+    }
+
+    /// Builds an instance whose components read time from `clock`.
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, AppError> {
+        let (url, embedded, master) = open_master(&settings)?;
+        if embedded || settings.cluster.auto_migrate {
+            for line in migrate(&settings).await? {
+                tracing::info!("{line}");
+            }
+        }
+        let metrics = Arc::new(Metrics::new());
+        let opts = StoreOptions {
+            tables: settings.cluster_tables(),
+            use_domain: settings.cluster.key_policy.use_domain,
+            pool: settings.cluster.pool.clone(),
+            query_timeout: settings.cluster.query_timeout,
+        };
+        let master = Arc::new(master);
+        let (mut watcher, topology) = ClusterWatcher::new(
+            master.clone(),
+            opts,
+            settings.cluster.hash,
+            clock.clone(),
+            metrics.clone(),
+        );
+        watcher.reload().await.map_err(|source| AppError::Master {
+            url: url.redacted(),
+            source,
+        })?;
+        let router = Router::new(
+            topology,
+            master,
+            settings.tables.clone().into_iter().collect(),
+            settings.stale_window(),
+            clock.clone(),
+            metrics.clone(),
+        );
+        let service = Arc::new(LocationService::new(
+            router.clone(),
+            settings.registrar.clone(),
+            settings.cluster.key_policy,
+            clock.clone(),
+        ));
+        let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })
+        };
+        let grpc = bind(settings.grpc.listen).await?;
+        let grpc_addr = grpc.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.grpc.listen,
+            source,
+        })?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        Ok(Self {
+            settings,
+            metrics,
+            watcher,
+            service,
+            sweeper,
+            grpc,
+            grpc_addr,
+            metrics_listener,
+            metrics_addr,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound metrics address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The location service (for in-process tests and tools).
+    pub fn service(&self) -> Arc<LocationService> {
+        self.service.clone()
+    }
+
+    /// The expiry sweeper (tests call `sweep_once` with their own clock).
+    pub fn sweeper(&self) -> Sweeper {
+        self.sweeper.clone()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: health goes
+    /// NOT_SERVING, the listener stops accepting, in-flight requests get
+    /// `SHUTDOWN_GRACE` to finish, background tasks stop, pools close.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        let s = &self.settings;
+        let token = CancellationToken::new();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<LocationServer<LocationApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(locsvc_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| AppError::Serve(e.to_string()))?;
+        let api = LocationApi::new(
+            self.service.clone(),
+            s.grpc.max_in_flight,
+            s.grpc.request_timeout,
+            self.metrics.clone(),
+        );
+        let mut builder = Server::builder();
+        if let (Some(cert), Some(key)) = (&s.grpc.tls_cert, &s.grpc.tls_key) {
+            let read = |p: &Path| std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())));
+            let identity = Identity::from_pem(read(cert)?, read(key)?);
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .map_err(|e| AppError::Tls(e.to_string()))?;
+        }
+        let auth = BearerAuth::new(s.grpc.token.as_deref());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let router = builder
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(LocationServer::with_interceptor(api, auth));
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(self.watcher.run(s.cluster.poll_interval, token.clone())));
+        tasks.push(tokio::spawn(self.sweeper.run(token.clone())));
+        if let Some(l) = self.metrics_listener {
+            let (m, t) = (self.metrics.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(l, m, t).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+        }
+        tracing::info!(
+            grpc = %self.grpc_addr,
+            metrics = %metrics::describe(self.metrics_addr),
+            tls = s.grpc.tls_cert.is_some(),
+            auth = s.grpc.token.is_some(),
+            "locsvc serving"
+        );
+        shutdown.await;
+        tracing::info!("shutting down: draining requests");
+        reporter.set_not_serving::<LocationServer<LocationApi>>().await;
+        let _ = stop_tx.send(());
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(Ok(r)) => r.map_err(|e| AppError::Serve(e.to_string())),
+            Ok(Err(e)) => Err(AppError::Serve(e.to_string())),
+            Err(_) => {
+                tracing::warn!("requests still running after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        token.cancel();
+        for t in tasks {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
+        }
+        tracing::info!("locsvc stopped");
+        served
+    }
+}

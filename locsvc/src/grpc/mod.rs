@@ -1,0 +1,10 @@
+//! The gRPC edge: request conversion and checks (`convert`), the one error
+//! mapping (`status`), bearer auth (`auth`) and the service (`service`).
+
+pub mod auth;
+pub mod convert;
+pub mod service;
+pub mod status;
+
+pub use auth::BearerAuth;
+pub use service::LocationApi;

@@ -1,0 +1,191 @@
+//! The `locsvc.v1.Location` gRPC service: converts, sheds load, enforces the
+//! request deadline, and delegates to `LocationService`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use locsvc_proto::v1 as pb;
+use locsvc_proto::v1::location_server::Location;
+use tokio::sync::Semaphore;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{convert, status};
+use crate::location::LocationService;
+use crate::metrics::Metrics;
+
+/// Largest Dump page.
+pub const MAX_PAGE: u32 = 5000;
+/// Dump page when the request says 0.
+pub const DEFAULT_PAGE: u32 = 500;
+
+/// The gRPC face of the location service.
+#[derive(Clone)]
+pub struct LocationApi {
+    svc: Arc<LocationService>,
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl LocationApi {
+    /// Serves `svc`, refusing requests beyond `max_in_flight` at once.
+    pub fn new(
+        svc: Arc<LocationService>,
+        max_in_flight: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            svc,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            timeout,
+            metrics,
+        }
+    }
+
+    /// Runs one unary call: load shedding (answer at once rather than queue),
+    /// deadline, metrics.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.metrics.rpc_shed.inc();
+            self.metrics
+                .rpc_requests
+                .with_label_values(&[method, "Unavailable"])
+                .inc();
+            return Err(status::overloaded());
+        };
+        let start = Instant::now();
+        self.metrics.rpc_in_flight.inc();
+        let r = match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(status::deadline()),
+        };
+        self.metrics.rpc_in_flight.dec();
+        self.metrics
+            .rpc_seconds
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
+        let code = match &r {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics
+            .rpc_requests
+            .with_label_values(&[method, &code])
+            .inc();
+        r.map(Response::new)
+    }
+}
+
+type DumpStream = Pin<Box<dyn Stream<Item = Result<pb::DumpPage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Location for LocationApi {
+    async fn save(&self, req: Request<pb::SaveRequest>) -> Result<Response<pb::SaveResponse>, Status> {
+        let r = req.into_inner();
+        self.call("Save", async {
+            let input = convert::save_input(&r)?;
+            let table = convert::table(&r.table).to_string();
+            let svc = self.svc.clone();
+            // The write runs in its own task: if the client goes away or the
+            // deadline passes mid-write, every member still gets the same
+            // change, so members never diverge on an unacknowledged write.
+            let saved = tokio::spawn(async move { svc.save(&table, &r.aor, &input).await })
+                .await
+                .map_err(|_| status::internal("save task failed"))??;
+            let now = self.svc.now();
+            Ok(pb::SaveResponse {
+                bindings: saved.bindings.iter().map(|b| convert::binding(b, now)).collect(),
+                group: saved.group,
+            })
+        })
+        .await
+    }
+
+    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let r = req.into_inner();
+        self.call("Lookup", async {
+            let (group, bindings) = self.svc.lookup(convert::table(&r.table), &r.aor).await?;
+            let now = self.svc.now();
+            Ok(pb::LookupResponse {
+                bindings: bindings.iter().map(|b| convert::binding(b, now)).collect(),
+                group,
+            })
+        })
+        .await
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        let r = req.into_inner();
+        self.call("Remove", async {
+            convert::remove_contact(&r.contact)?;
+            let svc = self.svc.clone();
+            let (group, removed) = tokio::spawn(async move {
+                let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
+                svc.remove(convert::table(&r.table), &r.aor, contact).await
+            })
+            .await
+            .map_err(|_| status::internal("remove task failed"))??;
+            Ok(pb::RemoveResponse {
+                removed: removed.min(u64::from(u32::MAX)) as u32,
+                group,
+            })
+        })
+        .await
+    }
+
+    type DumpStream = DumpStream;
+
+    async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<Self::DumpStream>, Status> {
+        let r = req.into_inner();
+        let page = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let group = (r.group != 0).then_some(r.group);
+        let svc = self.svc.clone();
+        let rx = self
+            .call("Dump", async { Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?) })
+            .await?
+            .into_inner();
+        let svc = self.svc.clone();
+        let pages = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = tokio_stream::StreamExt::map(pages, move |p| {
+            let now = svc.now();
+            p.map(|p| pb::DumpPage {
+                group: p.group,
+                bindings: p.bindings.iter().map(|b| convert::aor_binding(b, now)).collect(),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let r = req.into_inner();
+        self.call("Stats", async {
+            let groups = self.svc.stats(convert::table(&r.table)).await?;
+            Ok(pb::StatsResponse {
+                contacts: groups.iter().map(|g| g.stats.contacts).sum(),
+                aors: groups.iter().map(|g| g.stats.aors).sum(),
+                groups: groups
+                    .iter()
+                    .map(|g| pb::GroupStats {
+                        group: g.group,
+                        contacts: g.stats.contacts,
+                        aors: g.stats.aors,
+                        member: g.member,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+}

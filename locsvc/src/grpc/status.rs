@@ -1,0 +1,163 @@
+//! The one place where errors become gRPC statuses. Each status carries a
+//! `google.rpc.ErrorInfo` (domain `locsvc.v1`) whose reason a SIP front maps
+//! to a SIP response, and, for bad input, a `BadRequest` naming the field.
+//! Storage internals are logged, never sent.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::FieldError;
+use crate::location::LocationError;
+use crate::registrar::RegistrarError;
+use crate::router::RouteError;
+
+/// ErrorInfo domain.
+pub const DOMAIN: &str = "locsvc.v1";
+
+/// Seconds a client should wait before retrying an UNAVAILABLE answer.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+fn status(code: Code, msg: String, reason: &str, meta: HashMap<String, String>) -> Status {
+    let mut d = ErrorDetails::new();
+    d.set_error_info(reason, DOMAIN, meta);
+    Status::with_error_details(code, msg, d)
+}
+
+/// INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &str, reason: &str) -> Status {
+    let mut d = ErrorDetails::new();
+    d.set_error_info("BAD_REQUEST", DOMAIN, HashMap::from([("field".to_string(), field.to_string())]));
+    d.add_bad_request_violation(field, reason);
+    Status::with_error_details(Code::InvalidArgument, format!("{field}: {reason}"), d)
+}
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Self {
+        invalid(&e.field, &e.reason)
+    }
+}
+
+fn unavailable(msg: String, reason: &str, group: Option<u32>) -> Status {
+    let mut meta = HashMap::from([("retry_after".to_string(), RETRY_AFTER_SECS.to_string())]);
+    if let Some(g) = group {
+        meta.insert("group".into(), g.to_string());
+    }
+    status(Code::Unavailable, msg, reason, meta)
+}
+
+/// UNAVAILABLE for load shedding.
+pub fn overloaded() -> Status {
+    unavailable("server overloaded, retry later".into(), "OVERLOADED", None)
+}
+
+/// DEADLINE_EXCEEDED for a request that ran past its deadline.
+pub fn deadline() -> Status {
+    status(
+        Code::DeadlineExceeded,
+        "request deadline exceeded".into(),
+        "DEADLINE_EXCEEDED",
+        HashMap::new(),
+    )
+}
+
+/// INTERNAL without details (they go to the log).
+pub fn internal(what: &str) -> Status {
+    status(Code::Internal, format!("internal error: {what}"), "INTERNAL", HashMap::new())
+}
+
+impl From<LocationError> for Status {
+    fn from(e: LocationError) -> Self {
+        match e {
+            LocationError::Aor(e) => invalid("aor", &e.to_string()),
+            LocationError::Registrar(r) => match r {
+                RegistrarError::Invalid { field, reason } => invalid(&field, &reason),
+                RegistrarError::IntervalTooBrief { min_expires } => status(
+                    Code::FailedPrecondition,
+                    format!("interval too brief; Min-Expires: {min_expires}"),
+                    "INTERVAL_TOO_BRIEF",
+                    HashMap::from([("min_expires".to_string(), min_expires.to_string())]),
+                ),
+                RegistrarError::CseqOutOfOrder { contact, stored, received } => status(
+                    Code::FailedPrecondition,
+                    format!("CSeq {received} is not above {stored} for contact {contact}"),
+                    "CSEQ_OUT_OF_ORDER",
+                    HashMap::from([("stored_cseq".to_string(), stored.to_string())]),
+                ),
+                RegistrarError::TooManyContacts { max } => status(
+                    Code::ResourceExhausted,
+                    format!("more than {max} contacts for this AoR"),
+                    "TOO_MANY_CONTACTS",
+                    HashMap::from([("max_contacts".to_string(), max.to_string())]),
+                ),
+            },
+            LocationError::Route(r) => route(r),
+        }
+    }
+}
+
+fn route(r: RouteError) -> Status {
+    let group = r.group();
+    match r {
+        RouteError::UnknownTable(t) => {
+            let mut d = ErrorDetails::new();
+            d.set_error_info("UNKNOWN_TABLE", DOMAIN, HashMap::from([("table".to_string(), t.clone())]));
+            d.add_bad_request_violation("table", format!("location table {t:?} is not configured"));
+            Status::with_error_details(Code::InvalidArgument, format!("table: {t:?} is not configured"), d)
+        }
+        RouteError::AllFailed { group, error } if !error.is_transport() => {
+            tracing::error!(group, %error, "storage refused an operation on every member");
+            internal(&format!("storage error in group {group}"))
+        }
+        other => unavailable(other.to_string(), "NO_HEALTHY_MEMBER", group),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn info(s: &Status) -> (String, HashMap<String, String>) {
+        let i = s.get_details_error_info().expect("error info");
+        (i.reason, i.metadata)
+    }
+
+    #[test]
+    fn interval_too_brief_carries_min_expires() {
+        let s: Status = LocationError::Registrar(RegistrarError::IntervalTooBrief { min_expires: 60 }).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "INTERVAL_TOO_BRIEF");
+        assert_eq!(meta["min_expires"], "60");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let s: Status = FieldError {
+            field: "contacts[2].q".into(),
+            reason: "must be between 0 and 1".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let v = s.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(v[0].field, "contacts[2].q");
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable_and_refusals_internal() {
+        let s = route(RouteError::AllFailed {
+            group: 2,
+            error: StoreError::Timeout(std::time::Duration::from_millis(5)),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(info(&s).1["group"], "2");
+        let s = route(RouteError::AllFailed {
+            group: 2,
+            error: StoreError::Rejected("Table 'x.location' doesn't exist".into()),
+        });
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("doesn't exist"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The `locsvc` binary: parse flags, load settings, init tracing, then run
+//! the app, a migration, or a `ul` client command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use locsvc::app::{self, App};
+use locsvc::cli::{ClientArgs, UlCommand};
+use locsvc::settings::{LogFormat, Settings};
+
+/// Partitioned SIP location service.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (settings can also come from LOCSVC_* variables).
+    #[arg(long, short, global = true, env = "LOCSVC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Database flags shared by `serve` and `migrate`.
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    /// Master database URL (holds locdb); default: embedded SQLite layout.
+    #[arg(long)]
+    master_url: Option<String>,
+    /// Data directory of the embedded SQLite layout.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API.
+    Serve {
+        #[command(flatten)]
+        db: DbArgs,
+        /// gRPC listen address.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Prometheus listen address ("off" disables).
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// Allow a non-loopback listener without token or TLS.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Create or upgrade the schema on the master and every member.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Registrations: save, show, rm, dump, stats (talks to a running locsvc).
+    Ul {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: UlCommand,
+    },
+}
+
+fn overrides(db: &DbArgs) -> Vec<(&'static str, String)> {
+    let mut o = Vec::new();
+    if let Some(u) = &db.master_url {
+        o.push(("master_url", u.clone()));
+    }
+    if let Some(d) = &db.data_dir {
+        o.push(("data_dir", d.display().to_string()));
+    }
+    o
+}
+
+fn init_tracing(s: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("locsvc: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { db, listen, metrics_listen, insecure } => {
+            let mut o = overrides(&db);
+            if let Some(l) = listen {
+                o.push(("grpc.listen", l));
+            }
+            if let Some(m) = metrics_listen {
+                o.push(("metrics.listen", m));
+            }
+            if insecure {
+                o.push(("grpc.insecure", "true".into()));
+            }
+            let settings = Settings::load(cli.config.as_deref(), &o)?;
+            init_tracing(&settings);
+            let app = App::build(settings).await.context("locsvc cannot start")?;
+            app.run(shutdown_signal()).await?;
+        }
+        Command::Migrate { db } => {
+            let settings = Settings::load(cli.config.as_deref(), &overrides(&db))?;
+            init_tracing(&settings);
+            for line in app::migrate(&settings).await? {
+                println!("{line}");
+            }
+        }
+        Command::Ul { client, command } => locsvc::cli::run(&client, &command).await?,
+    }
+    Ok(())
+}

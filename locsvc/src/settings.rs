@@ -1,0 +1,505 @@
+//! Configuration: defaults, then a TOML file, then `LOCSVC_*` environment
+//! variables, then command-line flags. Every layer is flattened to dotted
+//! keys (`grpc.listen`), so one parser per key serves them all, and every bad
+//! or unknown setting is reported at once with its name (linkerd style).
+//!
+//! Environment names: `LOCSVC_` + the key upper-cased with `.` written as
+//! `__`, e.g. `LOCSVC_GRPC__LISTEN=0.0.0.0:50051`, `LOCSVC_MASTER_URL=...`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::domain::KeyPolicy;
+use crate::expiry::SweepSettings;
+use crate::partition::HashMode;
+use crate::registrar::{MinExpiresMode, RegistrarPolicy};
+use crate::router::TableMode;
+use crate::store::migrate::valid_table_name;
+use crate::store::{DbUrl, PoolSettings, redact};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// gRPC listener settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcSettings {
+    pub listen: SocketAddr,
+    /// Bearer token every Location call must carry; None = no auth.
+    pub token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow a non-loopback listener without token or TLS.
+    pub insecure: bool,
+    /// Requests served at once; more are refused with UNAVAILABLE.
+    pub max_in_flight: usize,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+}
+
+/// Cluster and database settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub poll_interval: Duration,
+    pub query_timeout: Duration,
+    pub pool: PoolSettings,
+    pub hash: HashMode,
+    pub key_policy: KeyPolicy,
+    /// Run migrations on master and members at start-up.
+    pub auto_migrate: bool,
+}
+
+/// Everything locsvc reads from configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where the embedded SQLite layout lives.
+    pub data_dir: PathBuf,
+    /// Master database (holds `locdb`); None = embedded SQLite layout.
+    pub master_url: Option<DbUrl>,
+    pub grpc: GrpcSettings,
+    /// Prometheus listener; None = disabled.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub cluster: ClusterSettings,
+    pub registrar: RegistrarPolicy,
+    pub expiry: SweepSettings,
+    pub tables: BTreeMap<String, TableMode>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("locsvc-data"),
+            master_url: None,
+            grpc: GrpcSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                token: None,
+                tls_cert: None,
+                tls_key: None,
+                insecure: false,
+                max_in_flight: 2048,
+                request_timeout: Duration::from_secs(2),
+            },
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            cluster: ClusterSettings {
+                poll_interval: Duration::from_secs(2),
+                query_timeout: Duration::from_millis(500),
+                pool: PoolSettings::default(),
+                hash: HashMode::Xxh3,
+                key_policy: KeyPolicy::default(),
+                auto_migrate: false,
+            },
+            registrar: RegistrarPolicy::default(),
+            expiry: SweepSettings::default(),
+            tables: BTreeMap::from([("location".to_string(), TableMode::Cluster)]),
+        }
+    }
+}
+
+/// Every problem found in the configuration, each naming its setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct SettingsError(pub Vec<String>);
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced {
+    pub value: String,
+    pub source: String,
+}
+
+/// Flat `key -> value` layers, later layers win.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    values: BTreeMap<String, Sourced>,
+    errors: Vec<String>,
+}
+
+impl Layers {
+    /// Adds the settings of a TOML document.
+    pub fn toml(&mut self, text: &str, source: &str) {
+        match text.parse::<toml::Table>() {
+            Ok(t) => self.flatten("", &t, source),
+            Err(e) => self.errors.push(format!("{source}: not valid TOML: {e}")),
+        }
+    }
+
+    fn flatten(&mut self, prefix: &str, t: &toml::Table, source: &str) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            let value = match v {
+                toml::Value::Table(inner) => {
+                    self.flatten(&key, inner, source);
+                    continue;
+                }
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    self.errors
+                        .push(format!("{key} ({source}): unsupported value {other}"));
+                    continue;
+                }
+            };
+            self.set(&key, value, source);
+        }
+    }
+
+    /// Adds `LOCSVC_*` variables from `vars`.
+    pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (name, value) in vars {
+            if let Some(rest) = name.strip_prefix("LOCSVC_") {
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                self.set(&key, value, &format!("env {name}"));
+            }
+        }
+    }
+
+    /// Sets one key.
+    pub fn set(&mut self, key: &str, value: String, source: &str) {
+        self.values.insert(
+            key.to_string(),
+            Sourced {
+                value,
+                source: source.to_string(),
+            },
+        );
+    }
+
+    /// Resolves every layer into settings, or every problem at once.
+    pub fn resolve(self) -> Result<Settings, SettingsError> {
+        let mut s = Settings::default();
+        let mut errors = self.errors;
+        let mut table_layer: Option<BTreeMap<String, TableMode>> = None;
+        for (key, Sourced { value, source }) in &self.values {
+            let v = value.trim();
+            let r = apply(&mut s, key, v, &mut table_layer);
+            if let Err(e) = r {
+                // Values may hold secrets (URLs with passwords, tokens).
+                let shown = if key.contains("token") {
+                    "***".to_string()
+                } else {
+                    redact(v)
+                };
+                errors.push(format!("{key} = {shown:?} ({source}): {e}"));
+            }
+        }
+        if let Some(t) = table_layer {
+            s.tables = t;
+        }
+        errors.extend(check(&s));
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(SettingsError(errors))
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse::<T>().map_err(|e| e.to_string())
+}
+
+fn millis(v: &str) -> Result<Duration, String> {
+    let n: u64 = parse(v)?;
+    if n == 0 {
+        return Err("must be greater than 0".into());
+    }
+    Ok(Duration::from_millis(n))
+}
+
+fn opt_addr(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v.is_empty() || v == "off" {
+        Ok(None)
+    } else {
+        parse(v).map(Some)
+    }
+}
+
+fn opt_string(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn apply(
+    s: &mut Settings,
+    key: &str,
+    v: &str,
+    tables: &mut Option<BTreeMap<String, TableMode>>,
+) -> Result<(), String> {
+    match key {
+        "data_dir" => s.data_dir = PathBuf::from(v),
+        "master_url" => {
+            s.master_url = if v.is_empty() {
+                None
+            } else {
+                Some(DbUrl::parse(v).map_err(|e| e.to_string())?)
+            }
+        }
+        "grpc.listen" => s.grpc.listen = parse(v)?,
+        "grpc.token" => s.grpc.token = opt_string(v),
+        "grpc.tls_cert" => s.grpc.tls_cert = opt_string(v).map(PathBuf::from),
+        "grpc.tls_key" => s.grpc.tls_key = opt_string(v).map(PathBuf::from),
+        "grpc.insecure" => s.grpc.insecure = parse(v)?,
+        "grpc.max_in_flight" => s.grpc.max_in_flight = parse(v)?,
+        "grpc.request_timeout_ms" => s.grpc.request_timeout = millis(v)?,
+        "metrics.listen" => s.metrics_listen = opt_addr(v)?,
+        "log.format" => {
+            s.log_format = match v {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err("expected text or json".into()),
+            }
+        }
+        "log.level" => s.log_level = v.to_string(),
+        "cluster.poll_interval_ms" => s.cluster.poll_interval = millis(v)?,
+        "cluster.query_timeout_ms" => s.cluster.query_timeout = millis(v)?,
+        "cluster.acquire_timeout_ms" => s.cluster.pool.acquire_timeout = millis(v)?,
+        "cluster.pool_max_connections" => s.cluster.pool.max_connections = parse(v)?,
+        "cluster.auto_migrate" => s.cluster.auto_migrate = parse(v)?,
+        "partition.hash" => s.cluster.hash = parse(v)?,
+        "partition.use_domain" => s.cluster.key_policy.use_domain = parse(v)?,
+        "partition.case_sensitive" => s.cluster.key_policy.case_sensitive = parse(v)?,
+        "registrar.default_expires" => s.registrar.default_expires = parse(v)?,
+        "registrar.min_expires" => s.registrar.min_expires = parse(v)?,
+        "registrar.max_expires" => s.registrar.max_expires = parse(v)?,
+        "registrar.max_contacts" => s.registrar.max_contacts = parse(v)?,
+        "registrar.cseq_delay" => s.registrar.cseq_delay = parse(v)?,
+        "registrar.min_expires_mode" => {
+            s.registrar.min_expires_mode = match v {
+                "reject" => MinExpiresMode::Reject,
+                "raise" => MinExpiresMode::Raise,
+                _ => return Err("expected reject or raise".into()),
+            }
+        }
+        "expiry.interval_ms" => s.expiry.interval = millis(v)?,
+        "expiry.batch_size" => s.expiry.batch = parse(v)?,
+        "expiry.max_batches" => s.expiry.max_batches = parse(v)?,
+        "expiry.grace_secs" => s.expiry.grace = parse(v)?,
+        _ => {
+            let Some(name) = key.strip_prefix("tables.") else {
+                return Err("unknown setting".into());
+            };
+            if !valid_table_name(name) {
+                return Err("table names are letters, digits and _ (not locdb)".into());
+            }
+            let mode = match v {
+                "cluster" => TableMode::Cluster,
+                "single" => TableMode::Single,
+                _ => return Err("expected cluster or single".into()),
+            };
+            tables.get_or_insert_with(BTreeMap::new).insert(name.to_string(), mode);
+        }
+    }
+    Ok(())
+}
+
+/// Rules that involve several settings.
+fn check(s: &Settings) -> Vec<String> {
+    let mut e = Vec::new();
+    let r = &s.registrar;
+    if r.min_expires == 0 {
+        e.push("registrar.min_expires: must be at least 1".into());
+    }
+    if r.max_expires == 0 {
+        e.push("registrar.max_expires: must be at least 1 (bindings must expire)".into());
+    } else if r.max_expires < r.min_expires {
+        e.push("registrar.max_expires: must not be below registrar.min_expires".into());
+    }
+    if r.default_expires < r.min_expires || (r.max_expires > 0 && r.default_expires > r.max_expires)
+    {
+        e.push("registrar.default_expires: must lie between min_expires and max_expires".into());
+    }
+    if s.expiry.batch == 0 {
+        e.push("expiry.batch_size: must be at least 1".into());
+    }
+    if s.expiry.max_batches == 0 {
+        e.push("expiry.max_batches: must be at least 1".into());
+    }
+    if s.expiry.grace < 0 {
+        e.push("expiry.grace_secs: must not be negative".into());
+    }
+    if s.cluster.pool.max_connections == 0 {
+        e.push("cluster.pool_max_connections: must be at least 1".into());
+    }
+    if s.grpc.max_in_flight == 0 {
+        e.push("grpc.max_in_flight: must be at least 1".into());
+    }
+    if s.tables.is_empty() {
+        e.push("tables: at least one location table is needed".into());
+    }
+    if s.grpc.tls_cert.is_some() != s.grpc.tls_key.is_some() {
+        e.push("grpc.tls_cert and grpc.tls_key: set both or neither".into());
+    }
+    let tls = s.grpc.tls_cert.is_some();
+    if !s.grpc.listen.ip().is_loopback() && s.grpc.token.is_none() && !tls && !s.grpc.insecure {
+        e.push(format!(
+            "grpc.listen: {} is not a loopback address; set grpc.token or TLS (grpc.tls_cert/grpc.tls_key), or pass --insecure",
+            s.grpc.listen
+        ));
+    }
+    e
+}
+
+impl Settings {
+    /// Settings from an optional TOML file, the process environment and
+    /// flag overrides (already as dotted keys).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, SettingsError> {
+        let mut layers = Layers::default();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => layers.toml(&text, &path.display().to_string()),
+                Err(e) => layers
+                    .errors
+                    .push(format!("config file {}: {e}", path.display())),
+            }
+        }
+        layers.env(std::env::vars());
+        for (k, v) in overrides {
+            layers.set(k, v.clone(), "command line");
+        }
+        layers.resolve()
+    }
+
+    /// Partitioned tables.
+    pub fn cluster_tables(&self) -> Vec<String> {
+        self.tables_of(TableMode::Cluster)
+    }
+
+    /// Tables of `mode`.
+    pub fn tables_of(&self, mode: TableMode) -> Vec<String> {
+        self.tables
+            .iter()
+            .filter(|(_, m)| **m == mode)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Seconds after a missed write when a member is complete again: every
+    /// binding it could lack has expired by then.
+    pub fn stale_window(&self) -> i64 {
+        i64::from(self.registrar.max_expires)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_configuration_gives_the_defaults() {
+        let s = Layers::default().resolve().unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.grpc.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.cluster_tables(), ["location"]);
+    }
+
+    #[test]
+    fn toml_then_env_then_flags_win_in_that_order() {
+        let mut l = Layers::default();
+        l.toml(
+            "[grpc]\nlisten = \"127.0.0.1:1\"\nmax_in_flight = 10\n[registrar]\nmax_contacts = 3\n",
+            "f.toml",
+        );
+        l.env([
+            ("LOCSVC_GRPC__LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("LOCSVC_REGISTRAR__MAX_CONTACTS".into(), "4".into()),
+            ("OTHER".into(), "x".into()),
+        ]);
+        l.set("registrar.max_contacts", "5".into(), "command line");
+        let s = l.resolve().unwrap();
+        assert_eq!(s.grpc.listen.port(), 2);
+        assert_eq!(s.grpc.max_in_flight, 10);
+        assert_eq!(s.registrar.max_contacts, 5);
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once_with_its_name() {
+        let mut l = Layers::default();
+        l.toml(
+            "master_url = \"oracle://x\"\n[grpc]\nlisten = \"nowhere\"\n[registrar]\nmin_expires = \"soon\"\nbogus = 1\n[tables]\ncfa = \"sometimes\"\n",
+            "f.toml",
+        );
+        l.env([("LOCSVC_EXPIRY__BATCH_SIZE".to_string(), "0".to_string())]);
+        let err = l.resolve().unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "master_url",
+            "grpc.listen",
+            "registrar.min_expires",
+            "registrar.bogus",
+            "tables.cfa",
+            "expiry.batch_size",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert_eq!(err.0.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn a_public_listener_needs_a_token_tls_or_insecure() {
+        let public = |extra: &[(&str, &str)]| {
+            let mut l = Layers::default();
+            l.set("grpc.listen", "0.0.0.0:50051".into(), "t");
+            for (k, v) in extra {
+                l.set(k, v.to_string(), "t");
+            }
+            l.resolve()
+        };
+        assert!(public(&[]).unwrap_err().to_string().contains("--insecure"));
+        assert!(public(&[("grpc.token", "t0k")]).is_ok());
+        assert!(public(&[("grpc.insecure", "true")]).is_ok());
+        assert!(public(&[("grpc.tls_cert", "c.pem"), ("grpc.tls_key", "k.pem")]).is_ok());
+    }
+
+    #[test]
+    fn tables_from_config_replace_the_default_set() {
+        let mut l = Layers::default();
+        l.toml("[tables]\nlocation = \"cluster\"\ncfa = \"single\"\n", "f");
+        let s = l.resolve().unwrap();
+        assert_eq!(s.cluster_tables(), ["location"]);
+        assert_eq!(s.tables_of(TableMode::Single), ["cfa"]);
+    }
+
+    #[test]
+    fn registrar_limits_must_be_consistent() {
+        let mut l = Layers::default();
+        l.set("registrar.min_expires", "600".into(), "t");
+        l.set("registrar.max_expires", "300".into(), "t");
+        let text = l.resolve().unwrap_err().to_string();
+        assert!(text.contains("registrar.max_expires"));
+        assert!(text.contains("registrar.default_expires"));
+    }
+
+    #[test]
+    fn master_url_passwords_do_not_leak_into_errors() {
+        let mut l = Layers::default();
+        l.set("master_url", "mysql://u:hunter2@h/db".into(), "t");
+        l.set("grpc.listen", "x".into(), "t");
+        let text = l.resolve().unwrap_err().to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        let mut l = Layers::default();
+        l.set("master_url", "oracle://u:hunter2@h/db".into(), "t");
+        l.set("grpc.token", "".into(), "t");
+        let text = l.resolve().unwrap_err().to_string();
+        assert!(text.contains("master_url") && !text.contains("hunter2"), "{text}");
+    }
+}
