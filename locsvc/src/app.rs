@@ -142,9 +142,14 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     for t in settings.tables_of(TableMode::Single) {
         master.migrate(Scope::Table(&t)).await.map_err(master_err)?;
     }
-    report.push(format!("master {}: {n} migration(s) applied", url.redacted()));
+    report.push(format!(
+        "master {}: {n} migration(s) applied",
+        url.redacted()
+    ));
     if embedded {
-        seed_embedded(&master, &settings.data_dir).await.map_err(master_err)?;
+        seed_embedded(&master, &settings.data_dir)
+            .await
+            .map_err(master_err)?;
     }
     let rows = master.load_locdb().await.map_err(master_err)?;
     let mut urls: Vec<String> = rows.iter().map(|r| r.url.clone()).collect();
@@ -152,7 +157,10 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     urls.dedup();
     for raw in urls {
         let Ok(u) = DbUrl::parse(&raw) else {
-            report.push(format!("skipped unusable url {}", crate::store::redact(&raw)));
+            report.push(format!(
+                "skipped unusable url {}",
+                crate::store::redact(&raw)
+            ));
             continue;
         };
         let member = SqlStore::open(
@@ -168,10 +176,13 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
         })?;
         let mut n = 0;
         for t in settings.cluster_tables() {
-            n += member.migrate(Scope::Table(&t)).await.map_err(|source| AppError::Member {
-                url: u.redacted(),
-                source,
-            })?;
+            n += member
+                .migrate(Scope::Table(&t))
+                .await
+                .map_err(|source| AppError::Member {
+                    url: u.redacted(),
+                    source,
+                })?;
         }
         member.close().await;
         report.push(format!("member {}: {n} migration(s) applied", u.redacted()));
@@ -284,7 +295,10 @@ impl App {
     /// Serves until `shutdown` resolves, then drains: health goes
     /// NOT_SERVING, the listener stops accepting, in-flight requests get
     /// `SHUTDOWN_GRACE` to finish, background tasks stop, pools close.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let s = &self.settings;
         let token = CancellationToken::new();
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -301,7 +315,9 @@ impl App {
         );
         let mut builder = Server::builder();
         if let (Some(cert), Some(key)) = (&s.grpc.tls_cert, &s.grpc.tls_key) {
-            let read = |p: &Path| std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())));
+            let read = |p: &Path| {
+                std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())))
+            };
             let identity = Identity::from_pem(read(cert)?, read(key)?);
             builder = builder
                 .tls_config(ServerTlsConfig::new().identity(identity))
@@ -322,7 +338,9 @@ impl App {
                 .await
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(self.watcher.run(s.cluster.poll_interval, token.clone())));
+        tasks.push(tokio::spawn(
+            self.watcher.run(s.cluster.poll_interval, token.clone()),
+        ));
         tasks.push(tokio::spawn(self.sweeper.run(token.clone())));
         if let Some(l) = self.metrics_listener {
             let (m, t) = (self.metrics.clone(), token.clone());
@@ -341,7 +359,9 @@ impl App {
         );
         shutdown.await;
         tracing::info!("shutting down: draining requests");
-        reporter.set_not_serving::<LocationServer<LocationApi>>().await;
+        reporter
+            .set_not_serving::<LocationServer<LocationApi>>()
+            .await;
         let _ = stop_tx.send(());
         let served = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
             Ok(Ok(r)) => r.map_err(|e| AppError::Serve(e.to_string())),

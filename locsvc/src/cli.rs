@@ -25,7 +25,10 @@ pub enum UlCommand {
     /// Show the valid bindings of an AoR, best first.
     Show { aor: String },
     /// Remove one contact of an AoR, or all of them.
-    Rm { aor: String, contact: Option<String> },
+    Rm {
+        aor: String,
+        contact: Option<String>,
+    },
     /// Print every valid binding (of one group with --group).
     Dump {
         #[arg(long, default_value_t = 0)]
@@ -39,7 +42,12 @@ pub enum UlCommand {
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ClientArgs {
     /// locsvc gRPC address.
-    #[arg(long, global = true, env = "LOCSVC_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOCSVC_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Bearer token, when the server requires one.
     #[arg(long, global = true, env = "LOCSVC_TOKEN", hide_env_values = true)]
@@ -52,12 +60,9 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-type Client = LocationClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the bearer token to every request.
+type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
+type Client = LocationClient<tonic::service::interceptor::InterceptedService<Channel, AuthFn>>;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let channel = Endpoint::from_shared(args.server.clone())?
@@ -70,13 +75,12 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         Some(t) => Some(format!("Bearer {t}").parse()?),
         None => None,
     };
-    let auth: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut r: Request<()>| {
-            if let Some(h) = &header {
-                r.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(r)
-        });
+    let auth: AuthFn = Box::new(move |mut r: Request<()>| {
+        if let Some(h) = &header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
+    });
     Ok(LocationClient::with_interceptor(channel, auth))
 }
 
@@ -142,7 +146,12 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
     let mut c = connect(args).await?;
     let table = args.table.clone();
     match cmd {
-        UlCommand::Save { aor, contact, expires, q } => {
+        UlCommand::Save {
+            aor,
+            contact,
+            expires,
+            q,
+        } => {
             let r = c
                 .save(pb::SaveRequest {
                     table,
@@ -165,7 +174,10 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
         }
         UlCommand::Show { aor } => {
             let r = c
-                .lookup(pb::LookupRequest { table, aor: aor.clone() })
+                .lookup(pb::LookupRequest {
+                    table,
+                    aor: aor.clone(),
+                })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
@@ -182,14 +194,24 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
                 .map_err(rpc_error)?
                 .into_inner();
             if args.json {
-                println!("{}", json!({"aor": aor, "group": r.group, "removed": r.removed}));
+                println!(
+                    "{}",
+                    json!({"aor": aor, "group": r.group, "removed": r.removed})
+                );
             } else {
-                println!("AoR: {aor} (group {}): {} binding(s) removed", r.group, r.removed);
+                println!(
+                    "AoR: {aor} (group {}): {} binding(s) removed",
+                    r.group, r.removed
+                );
             }
         }
         UlCommand::Dump { group } => {
             let mut stream = c
-                .dump(pb::DumpRequest { table, group: *group, page_size: 0 })
+                .dump(pb::DumpRequest {
+                    table,
+                    group: *group,
+                    page_size: 0,
+                })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
@@ -200,7 +222,12 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
                     if args.json {
                         all.push(json!({"group": page.group, "aor": ab.aor, "binding": binding_json(&b)}));
                     } else {
-                        println!("AoR: {} (group {})\n{}", ab.aor, page.group, binding_line(&b));
+                        println!(
+                            "AoR: {} (group {})\n{}",
+                            ab.aor,
+                            page.group,
+                            binding_line(&b)
+                        );
                     }
                 }
             }
@@ -209,14 +236,21 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
             }
         }
         UlCommand::Stats => {
-            let r = c.stats(pb::StatsRequest { table }).await.map_err(rpc_error)?.into_inner();
+            let r = c
+                .stats(pb::StatsRequest { table })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
             if args.json {
                 let groups: Vec<Value> = r
                     .groups
                     .iter()
                     .map(|g| json!({"group": g.group, "contacts": g.contacts, "aors": g.aors, "member": g.member}))
                     .collect();
-                println!("{}", json!({"contacts": r.contacts, "aors": r.aors, "groups": groups}));
+                println!(
+                    "{}",
+                    json!({"contacts": r.contacts, "aors": r.aors, "groups": groups})
+                );
             } else {
                 println!("{:>6} {:>10} {:>10}", "group", "contacts", "aors");
                 for g in &r.groups {

@@ -60,7 +60,12 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// A sweeper over the router's current topology.
-    pub fn new(router: Router, settings: SweepSettings, clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        router: Router,
+        settings: SweepSettings,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             router,
             settings,
@@ -91,7 +96,10 @@ impl Sweeper {
         let mut report = SweepReport::default();
         for (label, store, table) in work {
             for _ in 0..self.settings.max_batches {
-                match store.sweep_expired(&table, before, self.settings.batch).await {
+                match store
+                    .sweep_expired(&table, before, self.settings.batch)
+                    .await
+                {
                     Ok(n) => {
                         report.deleted += n;
                         self.metrics.contacts_swept.inc_by(n);

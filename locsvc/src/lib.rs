@@ -8,17 +8,17 @@
 //! MySQL/MariaDB, PostgreSQL and SQLite; `expiry` removes expired bindings;
 //! `grpc` is the API edge.
 
-pub mod domain;
-pub mod partition;
-pub mod registrar;
-pub mod store;
-pub mod clock;
-pub mod cluster;
-pub mod expiry;
-pub mod location;
-pub mod metrics;
-pub mod router;
-pub mod settings;
-pub mod grpc;
 pub mod app;
 pub mod cli;
+pub mod clock;
+pub mod cluster;
+pub mod domain;
+pub mod expiry;
+pub mod grpc;
+pub mod location;
+pub mod metrics;
+pub mod partition;
+pub mod registrar;
+pub mod router;
+pub mod settings;
+pub mod store;

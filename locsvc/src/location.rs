@@ -87,7 +87,12 @@ fn new_ruid() -> String {
 
 impl LocationService {
     /// A service over `router`.
-    pub fn new(router: Router, policy: RegistrarPolicy, key_policy: KeyPolicy, clock: Clock) -> Self {
+    pub fn new(
+        router: Router,
+        policy: RegistrarPolicy,
+        key_policy: KeyPolicy,
+        clock: Clock,
+    ) -> Self {
         Self {
             router,
             locks: AorLocks::new(4096),
@@ -113,24 +118,36 @@ impl LocationService {
     }
 
     /// Applies one REGISTER to `aor` (RFC 3261 §10.3).
-    pub async fn save(&self, table: &str, aor: &str, input: &SaveInput) -> Result<Saved, LocationError> {
+    pub async fn save(
+        &self,
+        table: &str,
+        aor: &str,
+        input: &SaveInput,
+    ) -> Result<Saved, LocationError> {
         let aor = &self.parse_aor(aor)?;
         let target = self.router.target(table, aor)?;
         let _guard = self.locks.lock(table, aor).await;
         let (existing, _) = self
             .router
-            .read(&target, spread_of(aor), &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
-                Box::pin(async move { s.load_aor(table, aor).await })
-            })
+            .read(
+                &target,
+                spread_of(aor),
+                &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
+                    Box::pin(async move { s.load_aor(table, aor).await })
+                },
+            )
             .await?;
         let now = (self.clock)();
         let plan = registrar::plan_save(input, &existing, now, &self.policy, &mut new_ruid)?;
         if !plan.upserts.is_empty() || !plan.deletes.is_empty() {
             let (upserts, deletes) = (&plan.upserts, &plan.deletes);
             self.router
-                .write(&target, &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<(), StoreError>> {
-                    Box::pin(async move { s.apply(table, aor, upserts, deletes).await })
-                })
+                .write(
+                    &target,
+                    &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<(), StoreError>> {
+                        Box::pin(async move { s.apply(table, aor, upserts, deletes).await })
+                    },
+                )
                 .await?;
         }
         Ok(Saved {
@@ -140,15 +157,23 @@ impl LocationService {
     }
 
     /// Valid bindings of `aor`, best first.
-    pub async fn lookup(&self, table: &str, aor: &str) -> Result<(u32, Vec<Binding>), LocationError> {
+    pub async fn lookup(
+        &self,
+        table: &str,
+        aor: &str,
+    ) -> Result<(u32, Vec<Binding>), LocationError> {
         let aor = &self.parse_aor(aor)?;
         let target = self.router.target(table, aor)?;
         let now = (self.clock)();
         let (rows, _) = self
             .router
-            .read(&target, spread_of(aor), &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
-                Box::pin(async move { s.lookup(table, aor, now).await })
-            })
+            .read(
+                &target,
+                spread_of(aor),
+                &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
+                    Box::pin(async move { s.lookup(table, aor, now).await })
+                },
+            )
             .await?;
         Ok((target.group_id(), registrar::valid_ordered(&rows, now)))
     }
@@ -165,9 +190,12 @@ impl LocationService {
         let _guard = self.locks.lock(table, aor).await;
         let counts = self
             .router
-            .write(&target, &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<u64, StoreError>> {
-                Box::pin(async move { s.remove(table, aor, contact).await })
-            })
+            .write(
+                &target,
+                &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<u64, StoreError>> {
+                    Box::pin(async move { s.remove(table, aor, contact).await })
+                },
+            )
             .await?;
         Ok((target.group_id(), counts.into_iter().max().unwrap_or(0)))
     }
@@ -187,7 +215,10 @@ impl LocationService {
             TableMode::Single => vec![Target::Single(self.router.master().clone())],
             TableMode::Cluster => match group {
                 Some(g) => vec![Target::Group(
-                    topo.groups.get(&g).cloned().ok_or(RouteError::GroupMissing(g))?,
+                    topo.groups
+                        .get(&g)
+                        .cloned()
+                        .ok_or(RouteError::GroupMissing(g))?,
                 )],
                 None => topo.groups.values().cloned().map(Target::Group).collect(),
             },
@@ -262,7 +293,10 @@ impl LocationService {
         for t in targets {
             let (stats, member) = self
                 .router
-                .read(&t, 0, &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<TableStats, StoreError>> {
+                .read(&t, 0, &|s: Arc<dyn LocationStore>| -> BoxFuture<
+                    '_,
+                    Result<TableStats, StoreError>,
+                > {
                     Box::pin(async move { s.stats(table, now).await })
                 })
                 .await?;

@@ -75,7 +75,9 @@ fn overrides(db: &DbArgs) -> Vec<(&'static str, String)> {
 fn init_tracing(s: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match s.log_format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -116,7 +118,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { db, listen, metrics_listen, insecure } => {
+        Command::Serve {
+            db,
+            listen,
+            metrics_listen,
+            insecure,
+        } => {
             let mut o = overrides(&db);
             if let Some(l) = listen {
                 o.push(("grpc.listen", l));

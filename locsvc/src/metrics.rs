@@ -39,14 +39,20 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("locsvc".into()), None)
-            .unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("locsvc".into()), None).unwrap_or_else(|_| Registry::new());
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let rpc_requests = counter_vec("rpc_requests_total", "RPCs by method and code", &["method", "code"]);
+        let rpc_requests = counter_vec(
+            "rpc_requests_total",
+            "RPCs by method and code",
+            &["method", "code"],
+        );
         let member_errors = counter_vec(
             "member_errors_total",
             "Member operation failures",
@@ -57,7 +63,11 @@ impl Metrics {
             "Writes a member missed while its partner took them",
             &["group", "member"],
         );
-        let config_reloads = counter_vec("config_reloads_total", "locdb reloads by result", &["result"]);
+        let config_reloads = counter_vec(
+            "config_reloads_total",
+            "locdb reloads by result",
+            &["result"],
+        );
         let rpc_seconds = HistogramVec::new(
             HistogramOpts::new("rpc_duration_seconds", "RPC latency").buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
@@ -65,23 +75,40 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
-        registry.register(Box::new(rpc_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(rpc_seconds.clone()))
+            .expect("unique metric");
         let member_status = IntGaugeVec::new(
-            Opts::new("member_status", "locdb status per member (0 off, 1 on, 2 maintenance)"),
+            Opts::new(
+                "member_status",
+                "locdb status per member (0 off, 1 on, 2 maintenance)",
+            ),
             &["group", "member"],
         )
         .expect("valid metric");
-        registry.register(Box::new(member_status.clone())).expect("unique metric");
-        let rpc_shed = IntCounter::new("rpc_shed_total", "RPCs refused by load shedding").expect("valid metric");
-        registry.register(Box::new(rpc_shed.clone())).expect("unique metric");
-        let rpc_in_flight = IntGauge::new("rpc_in_flight", "RPCs being served now").expect("valid metric");
-        registry.register(Box::new(rpc_in_flight.clone())).expect("unique metric");
-        let contacts_swept =
-            IntCounter::new("contacts_swept_total", "Expired bindings deleted").expect("valid metric");
-        registry.register(Box::new(contacts_swept.clone())).expect("unique metric");
+        registry
+            .register(Box::new(member_status.clone()))
+            .expect("unique metric");
+        let rpc_shed = IntCounter::new("rpc_shed_total", "RPCs refused by load shedding")
+            .expect("valid metric");
+        registry
+            .register(Box::new(rpc_shed.clone()))
+            .expect("unique metric");
+        let rpc_in_flight =
+            IntGauge::new("rpc_in_flight", "RPCs being served now").expect("valid metric");
+        registry
+            .register(Box::new(rpc_in_flight.clone()))
+            .expect("unique metric");
+        let contacts_swept = IntCounter::new("contacts_swept_total", "Expired bindings deleted")
+            .expect("valid metric");
+        registry
+            .register(Box::new(contacts_swept.clone()))
+            .expect("unique metric");
         let config_problems =
             IntGauge::new("config_problems", "Current locdb problems").expect("valid metric");
-        registry.register(Box::new(config_problems.clone())).expect("unique metric");
+        registry
+            .register(Box::new(config_problems.clone()))
+            .expect("unique metric");
         Self {
             registry,
             rpc_requests,
@@ -123,7 +150,10 @@ pub async fn serve(
             let m = metrics.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     m.render(),
                 )
             }

@@ -34,7 +34,9 @@ impl FromStr for HashMode {
         match s {
             "xxh3" => Ok(Self::Xxh3),
             "crc32-mod" => Ok(Self::Crc32Mod),
-            other => Err(format!("unknown hash mode {other:?} (expected xxh3 or crc32-mod)")),
+            other => Err(format!(
+                "unknown hash mode {other:?} (expected xxh3 or crc32-mod)"
+            )),
         }
     }
 }
@@ -80,11 +82,12 @@ impl Partitioner {
     /// (p_usrloc needs ids 1..N without holes); the caller reports that.
     pub fn group_for(&self, key: &str) -> Option<u32> {
         match self.mode {
-            HashMode::Xxh3 => self
-                .groups
-                .iter()
-                .copied()
-                .max_by_key(|&g| (xxh3_64_with_seed(key.as_bytes(), u64::from(g)), std::cmp::Reverse(g))),
+            HashMode::Xxh3 => self.groups.iter().copied().max_by_key(|&g| {
+                (
+                    xxh3_64_with_seed(key.as_bytes(), u64::from(g)),
+                    std::cmp::Reverse(g),
+                )
+            }),
             HashMode::Crc32Mod => {
                 let n = *self.groups.last()?;
                 Some(crc32_mod(key, n))
@@ -117,7 +120,10 @@ mod tests {
     fn crc32_mod_uses_the_highest_id_as_n() {
         let p = Partitioner::new(HashMode::Crc32Mod, [3, 1, 2]);
         for key in ["alice", "bob", "carol@example.com"] {
-            assert_eq!(p.group_for(key), Some(crc32fast::hash(key.as_bytes()) % 3 + 1));
+            assert_eq!(
+                p.group_for(key),
+                Some(crc32fast::hash(key.as_bytes()) % 3 + 1)
+            );
         }
     }
 
@@ -151,7 +157,10 @@ mod tests {
     #[test]
     fn no_groups_means_no_placement() {
         assert_eq!(Partitioner::new(HashMode::Xxh3, []).group_for("a"), None);
-        assert_eq!(Partitioner::new(HashMode::Crc32Mod, []).group_for("a"), None);
+        assert_eq!(
+            Partitioner::new(HashMode::Crc32Mod, []).group_for("a"),
+            None
+        );
     }
 
     #[test]

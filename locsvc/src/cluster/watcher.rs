@@ -80,7 +80,10 @@ impl ClusterWatcher {
         let rows = match self.master.load_locdb().await {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 return Err(e);
             }
         };
@@ -95,11 +98,17 @@ impl ClusterWatcher {
         }
         self.metrics.config_problems.set(problems.len() as i64);
         if self.config.as_ref() == Some(&config) && problems == self.problems {
-            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+            self.metrics
+                .config_reloads
+                .with_label_values(&["unchanged"])
+                .inc();
             return Ok(false);
         }
         self.publish(config, problems).await;
-        self.metrics.config_reloads.with_label_values(&["changed"]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&["changed"])
+            .inc();
         Ok(true)
     }
 

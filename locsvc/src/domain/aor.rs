@@ -240,7 +240,9 @@ mod tests {
     #[test]
     fn without_use_domain_the_key_is_the_user_alone() {
         assert_eq!(
-            Aor::parse("sip:alice@example.com", USER_ONLY).unwrap().key(),
+            Aor::parse("sip:alice@example.com", USER_ONLY)
+                .unwrap()
+                .key(),
             "alice"
         );
         let a = Aor::parse("alice", USER_ONLY).unwrap();
@@ -274,10 +276,19 @@ mod tests {
             Aor::parse("http://x@y", DOMAIN),
             Err(AorError::Scheme("http".into()))
         );
-        assert_eq!(Aor::parse("sip:@example.com", DOMAIN), Err(AorError::EmptyUser));
+        assert_eq!(
+            Aor::parse("sip:@example.com", DOMAIN),
+            Err(AorError::EmptyUser)
+        );
         assert_eq!(Aor::parse("alice", DOMAIN), Err(AorError::MissingDomain));
-        assert_eq!(Aor::parse("sip:a%00b@x.com", DOMAIN), Err(AorError::BadUser));
-        assert_eq!(Aor::parse("sip:a%ffb@x.com", DOMAIN), Err(AorError::BadUser));
+        assert_eq!(
+            Aor::parse("sip:a%00b@x.com", DOMAIN),
+            Err(AorError::BadUser)
+        );
+        assert_eq!(
+            Aor::parse("sip:a%ffb@x.com", DOMAIN),
+            Err(AorError::BadUser)
+        );
         assert!(matches!(
             Aor::parse("sip:alice@exa mple.com", DOMAIN),
             Err(AorError::BadDomain(_))

@@ -54,9 +54,9 @@ fn check_uri(field: &str, uri: &str) -> Result<(), FieldError> {
     }
     check_len(field, uri, 512)?;
     let scheme = uri.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
-    let rest_ok = uri
-        .split_once(':')
-        .is_some_and(|(_, r)| !r.is_empty() && !r.contains(char::is_whitespace) && !r.contains(['<', '>', '"']));
+    let rest_ok = uri.split_once(':').is_some_and(|(_, r)| {
+        !r.is_empty() && !r.contains(char::is_whitespace) && !r.contains(['<', '>', '"'])
+    });
     match scheme.as_deref() {
         Some("sip" | "sips" | "tel") if rest_ok => Ok(()),
         _ => Err(FieldError::new(field, "is not a sip:, sips: or tel: URI")),
@@ -96,10 +96,8 @@ pub fn save_input(r: &pb::SaveRequest) -> Result<SaveInput, FieldError> {
     if r.cseq > MAX_CSEQ {
         return Err(FieldError::new("cseq", "must be below 2^31"));
     }
-    if let Some(e) = r.expires {
-        if !(0..=MAX_EXPIRES).contains(&e) {
-            return Err(FieldError::new("expires", "must be between 0 and 2^32-1"));
-        }
+    if r.expires.is_some_and(|e| !(0..=MAX_EXPIRES).contains(&e)) {
+        return Err(FieldError::new("expires", "must be between 0 and 2^32-1"));
     }
     for (i, p) in r.path.iter().enumerate() {
         if p.is_empty() {
@@ -120,15 +118,14 @@ pub fn save_input(r: &pb::SaveRequest) -> Result<SaveInput, FieldError> {
     for (i, c) in r.contacts.iter().enumerate() {
         let f = |name: &str| format!("contacts[{i}].{name}");
         check_uri(&f("uri"), &c.uri)?;
-        if let Some(e) = c.expires {
-            if !(0..=MAX_EXPIRES).contains(&e) {
-                return Err(FieldError::new(f("expires"), "must be between 0 and 2^32-1"));
-            }
+        if c.expires.is_some_and(|e| !(0..=MAX_EXPIRES).contains(&e)) {
+            return Err(FieldError::new(
+                f("expires"),
+                "must be between 0 and 2^32-1",
+            ));
         }
-        if let Some(q) = c.q {
-            if !(0.0..=1.0).contains(&q) {
-                return Err(FieldError::new(f("q"), "must be between 0 and 1"));
-            }
+        if c.q.is_some_and(|q| !(0.0..=1.0).contains(&q)) {
+            return Err(FieldError::new(f("q"), "must be between 0 and 1"));
         }
         check_len(&f("instance"), &c.instance, 255)?;
         if c.reg_id > i32::MAX as u32 {

@@ -62,12 +62,11 @@ impl LocationApi {
             return Err(status::overloaded());
         };
         let start = Instant::now();
-        self.metrics.rpc_in_flight.inc();
+        let _gauge = InFlight::enter(&self.metrics.rpc_in_flight);
         let r = match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
             Err(_) => Err(status::deadline()),
         };
-        self.metrics.rpc_in_flight.dec();
         self.metrics
             .rpc_seconds
             .with_label_values(&[method])
@@ -84,11 +83,30 @@ impl LocationApi {
     }
 }
 
+/// Counts a request in flight until dropped (also when the client cancels).
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(g: &prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 type DumpStream = Pin<Box<dyn Stream<Item = Result<pb::DumpPage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Location for LocationApi {
-    async fn save(&self, req: Request<pb::SaveRequest>) -> Result<Response<pb::SaveResponse>, Status> {
+    async fn save(
+        &self,
+        req: Request<pb::SaveRequest>,
+    ) -> Result<Response<pb::SaveResponse>, Status> {
         let r = req.into_inner();
         self.call("Save", async {
             let input = convert::save_input(&r)?;
@@ -102,14 +120,21 @@ impl Location for LocationApi {
                 .map_err(|_| status::internal("save task failed"))??;
             let now = self.svc.now();
             Ok(pb::SaveResponse {
-                bindings: saved.bindings.iter().map(|b| convert::binding(b, now)).collect(),
+                bindings: saved
+                    .bindings
+                    .iter()
+                    .map(|b| convert::binding(b, now))
+                    .collect(),
                 group: saved.group,
             })
         })
         .await
     }
 
-    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
         let r = req.into_inner();
         self.call("Lookup", async {
             let (group, bindings) = self.svc.lookup(convert::table(&r.table), &r.aor).await?;
@@ -122,7 +147,10 @@ impl Location for LocationApi {
         .await
     }
 
-    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
         let r = req.into_inner();
         self.call("Remove", async {
             convert::remove_contact(&r.contact)?;
@@ -143,7 +171,10 @@ impl Location for LocationApi {
 
     type DumpStream = DumpStream;
 
-    async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<Self::DumpStream>, Status> {
+    async fn dump(
+        &self,
+        req: Request<pb::DumpRequest>,
+    ) -> Result<Response<Self::DumpStream>, Status> {
         let r = req.into_inner();
         let page = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -152,7 +183,9 @@ impl Location for LocationApi {
         let group = (r.group != 0).then_some(r.group);
         let svc = self.svc.clone();
         let rx = self
-            .call("Dump", async { Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?) })
+            .call("Dump", async {
+                Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?)
+            })
             .await?
             .into_inner();
         let svc = self.svc.clone();
@@ -161,14 +194,21 @@ impl Location for LocationApi {
             let now = svc.now();
             p.map(|p| pb::DumpPage {
                 group: p.group,
-                bindings: p.bindings.iter().map(|b| convert::aor_binding(b, now)).collect(),
+                bindings: p
+                    .bindings
+                    .iter()
+                    .map(|b| convert::aor_binding(b, now))
+                    .collect(),
             })
             .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let r = req.into_inner();
         self.call("Stats", async {
             let groups = self.svc.stats(convert::table(&r.table)).await?;

@@ -28,7 +28,11 @@ fn status(code: Code, msg: String, reason: &str, meta: HashMap<String, String>) 
 /// INVALID_ARGUMENT naming `field`.
 pub fn invalid(field: &str, reason: &str) -> Status {
     let mut d = ErrorDetails::new();
-    d.set_error_info("BAD_REQUEST", DOMAIN, HashMap::from([("field".to_string(), field.to_string())]));
+    d.set_error_info(
+        "BAD_REQUEST",
+        DOMAIN,
+        HashMap::from([("field".to_string(), field.to_string())]),
+    );
     d.add_bad_request_violation(field, reason);
     Status::with_error_details(Code::InvalidArgument, format!("{field}: {reason}"), d)
 }
@@ -64,7 +68,12 @@ pub fn deadline() -> Status {
 
 /// INTERNAL without details (they go to the log).
 pub fn internal(what: &str) -> Status {
-    status(Code::Internal, format!("internal error: {what}"), "INTERNAL", HashMap::new())
+    status(
+        Code::Internal,
+        format!("internal error: {what}"),
+        "INTERNAL",
+        HashMap::new(),
+    )
 }
 
 impl From<LocationError> for Status {
@@ -79,7 +88,11 @@ impl From<LocationError> for Status {
                     "INTERVAL_TOO_BRIEF",
                     HashMap::from([("min_expires".to_string(), min_expires.to_string())]),
                 ),
-                RegistrarError::CseqOutOfOrder { contact, stored, received } => status(
+                RegistrarError::CseqOutOfOrder {
+                    contact,
+                    stored,
+                    received,
+                } => status(
                     Code::FailedPrecondition,
                     format!("CSeq {received} is not above {stored} for contact {contact}"),
                     "CSEQ_OUT_OF_ORDER",
@@ -102,9 +115,17 @@ fn route(r: RouteError) -> Status {
     match r {
         RouteError::UnknownTable(t) => {
             let mut d = ErrorDetails::new();
-            d.set_error_info("UNKNOWN_TABLE", DOMAIN, HashMap::from([("table".to_string(), t.clone())]));
+            d.set_error_info(
+                "UNKNOWN_TABLE",
+                DOMAIN,
+                HashMap::from([("table".to_string(), t.clone())]),
+            );
             d.add_bad_request_violation("table", format!("location table {t:?} is not configured"));
-            Status::with_error_details(Code::InvalidArgument, format!("table: {t:?} is not configured"), d)
+            Status::with_error_details(
+                Code::InvalidArgument,
+                format!("table: {t:?} is not configured"),
+                d,
+            )
         }
         RouteError::AllFailed { group, error } if !error.is_transport() => {
             tracing::error!(group, %error, "storage refused an operation on every member");
@@ -126,7 +147,8 @@ mod tests {
 
     #[test]
     fn interval_too_brief_carries_min_expires() {
-        let s: Status = LocationError::Registrar(RegistrarError::IntervalTooBrief { min_expires: 60 }).into();
+        let s: Status =
+            LocationError::Registrar(RegistrarError::IntervalTooBrief { min_expires: 60 }).into();
         assert_eq!(s.code(), Code::FailedPrecondition);
         let (reason, meta) = info(&s);
         assert_eq!(reason, "INTERVAL_TOO_BRIEF");

@@ -166,8 +166,10 @@ impl TableSql {
             return self.delete_ruid_one.clone();
         }
         let marks = vec!["?"; n].join(", ");
-        self.dialect
-            .finish(&format!("DELETE FROM {} WHERE ruid IN ({marks})", self.table))
+        self.dialect.finish(&format!(
+            "DELETE FROM {} WHERE ruid IN ({marks})",
+            self.table
+        ))
     }
 
     fn upsert_sql(dialect: Dialect, table: &str, rows: usize) -> String {

@@ -31,12 +31,21 @@ macro_rules! migration {
 const MYSQL_MASTER: &[Migration] = &[migration!(1, "locdb", "mysql/master/0001_locdb.sql")];
 const POSTGRES_MASTER: &[Migration] = &[migration!(1, "locdb", "postgres/master/0001_locdb.sql")];
 const SQLITE_MASTER: &[Migration] = &[migration!(1, "locdb", "sqlite/master/0001_locdb.sql")];
-const MYSQL_LOCATION: &[Migration] =
-    &[migration!(1, "location", "mysql/location/0001_location.sql")];
-const POSTGRES_LOCATION: &[Migration] =
-    &[migration!(1, "location", "postgres/location/0001_location.sql")];
-const SQLITE_LOCATION: &[Migration] =
-    &[migration!(1, "location", "sqlite/location/0001_location.sql")];
+const MYSQL_LOCATION: &[Migration] = &[migration!(
+    1,
+    "location",
+    "mysql/location/0001_location.sql"
+)];
+const POSTGRES_LOCATION: &[Migration] = &[migration!(
+    1,
+    "location",
+    "postgres/location/0001_location.sql"
+)];
+const SQLITE_LOCATION: &[Migration] = &[migration!(
+    1,
+    "location",
+    "sqlite/location/0001_location.sql"
+)];
 
 /// What a set of migrations creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +180,14 @@ mod tests {
 
     #[test]
     fn statements_skip_comments_and_fill_the_table_name() {
-        let s = statements("-- a; b\nCREATE TABLE {table} (x INT);\nCREATE INDEX i ON {table} (x);\n", Some("loc2"));
-        assert_eq!(s, vec!["CREATE TABLE loc2 (x INT)", "CREATE INDEX i ON loc2 (x)"]);
+        let s = statements(
+            "-- a; b\nCREATE TABLE {table} (x INT);\nCREATE INDEX i ON {table} (x);\n",
+            Some("loc2"),
+        );
+        assert_eq!(
+            s,
+            vec!["CREATE TABLE loc2 (x INT)", "CREATE INDEX i ON loc2 (x)"]
+        );
     }
 
     #[test]
@@ -181,7 +196,10 @@ mod tests {
             for scope in [Scope::Master, Scope::Table("location")] {
                 let ms = migrations(d, scope);
                 assert!(!ms.is_empty());
-                assert!(ms.iter().all(|m| !statements(m.sql, Some("location")).is_empty()));
+                assert!(
+                    ms.iter()
+                        .all(|m| !statements(m.sql, Some("location")).is_empty())
+                );
             }
         }
     }

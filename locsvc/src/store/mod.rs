@@ -59,8 +59,12 @@ pub trait LocationStore: Send + Sync + 'static {
     /// Every row of `aor`, expired ones included (the registrar matches them).
     async fn load_aor(&self, table: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError>;
     /// Rows of `aor` still valid at `now`, in no particular order.
-    async fn lookup(&self, table: &str, aor: &Aor, now: UnixTime)
-    -> Result<Vec<Binding>, StoreError>;
+    async fn lookup(
+        &self,
+        table: &str,
+        aor: &Aor,
+        now: UnixTime,
+    ) -> Result<Vec<Binding>, StoreError>;
     /// Upserts `upserts` (keyed by ruid) and deletes `deletes`, atomically.
     async fn apply(
         &self,
@@ -70,11 +74,19 @@ pub trait LocationStore: Send + Sync + 'static {
         deletes: &[String],
     ) -> Result<(), StoreError>;
     /// Deletes one contact of `aor`, or all of them; returns rows deleted.
-    async fn remove(&self, table: &str, aor: &Aor, contact: Option<&str>)
-    -> Result<u64, StoreError>;
+    async fn remove(
+        &self,
+        table: &str,
+        aor: &Aor,
+        contact: Option<&str>,
+    ) -> Result<u64, StoreError>;
     /// Deletes at most `batch` rows that expired before `before`.
-    async fn sweep_expired(&self, table: &str, before: UnixTime, batch: u32)
-    -> Result<u64, StoreError>;
+    async fn sweep_expired(
+        &self,
+        table: &str,
+        before: UnixTime,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
     /// Valid rows with row id > `after`, ascending, at most `limit`.
     async fn dump_page(
         &self,
@@ -249,7 +261,11 @@ macro_rules! bind_binding {
 macro_rules! bind_aor {
     ($q:expr, $sql:expr, $aor:expr) => {{
         let q = $q.bind($aor.user());
-        if $sql.use_domain { q.bind($aor.domain().unwrap_or_default()) } else { q }
+        if $sql.use_domain {
+            q.bind($aor.domain().unwrap_or_default())
+        } else {
+            q
+        }
     }};
 }
 

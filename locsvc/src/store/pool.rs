@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{Dialect, DbUrl, StoreError};
+use super::{DbUrl, Dialect, StoreError};
 
 /// Pool sizing and deadlines.
 #[derive(Debug, Clone, PartialEq)]

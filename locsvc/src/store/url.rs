@@ -16,7 +16,9 @@ pub struct DbUrl {
 pub enum DbUrlError {
     #[error("database URL is empty")]
     Empty,
-    #[error("unknown database URL scheme {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)")]
+    #[error(
+        "unknown database URL scheme {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)"
+    )]
     Scheme(String),
     #[error("database URL is malformed: {0}")]
     Malformed(String),
@@ -112,16 +114,34 @@ mod tests {
 
     #[test]
     fn each_scheme_maps_to_its_dialect() {
-        assert_eq!(DbUrl::parse("mariadb://a@h/db").unwrap().dialect(), Dialect::MySql);
-        assert_eq!(DbUrl::parse("mariadb://a@h/db").unwrap().expose(), "mysql://a@h/db");
-        assert_eq!(DbUrl::parse("postgresql://h/db").unwrap().dialect(), Dialect::Postgres);
-        assert_eq!(DbUrl::parse("sqlite:///tmp/x.db").unwrap().dialect(), Dialect::Sqlite);
-        assert_eq!(DbUrl::parse("sqlite::memory:").unwrap().dialect(), Dialect::Sqlite);
+        assert_eq!(
+            DbUrl::parse("mariadb://a@h/db").unwrap().dialect(),
+            Dialect::MySql
+        );
+        assert_eq!(
+            DbUrl::parse("mariadb://a@h/db").unwrap().expose(),
+            "mysql://a@h/db"
+        );
+        assert_eq!(
+            DbUrl::parse("postgresql://h/db").unwrap().dialect(),
+            Dialect::Postgres
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").unwrap().dialect(),
+            Dialect::Sqlite
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite::memory:").unwrap().dialect(),
+            Dialect::Sqlite
+        );
     }
 
     #[test]
     fn unknown_schemes_and_garbage_are_refused() {
-        assert_eq!(DbUrl::parse("oracle://h/x"), Err(DbUrlError::Scheme("oracle".into())));
+        assert_eq!(
+            DbUrl::parse("oracle://h/x"),
+            Err(DbUrlError::Scheme("oracle".into()))
+        );
         assert_eq!(DbUrl::parse(""), Err(DbUrlError::Empty));
         assert!(DbUrl::parse("no-scheme-here").is_err());
         assert!(DbUrl::parse("mysql://").is_err());

@@ -1,0 +1,622 @@
+//! End to end: a real locsvc served on loopback, driven by the generated
+//! gRPC client, on the embedded SQLite layout and on real MariaDB and
+//! PostgreSQL layouts.
+
+use std::time::Duration;
+
+use locsvc_proto::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::*;
+
+fn contact(uri: &str, expires: Option<i64>, q: Option<f32>) -> pb::ContactSpec {
+    pb::ContactSpec {
+        uri: uri.into(),
+        expires,
+        q,
+        ..Default::default()
+    }
+}
+
+/// The user-visible flow every backend must support.
+async fn register_lookup_remove_round_trip(app: &TestApp) {
+    let mut c = app.client().await;
+    let aor = "sip:Alice@Example.com";
+    let r = c
+        .save(pb::SaveRequest {
+            aor: aor.into(),
+            contacts: vec![
+                contact("sip:alice@192.0.2.10:5060", Some(600), Some(0.5)),
+                contact("sip:alice@192.0.2.11:5060", None, None),
+                contact("sip:alice@192.0.2.12:5060", Some(300), Some(0.9)),
+            ],
+            expires: Some(1200),
+            call_id: "call-1".into(),
+            cseq: 1,
+            path: vec!["<sip:edge.example.com;lr>".into()],
+            received: "sip:198.51.100.7:40123".into(),
+            user_agent: "it-phone".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("save")
+        .into_inner();
+    let order: Vec<&str> = r.bindings.iter().map(|b| b.contact.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "sip:alice@192.0.2.12:5060",
+            "sip:alice@192.0.2.10:5060",
+            "sip:alice@192.0.2.11:5060"
+        ],
+        "q descending, unspecified q last"
+    );
+    let b = &r.bindings[2];
+    assert!(
+        (1199..=1200).contains(&b.expires_in),
+        "Expires header applies: {}",
+        b.expires_in
+    );
+    assert_eq!(b.path, ["<sip:edge.example.com;lr>"]);
+    assert_eq!(b.received, "sip:198.51.100.7:40123");
+    assert_eq!(b.q, None);
+
+    let l = c
+        .lookup(pb::LookupRequest {
+            table: String::new(),
+            aor: "alice@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.group, r.group, "the canonical key finds the same group");
+    assert_eq!(
+        l.bindings.iter().map(|b| &b.contact).collect::<Vec<_>>(),
+        r.bindings.iter().map(|b| &b.contact).collect::<Vec<_>>()
+    );
+    assert_eq!(l.bindings[0].ruid, r.bindings[0].ruid);
+
+    let dump = dump_all(&mut c).await;
+    assert_eq!(dump.len(), 3);
+    assert!(dump.iter().all(|(a, _, _)| a == "alice@example.com"));
+    let stats = c
+        .stats(pb::StatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.contacts, stats.aors), (3, 1));
+
+    let removed = c
+        .remove(pb::RemoveRequest {
+            table: String::new(),
+            aor: aor.into(),
+            contact: "sip:alice@192.0.2.10:5060".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.removed, 1);
+    assert_eq!(lookup_contacts(&mut c, aor).await.len(), 2);
+    c.remove(pb::RemoveRequest {
+        table: String::new(),
+        aor: aor.into(),
+        contact: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(lookup_contacts(&mut c, aor).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_embedded_sqlite_layout_serves_a_full_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(test_settings(dir.path())).await;
+    register_lookup_remove_round_trip(&app).await;
+    assert!(dir.path().join("data/master.db").exists());
+    assert!(dir.path().join("data/group2-member2.db").exists());
+    let text = scrape(&app).await;
+    assert!(text.contains("200 OK"), "{text}");
+    assert!(
+        text.contains(r#"locsvc_rpc_requests_total{code="Ok",method="Save"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"locsvc_member_status{group="2",member="2"} 1"#),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mariadb_layout_serves_a_full_round_trip_and_writes_both_members() {
+    let layout = Layout::create(
+        Backend::MariaDb1,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        2,
+    )
+    .await;
+    let app = TestApp::spawn(layout.settings()).await;
+    register_lookup_remove_round_trip(&app).await;
+    let mut c = app.client().await;
+    let r = c
+        .save(register(
+            "sip:bob@example.com",
+            "sip:bob@192.0.2.20",
+            Some(600),
+            "b1",
+            1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let aor = locsvc::domain::Aor::parse("sip:bob@example.com", Default::default()).unwrap();
+    for url in &layout.members[r.group as usize - 1] {
+        let s = open_store(url, true);
+        let rows = locsvc::store::LocationStore::load_aor(&s, "location", &aor)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "member {url:?} holds the binding");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_postgres_layout_serves_a_full_round_trip() {
+    let layout = Layout::create(
+        Backend::Postgres,
+        &[Backend::Postgres, Backend::MariaDb2],
+        2,
+    )
+    .await;
+    let app = TestApp::spawn(layout.settings()).await;
+    register_lookup_remove_round_trip(&app).await;
+    app.stop().await;
+}
+
+async fn sqlite_conn(url: &str) -> sqlx::SqliteConnection {
+    sqlx::Connection::connect(url)
+        .await
+        .expect("open sqlite member")
+}
+
+fn reason(s: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    let i = s.get_details_error_info().expect("error info detail");
+    (i.reason, i.metadata)
+}
+
+#[tokio::test]
+async fn registrar_refusals_carry_what_a_sip_front_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.registrar.max_contacts = 2;
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    let aor = "sip:carol@example.com";
+
+    let e = c
+        .save(register(aor, "sip:c@192.0.2.1", Some(10), "x", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let (r, meta) = reason(&e);
+    assert_eq!(
+        (r.as_str(), meta["min_expires"].as_str()),
+        ("INTERVAL_TOO_BRIEF", "60")
+    );
+
+    c.save(register(aor, "sip:c@192.0.2.1", Some(600), "x", 5))
+        .await
+        .unwrap();
+    let e = c
+        .save(register(aor, "sip:c@192.0.2.1", Some(600), "x", 4))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&e).0, "CSEQ_OUT_OF_ORDER");
+    // An equal CSeq right away is a retransmission: 200 with the bindings.
+    let retrans = c
+        .save(register(aor, "sip:c@192.0.2.1", Some(600), "x", 5))
+        .await
+        .unwrap();
+    assert_eq!(retrans.into_inner().bindings.len(), 1);
+
+    c.save(register(aor, "sip:c@192.0.2.2", Some(600), "y", 1))
+        .await
+        .unwrap();
+    let e = c
+        .save(register(aor, "sip:c@192.0.2.3", Some(600), "z", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&e).1["max_contacts"], "2");
+
+    let wild = pb::SaveRequest {
+        aor: aor.into(),
+        wildcard: true,
+        expires: Some(0),
+        call_id: "w".into(),
+        cseq: 1,
+        ..Default::default()
+    };
+    assert!(c.save(wild).await.unwrap().into_inner().bindings.is_empty());
+    assert!(lookup_contacts(&mut c, aor).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_invalid_argument_naming_the_field_and_changes_nothing() {
+    let layout = Layout::create(
+        Backend::MariaDb1,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        2,
+    )
+    .await;
+    let app = TestApp::spawn(layout.settings()).await;
+    let mut c = app.client().await;
+    let good = register(
+        "sip:dave@example.com",
+        "sip:dave@192.0.2.1",
+        Some(600),
+        "d",
+        1,
+    );
+    c.save(good.clone()).await.unwrap();
+    let before = dump_all(&mut c).await;
+
+    let with = |f: &dyn Fn(&mut pb::SaveRequest)| {
+        let mut r = good.clone();
+        r.cseq = 2;
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(&str, pb::SaveRequest)> = vec![
+        ("aor", with(&|r| r.aor = String::new())),
+        ("aor", with(&|r| r.aor = "   ".into())),
+        ("aor", with(&|r| r.aor = "http://dave@example.com".into())),
+        ("aor", with(&|r| r.aor = "sip:dave@exa mple.com".into())),
+        (
+            "aor",
+            with(&|r| r.aor = "sip:dave@example.com'; DROP TABLE location; --".into()),
+        ),
+        (
+            "aor",
+            with(&|r| r.aor = format!("sip:{}@example.com", "d".repeat(65))),
+        ),
+        ("aor", with(&|r| r.aor = "sip:dave".into())),
+        (
+            "contacts[0].uri",
+            with(&|r| r.contacts[0].uri = "not a uri".into()),
+        ),
+        (
+            "contacts[0].uri",
+            with(&|r| r.contacts[0].uri = String::new()),
+        ),
+        (
+            "contacts[0].uri",
+            with(&|r| r.contacts[0].uri = format!("sip:{}@h", "x".repeat(600))),
+        ),
+        (
+            "contacts[0].expires",
+            with(&|r| r.contacts[0].expires = Some(-1)),
+        ),
+        (
+            "contacts[0].expires",
+            with(&|r| r.contacts[0].expires = Some(1 << 40)),
+        ),
+        ("expires", with(&|r| r.expires = Some(-3600))),
+        ("contacts[0].q", with(&|r| r.contacts[0].q = Some(1.01))),
+        ("contacts[0].q", with(&|r| r.contacts[0].q = Some(-0.5))),
+        (
+            "contacts",
+            with(&|r| r.contacts = vec![r.contacts[0].clone(); 10_000]),
+        ),
+        ("call_id", with(&|r| r.call_id = "c".repeat(300))),
+        ("call_id", with(&|r| r.call_id = String::new())),
+        ("cseq", with(&|r| r.cseq = u32::MAX)),
+        ("received", with(&|r| r.received = "r".repeat(200))),
+        ("socket", with(&|r| r.socket = "s".repeat(100))),
+        (
+            "path",
+            with(&|r| r.path = vec!["<sip:p.example.com;lr>".into(); 40]),
+        ),
+        (
+            "contacts[0].instance",
+            with(&|r| r.contacts[0].instance = "i".repeat(300)),
+        ),
+        ("wildcard", with(&|r| r.wildcard = true)),
+        (
+            "table",
+            with(&|r| r.table = "location; DROP TABLE locdb".into()),
+        ),
+    ];
+    for (field, req) in cases {
+        let e = c.save(req).await.expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        let violations = e
+            .get_details_bad_request()
+            .expect("bad request detail")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{e:?}");
+    }
+    let e = c
+        .lookup(pb::LookupRequest {
+            table: String::new(),
+            aor: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .remove(pb::RemoveRequest {
+            table: String::new(),
+            aor: "sip:dave@example.com".into(),
+            contact: "garbage contact".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(dump_all(&mut c).await, before, "stored data untouched");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_registers_for_one_aor_lose_no_binding() {
+    let layout = Layout::create(
+        Backend::MariaDb1,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        1,
+    )
+    .await;
+    let mut settings = layout.settings();
+    settings.registrar.max_contacts = 64;
+    let app = TestApp::spawn(settings).await;
+    let aor = "sip:erin@example.com";
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut c = app.client().await;
+        tasks.push(tokio::spawn(async move {
+            c.save(register(
+                aor,
+                &format!("sip:erin@192.0.2.{i}"),
+                Some(600),
+                &format!("call-{i}"),
+                1,
+            ))
+            .await
+            .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every concurrent save succeeds");
+    }
+    let mut c = app.client().await;
+    assert_eq!(lookup_contacts(&mut c, aor).await.len(), 32);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_that_missed_a_write_is_not_read_until_it_cannot_lack_anything() {
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
+    let clock = manual_clock();
+    let settings = layout.settings();
+    let window = settings.stale_window();
+    let app = TestApp::spawn_with_clock(settings, clock.clock()).await;
+    let mut c = app.client().await;
+    // Member 2 refuses writes (its table is gone): the database answers "no".
+    let m2 = open_store(&layout.members[0][1], true);
+    let mut conn = sqlite_conn(&layout.members[0][1]).await;
+    sqlx::Executor::execute(&mut conn, "DROP TABLE location")
+        .await
+        .unwrap();
+    drop(conn);
+    let aor = "sip:frank@example.com";
+    c.save(register(aor, "sip:frank@192.0.2.1", Some(600), "f", 1))
+        .await
+        .expect("acknowledged by member 1 alone");
+    // The table comes back empty; member 2 now lacks the binding.
+    m2.migrate(locsvc::store::migrate::Scope::Table("location"))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(lookup_contacts(&mut c, aor).await, ["sip:frank@192.0.2.1"]);
+    }
+    let missed = app
+        .metrics
+        .member_missed_writes
+        .with_label_values(&["1", "2"])
+        .get();
+    assert_eq!(missed, 1);
+    // Every instance learns it through locdb.failover.
+    let master = layout.master();
+    let t = clock.now();
+    let mut recorded = false;
+    for _ in 0..500 {
+        let rows = master.load_locdb().await.unwrap();
+        if rows
+            .iter()
+            .any(|r| r.no == 2 && r.failover.and_utc().timestamp() == t)
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        recorded,
+        "locdb.failover of member 2 records the missed write"
+    );
+    let group = app.service.router().topology().groups[&1].clone();
+    assert_eq!(app.service.router().readable_members(&group).len(), 1);
+    clock.advance(window + 1);
+    let mut topo = app.service.router().subscribe();
+    // The poll republishes once the failover column reached the snapshot;
+    // after the window both members are readable again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = app.service.router().topology().groups[&1].clone();
+        if app.service.router().readable_members(&g).len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member 2 readable again after the window"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), topo.changed()).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_bearer_token_guards_the_api_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.grpc.token = Some("s3cret".into());
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    let e = c
+        .lookup(pb::LookupRequest {
+            table: String::new(),
+            aor: "sip:a@b.c".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::LookupRequest {
+        table: String::new(),
+        aor: "sip:a@b.c".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    assert!(c.lookup(req).await.is_ok());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "locsvc.v1.Location".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn overload_is_refused_at_once_with_unavailable() {
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
+    let mut settings = layout.settings();
+    settings.grpc.max_in_flight = 1;
+    settings.cluster.pool.acquire_timeout = Duration::from_secs(10);
+    let app = TestApp::spawn(settings).await;
+    // Hold the write lock of both members so the first Save waits inside.
+    let mut locks = Vec::new();
+    for url in &layout.members[0] {
+        let mut conn = sqlite_conn(url).await;
+        sqlx::Executor::execute(&mut conn, "BEGIN IMMEDIATE")
+            .await
+            .unwrap();
+        locks.push(conn);
+    }
+    let mut c1 = app.client().await;
+    let first = tokio::spawn(async move {
+        c1.save(register(
+            "sip:gina@example.com",
+            "sip:g@192.0.2.1",
+            Some(600),
+            "g",
+            1,
+        ))
+        .await
+    });
+    let gauge = app.metrics.rpc_in_flight.clone();
+    eventually(
+        "the first save is in flight",
+        Duration::from_secs(10),
+        || gauge.get() == 1,
+    )
+    .await;
+    let mut c2 = app.client().await;
+    let started = std::time::Instant::now();
+    let e = c2
+        .lookup(pb::LookupRequest {
+            table: String::new(),
+            aor: "sip:hank@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(reason(&e).0, "OVERLOADED");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused without queueing"
+    );
+    drop(locks);
+    first
+        .await
+        .unwrap()
+        .expect("the first save completes once the lock is released");
+    assert_eq!(app.metrics.rpc_shed.get(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_saves_and_shows_through_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(test_settings(dir.path())).await;
+    let exe = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("locsvc");
+    assert!(
+        exe.exists(),
+        "locsvc binary at {exe:?} (cargo test --workspace builds it)"
+    );
+    let server = format!("http://{}", app.addr);
+    let run = |args: &'static [&'static str]| {
+        let (exe, server) = (exe.clone(), server.clone());
+        async move {
+            let out = tokio::process::Command::new(&exe)
+                .arg("ul")
+                .args(args)
+                .args(["--server", &server, "--json"])
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+    };
+    let saved = run(&[
+        "save",
+        "sip:ivan@example.com",
+        "sip:ivan@192.0.2.9:5060",
+        "--expires",
+        "900",
+        "--q",
+        "0.7",
+    ])
+    .await;
+    let shown = run(&["show", "sip:ivan@example.com"]).await;
+    let bad = run(&["save", "", "sip:x@y"]).await;
+    assert!(saved.0, "{saved:?}");
+    assert!(shown.0, "{shown:?}");
+    let v: serde_json::Value = serde_json::from_str(shown.1.trim()).unwrap();
+    assert_eq!(v["bindings"][0]["contact"], "sip:ivan@192.0.2.9:5060");
+    assert!(v["bindings"][0]["expires_in"].as_i64().unwrap() > 890);
+    assert!(!bad.0);
+    assert!(bad.2.contains("InvalidArgument"), "{bad:?}");
+    app.stop().await;
+}

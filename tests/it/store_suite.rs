@@ -1,0 +1,367 @@
+//! One storage test suite, expanded for MariaDB, PostgreSQL and SQLite.
+//! Every test gets a fresh database on a real server.
+
+use locsvc::domain::{Aor, Binding, KeyPolicy};
+use locsvc::store::migrate::Scope;
+use locsvc::store::{LocationStore, SqlStore};
+
+use crate::harness::{Backend, fresh_db, locdb_row, open_store};
+
+const T0: i64 = 1_800_000_000;
+
+async fn store(backend: Backend, use_domain: bool) -> (SqlStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_db(backend, dir.path()).await;
+    let s = open_store(&url, use_domain);
+    s.migrate(Scope::Master).await.unwrap();
+    s.migrate(Scope::Table("location")).await.unwrap();
+    (s, dir)
+}
+
+fn aor(s: &str) -> Aor {
+    Aor::parse(s, KeyPolicy::default()).unwrap()
+}
+
+fn binding(ruid: &str, contact: &str, expires: i64) -> Binding {
+    Binding {
+        ruid: ruid.into(),
+        contact: contact.into(),
+        expires,
+        q: None,
+        call_id: format!("cid-{ruid}"),
+        cseq: 7,
+        path: vec![],
+        received: None,
+        user_agent: "ua".into(),
+        socket: None,
+        instance: None,
+        reg_id: 0,
+        methods: None,
+        flags: 0,
+        cflags: 0,
+        last_modified: T0,
+    }
+}
+
+fn full_binding() -> Binding {
+    Binding {
+        ruid: "uloc-full".into(),
+        contact: "sip:alice@[2001:db8::1]:5060;transport=tcp;ob".into(),
+        expires: T0 + 3600,
+        q: Some(0.5),
+        call_id: "a84b4c76e66710@pc33.atlanta.com".into(),
+        cseq: 2_147_483_647,
+        path: vec![
+            "<sip:edge1.example.com;lr>".into(),
+            "<sip:edge2.example.com;lr;x=\"a,b\">".into(),
+        ],
+        received: Some("sip:198.51.100.7:40123".into()),
+        user_agent: "Ünïcode phone 1.0 '; DROP TABLE location; --".into(),
+        socket: Some("udp:192.0.2.1:5060".into()),
+        instance: Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>".into()),
+        reg_id: 2,
+        methods: Some(0x1F),
+        flags: 0x40,
+        cflags: 0x80,
+        last_modified: T0 - 5,
+    }
+}
+
+async fn every_field_round_trips(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:alice@example.com");
+    let full = full_binding();
+    s.apply("location", &a, std::slice::from_ref(&full), &[])
+        .await
+        .unwrap();
+    assert_eq!(s.load_aor("location", &a).await.unwrap(), vec![full]);
+}
+
+async fn upserts_are_keyed_by_ruid(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:bob@example.com");
+    let mut x = binding("r1", "sip:bob@192.0.2.1", T0 + 60);
+    s.apply("location", &a, std::slice::from_ref(&x), &[])
+        .await
+        .unwrap();
+    x.contact = "sip:bob@192.0.2.2".into();
+    x.expires = T0 + 120;
+    x.q = Some(1.0);
+    let y = binding("r2", "sip:bob@192.0.2.3", T0 + 60);
+    s.apply("location", &a, &[x.clone(), y.clone()], &[])
+        .await
+        .unwrap();
+    let mut got = s.load_aor("location", &a).await.unwrap();
+    got.sort_by(|p, q| p.ruid.cmp(&q.ruid));
+    assert_eq!(got, vec![x, y]);
+}
+
+async fn upserts_and_deletes_apply_together(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:carol@example.com");
+    let x = binding("r1", "sip:c@192.0.2.1", T0 + 60);
+    let y = binding("r2", "sip:c@192.0.2.2", T0 + 60);
+    s.apply("location", &a, &[x.clone(), y], &[]).await.unwrap();
+    let z = binding("r3", "sip:c@192.0.2.3", T0 + 60);
+    s.apply(
+        "location",
+        &a,
+        std::slice::from_ref(&z),
+        &["r2".to_string()],
+    )
+    .await
+    .unwrap();
+    let mut got = s.load_aor("location", &a).await.unwrap();
+    got.sort_by(|p, q| p.ruid.cmp(&q.ruid));
+    assert_eq!(got, vec![x, z]);
+}
+
+async fn aors_are_kept_apart_by_user_and_domain(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a1 = aor("sip:dave@example.com");
+    let a2 = aor("sip:dave@example.org");
+    s.apply("location", &a1, &[binding("r1", "sip:d@1", T0 + 60)], &[])
+        .await
+        .unwrap();
+    s.apply("location", &a2, &[binding("r2", "sip:d@2", T0 + 60)], &[])
+        .await
+        .unwrap();
+    assert_eq!(s.load_aor("location", &a1).await.unwrap().len(), 1);
+    assert_eq!(s.load_aor("location", &a2).await.unwrap()[0].ruid, "r2");
+    assert_eq!(s.remove("location", &a1, None).await.unwrap(), 1);
+    assert_eq!(s.load_aor("location", &a2).await.unwrap().len(), 1);
+}
+
+async fn without_domains_the_username_alone_is_the_key(b: Backend) {
+    let (s, _d) = store(b, false).await;
+    let policy = KeyPolicy {
+        use_domain: false,
+        case_sensitive: false,
+    };
+    let a = Aor::parse("sip:erin@example.com", policy).unwrap();
+    s.apply("location", &a, &[binding("r1", "sip:e@1", T0 + 60)], &[])
+        .await
+        .unwrap();
+    let other = Aor::parse("erin", policy).unwrap();
+    assert_eq!(s.load_aor("location", &other).await.unwrap().len(), 1);
+}
+
+async fn lookup_returns_only_valid_rows(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:frank@example.com");
+    s.apply(
+        "location",
+        &a,
+        &[
+            binding("old", "sip:f@1", T0 - 1),
+            binding("now", "sip:f@2", T0),
+            binding("new", "sip:f@3", T0 + 1),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let got = s.lookup("location", &a, T0).await.unwrap();
+    assert_eq!(
+        got.iter().map(|b| b.ruid.as_str()).collect::<Vec<_>>(),
+        ["new"]
+    );
+    assert_eq!(s.load_aor("location", &a).await.unwrap().len(), 3);
+}
+
+async fn remove_takes_one_contact_or_all(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:gina@example.com");
+    s.apply(
+        "location",
+        &a,
+        &[
+            binding("r1", "sip:g@1", T0 + 60),
+            binding("r2", "sip:g@2", T0 + 60),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.remove("location", &a, Some("sip:g@9")).await.unwrap(), 0);
+    assert_eq!(s.remove("location", &a, Some("sip:g@1")).await.unwrap(), 1);
+    assert_eq!(s.load_aor("location", &a).await.unwrap()[0].ruid, "r2");
+    assert_eq!(s.remove("location", &a, None).await.unwrap(), 1);
+    assert!(s.load_aor("location", &a).await.unwrap().is_empty());
+}
+
+async fn sweeping_deletes_expired_rows_in_bounded_batches(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:hank@example.com");
+    let mut rows: Vec<Binding> = (0..25)
+        .map(|i| binding(&format!("x{i}"), &format!("sip:h@{i}"), T0 - 10))
+        .collect();
+    rows.push(binding("live", "sip:h@live", T0 + 10));
+    s.apply("location", &a, &rows, &[]).await.unwrap();
+    assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 10);
+    assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 10);
+    assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 5);
+    assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 0);
+    let left = s.load_aor("location", &a).await.unwrap();
+    assert_eq!(
+        left.iter().map(|b| b.ruid.as_str()).collect::<Vec<_>>(),
+        ["live"]
+    );
+}
+
+async fn sweep_all(st: &SqlStore) -> u64 {
+    let mut n = 0;
+    loop {
+        let k = st.sweep_expired("location", T0, 7).await.unwrap();
+        n += k;
+        if k == 0 {
+            return n;
+        }
+    }
+}
+
+async fn two_sweepers_at_once_delete_each_row_once(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:ivan@example.com");
+    let rows: Vec<Binding> = (0..200)
+        .map(|i| binding(&format!("x{i}"), &format!("sip:i@{i}"), T0 - 10))
+        .collect();
+    s.apply("location", &a, &rows, &[]).await.unwrap();
+    let other = open_store(s.url().expose(), true);
+    let (x, y) = tokio::join!(sweep_all(&s), sweep_all(&other));
+    assert_eq!(x + y, 200);
+    assert!(s.load_aor("location", &a).await.unwrap().is_empty());
+}
+
+async fn dump_pages_walk_every_valid_row_once(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    for i in 0..23 {
+        let a = aor(&format!("sip:u{i}@example.com"));
+        s.apply(
+            "location",
+            &a,
+            &[binding(&format!("r{i}"), "sip:x@1", T0 + 60)],
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let a = aor("sip:gone@example.com");
+    s.apply("location", &a, &[binding("gone", "sip:x@1", T0 - 60)], &[])
+        .await
+        .unwrap();
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = s.dump_page("location", after, 5, T0).await.unwrap();
+        assert!(page.len() <= 5);
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.windows(2).all(|w| w[0].row_id < w[1].row_id));
+        after = page.last().unwrap().row_id;
+        seen.extend(page.into_iter().map(|p| p.aor.key().to_string()));
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..23).map(|i| format!("u{i}@example.com")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+async fn stats_count_valid_contacts_and_distinct_aors(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    for (user, n) in [("a", 3), ("b", 1)] {
+        let a = aor(&format!("sip:{user}@example.com"));
+        let rows: Vec<Binding> = (0..n)
+            .map(|i| binding(&format!("{user}{i}"), &format!("sip:{user}@{i}"), T0 + 60))
+            .collect();
+        s.apply("location", &a, &rows, &[]).await.unwrap();
+    }
+    let a = aor("sip:c@example.com");
+    s.apply("location", &a, &[binding("c0", "sip:c@0", T0 - 1)], &[])
+        .await
+        .unwrap();
+    let st = s.stats("location", T0).await.unwrap();
+    assert_eq!((st.contacts, st.aors), (4, 2));
+}
+
+async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    assert_eq!(s.migrate(Scope::Master).await.unwrap(), 0);
+    assert_eq!(s.migrate(Scope::Table("location")).await.unwrap(), 0);
+    assert_eq!(s.migrate(Scope::Table("cfa")).await.unwrap(), 1);
+    let row = locdb_row(3, 2, "mysql://u:p@h/db");
+    s.insert_locdb(&row).await.unwrap();
+    assert_eq!(s.load_locdb().await.unwrap(), vec![row]);
+    assert_eq!(
+        s.mark_failover(3, 2, "mysql://u:p@h/db", T0).await.unwrap(),
+        1
+    );
+    let got = s.load_locdb().await.unwrap();
+    assert_eq!(got[0].failover.and_utc().timestamp(), T0);
+    assert_eq!(
+        s.mark_failover(3, 2, "mysql://other@h/db", T0)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = Aor::parse("sip:o%27brien%22%3B--@example.com", KeyPolicy::default()).unwrap();
+    assert_eq!(a.user(), "o'brien\";--");
+    let mut x = binding("r'1", "sip:x@1;p='a';--", T0 + 60);
+    x.call_id = "'); DELETE FROM location; --".into();
+    s.apply("location", &a, std::slice::from_ref(&x), &[])
+        .await
+        .unwrap();
+    let other = aor("sip:bystander@example.com");
+    s.apply(
+        "location",
+        &other,
+        &[binding("r2", "sip:y@1", T0 + 60)],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.load_aor("location", &a).await.unwrap(), vec![x]);
+    assert_eq!(s.load_aor("location", &other).await.unwrap().len(), 1);
+}
+
+async fn unconfigured_tables_are_refused_before_any_sql(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let err = s.load_aor("nope", &aor("sip:a@b.c")).await.unwrap_err();
+    assert!(!err.is_transport(), "{err}");
+}
+
+macro_rules! store_suite {
+    ($($backend:ident => $variant:expr),* $(,)?) => {
+        $(
+            mod $backend {
+                use super::*;
+                const B: Backend = $variant;
+                #[tokio::test] async fn every_field_round_trips() { super::every_field_round_trips(B).await }
+                #[tokio::test] async fn upserts_are_keyed_by_ruid() { super::upserts_are_keyed_by_ruid(B).await }
+                #[tokio::test] async fn upserts_and_deletes_apply_together() { super::upserts_and_deletes_apply_together(B).await }
+                #[tokio::test] async fn aors_are_kept_apart_by_user_and_domain() { super::aors_are_kept_apart_by_user_and_domain(B).await }
+                #[tokio::test] async fn without_domains_the_username_alone_is_the_key() { super::without_domains_the_username_alone_is_the_key(B).await }
+                #[tokio::test] async fn lookup_returns_only_valid_rows() { super::lookup_returns_only_valid_rows(B).await }
+                #[tokio::test] async fn remove_takes_one_contact_or_all() { super::remove_takes_one_contact_or_all(B).await }
+                #[tokio::test] async fn sweeping_deletes_expired_rows_in_bounded_batches() { super::sweeping_deletes_expired_rows_in_bounded_batches(B).await }
+                #[tokio::test] async fn two_sweepers_at_once_delete_each_row_once() { super::two_sweepers_at_once_delete_each_row_once(B).await }
+                #[tokio::test] async fn dump_pages_walk_every_valid_row_once() { super::dump_pages_walk_every_valid_row_once(B).await }
+                #[tokio::test] async fn stats_count_valid_contacts_and_distinct_aors() { super::stats_count_valid_contacts_and_distinct_aors(B).await }
+                #[tokio::test] async fn migrations_are_idempotent_and_locdb_round_trips() { super::migrations_are_idempotent_and_locdb_round_trips(B).await }
+                #[tokio::test] async fn sql_metacharacters_are_stored_verbatim() { super::sql_metacharacters_are_stored_verbatim(B).await }
+                #[tokio::test] async fn unconfigured_tables_are_refused_before_any_sql() { super::unconfigured_tables_are_refused_before_any_sql(B).await }
+            }
+        )*
+    };
+}
+
+store_suite! {
+    mariadb => Backend::MariaDb1,
+    postgres => Backend::Postgres,
+    sqlite => Backend::Sqlite,
+}
