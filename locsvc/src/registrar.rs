@@ -43,7 +43,7 @@ impl Default for RegistrarPolicy {
         Self {
             default_expires: 3600,
             min_expires: 60,
-            max_expires: 86400,
+            max_expires: 3600,
             min_expires_mode: MinExpiresMode::Reject,
             max_contacts: 16,
             cseq_delay: 20,
@@ -641,7 +641,7 @@ mod tests {
         let policy = RegistrarPolicy::default();
         assert_eq!(policy.default_expires, 3600);
         assert_eq!(policy.min_expires, 60);
-        assert_eq!(policy.max_expires, 86400);
+        assert_eq!(policy.max_expires, 3600);
         assert_eq!(policy.min_expires_mode, MinExpiresMode::Reject);
         assert_eq!(policy.max_contacts, 16);
         assert_eq!(policy.cseq_delay, 20);
@@ -848,7 +848,7 @@ mod tests {
     #[test]
     fn a_long_interval_is_clamped_to_max_expires() {
         let plan = accepted(&register(vec![contact_expiring("sip:a@h", 999_999)]), &[]);
-        assert_eq!(plan.upserts[0].expires, NOW + 86400);
+        assert_eq!(plan.upserts[0].expires, NOW + 3600);
     }
 
     #[test]

@@ -568,55 +568,135 @@ async fn overload_is_refused_at_once_with_unavailable() {
 }
 
 #[tokio::test]
-async fn the_cli_saves_and_shows_through_a_running_server() {
+async fn crc32_mode_places_aors_where_kamailio_p_usrloc_puts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(test_settings(dir.path())).await;
-    let exe = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("locsvc");
-    assert!(
-        exe.exists(),
-        "locsvc binary at {exe:?} (cargo test --workspace builds it)"
-    );
-    let server = format!("http://{}", app.addr);
-    let run = |args: &'static [&'static str]| {
-        let (exe, server) = (exe.clone(), server.clone());
-        async move {
-            let out = tokio::process::Command::new(&exe)
-                .arg("ul")
-                .args(args)
-                .args(["--server", &server, "--json"])
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).to_string(),
-                String::from_utf8_lossy(&out.stderr).to_string(),
-            )
-        }
-    };
-    let saved = run(&[
-        "save",
-        "sip:ivan@example.com",
-        "sip:ivan@192.0.2.9:5060",
-        "--expires",
-        "900",
-        "--q",
-        "0.7",
-    ])
-    .await;
-    let shown = run(&["show", "sip:ivan@example.com"]).await;
-    let bad = run(&["save", "", "sip:x@y"]).await;
-    assert!(saved.0, "{saved:?}");
-    assert!(shown.0, "{shown:?}");
-    let v: serde_json::Value = serde_json::from_str(shown.1.trim()).unwrap();
-    assert_eq!(v["bindings"][0]["contact"], "sip:ivan@192.0.2.9:5060");
-    assert!(v["bindings"][0]["expires_in"].as_i64().unwrap() > 890);
-    assert!(!bad.0);
-    assert!(bad.2.contains("InvalidArgument"), "{bad:?}");
+    let mut settings = test_settings(dir.path());
+    settings.cluster.hash = locsvc::partition::HashMode::Crc32Mod;
+    settings.cluster.key_policy.use_domain = false;
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    // Reference §2, verified against Kamailio with two groups.
+    for (aor, group) in [
+        ("sip:alice@example.com", 2),
+        ("sip:bob@example.com", 1),
+        ("Alice", 2),
+    ] {
+        let r = c
+            .save(register(aor, "sip:x@192.0.2.1", Some(600), aor, 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.group, group, "{aor}");
+    }
     app.stop().await;
 }
+
+fn openssl(args: &[&str]) {
+    let st = std::process::Command::new("openssl")
+        .args(args)
+        .status()
+        .expect("openssl runs");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+#[tokio::test]
+async fn tls_and_a_bearer_token_protect_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    // A throwaway CA and a leaf certificate for localhost signed by it.
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=locsvc test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &p("leaf.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("leaf.ext"),
+        "-out",
+        &cert,
+    ]);
+    let mut settings = test_settings(dir.path());
+    settings.grpc.tls_cert = Some(cert.into());
+    settings.grpc.tls_key = Some(key.into());
+    settings.grpc.token = Some("t0ken".into());
+    let app = TestApp::spawn(settings).await;
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap());
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", app.addr.port()))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(ca)
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .expect("TLS handshake");
+    let mut c = locsvc_proto::v1::location_client::LocationClient::new(channel);
+    let mut req = tonic::Request::new(register(
+        "sip:tls@example.com",
+        "sip:t@192.0.2.1",
+        Some(600),
+        "t",
+        1,
+    ));
+    req.metadata_mut()
+        .insert("authorization", "Bearer t0ken".parse().unwrap());
+    assert_eq!(c.save(req).await.unwrap().into_inner().bindings.len(), 1);
+    // A plaintext client gets nothing out of the TLS port.
+    let plain_ok = match LocationClientPlain::connect(format!("http://{}", app.addr)).await {
+        Ok(mut p) => p
+            .lookup(pb::LookupRequest {
+                table: String::new(),
+                aor: "sip:tls@example.com".into(),
+            })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plain_ok);
+    app.stop().await;
+}
+
+type LocationClientPlain =
+    locsvc_proto::v1::location_client::LocationClient<tonic::transport::Channel>;
