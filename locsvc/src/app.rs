@@ -16,6 +16,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::clock::{self, Clock};
 use crate::cluster::{ClusterWatcher, StoreOptions};
 use crate::expiry::Sweeper;
+use crate::failover::Failover;
 use crate::grpc::{BearerAuth, LocationApi};
 use crate::location::LocationService;
 use crate::metrics::{self, Metrics};
@@ -57,6 +58,8 @@ pub struct App {
     watcher: ClusterWatcher,
     service: Arc<LocationService>,
     sweeper: Sweeper,
+    failover: Arc<Failover>,
+    topology: tokio::sync::watch::Receiver<Arc<crate::cluster::Topology>>,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
@@ -224,13 +227,21 @@ impl App {
             url: url.redacted(),
             source,
         })?;
+        let failover = Arc::new(Failover::new(
+            settings.failover.clone(),
+            master.clone(),
+            clock.clone(),
+            watcher.reload_handle(),
+            metrics.clone(),
+        ));
         let router = Router::new(
-            topology,
+            topology.clone(),
             master,
             settings.tables.clone().into_iter().collect(),
             settings.stale_window(),
             clock.clone(),
             metrics.clone(),
+            Some(failover.clone()),
         );
         let service = Arc::new(LocationService::new(
             router.clone(),
@@ -260,6 +271,8 @@ impl App {
             watcher,
             service,
             sweeper,
+            failover,
+            topology,
             grpc,
             grpc_addr,
             metrics_listener,
@@ -342,6 +355,9 @@ impl App {
             self.watcher.run(s.cluster.poll_interval, token.clone()),
         ));
         tasks.push(tokio::spawn(self.sweeper.run(token.clone())));
+        tasks.push(tokio::spawn(
+            self.failover.run(self.topology, token.clone()),
+        ));
         if let Some(l) = self.metrics_listener {
             let (m, t) = (self.metrics.clone(), token.clone());
             tasks.push(tokio::spawn(async move {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod domain;
 pub mod expiry;
+pub mod failover;
 pub mod grpc;
 pub mod location;
 pub mod metrics;

@@ -20,12 +20,16 @@ pub struct Metrics {
     pub rpc_seconds: HistogramVec,
     /// RPCs refused by load shedding.
     pub rpc_shed: IntCounter,
+    /// Reads also sent to a second member because the first was slow.
+    pub hedged_reads: IntCounter,
     /// RPCs being served now.
     pub rpc_in_flight: IntGauge,
     /// Member operation failures by group, member and kind.
     pub member_errors: IntCounterVec,
     /// Writes a member missed while its partner took them.
     pub member_missed_writes: IntCounterVec,
+    /// Failover decisions carried out, by action and result.
+    pub failover_actions: IntCounterVec,
     /// Configured status per member (0 off, 1 on, 2 maintenance).
     pub member_status: IntGaugeVec,
     /// Expired bindings deleted.
@@ -63,6 +67,11 @@ impl Metrics {
             "Writes a member missed while its partner took them",
             &["group", "member"],
         );
+        let failover_actions = counter_vec(
+            "failover_actions_total",
+            "Failover decisions by action and result",
+            &["action", "result"],
+        );
         let config_reloads = counter_vec(
             "config_reloads_total",
             "locdb reloads by result",
@@ -99,6 +108,12 @@ impl Metrics {
         registry
             .register(Box::new(rpc_in_flight.clone()))
             .expect("unique metric");
+        let hedged_reads =
+            IntCounter::new("hedged_reads_total", "Reads also sent to a second member")
+                .expect("valid metric");
+        registry
+            .register(Box::new(hedged_reads.clone()))
+            .expect("unique metric");
         let contacts_swept = IntCounter::new("contacts_swept_total", "Expired bindings deleted")
             .expect("valid metric");
         registry
@@ -115,8 +130,10 @@ impl Metrics {
             rpc_seconds,
             rpc_shed,
             rpc_in_flight,
+            hedged_reads,
             member_errors,
             member_missed_writes,
+            failover_actions,
             member_status,
             contacts_swept,
             config_reloads,

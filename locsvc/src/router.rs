@@ -12,13 +12,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
 use crate::cluster::{Group, Member, Topology};
 use crate::domain::Aor;
+use crate::failover::{Failover, Observation};
 use crate::metrics::Metrics;
 use crate::store::{LocationStore, SqlStore, StoreError};
 
@@ -93,10 +96,15 @@ pub struct Router {
     stale_window: i64,
     clock: Clock,
     metrics: Arc<Metrics>,
+    failover: Option<Arc<Failover>>,
 }
 
+/// Seconds during which a member that failed a request is tried last.
+const RECENT_ERROR_SECS: i64 = 10;
+
 impl Router {
-    /// A router over the snapshots of `topology`.
+    /// A router over the snapshots of `topology`; `failover`, when given,
+    /// hears about every transport failure and sets the hedge delay.
     pub fn new(
         topology: watch::Receiver<Arc<Topology>>,
         master: Arc<SqlStore>,
@@ -104,6 +112,7 @@ impl Router {
         stale_window: i64,
         clock: Clock,
         metrics: Arc<Metrics>,
+        failover: Option<Arc<Failover>>,
     ) -> Self {
         Self {
             topology,
@@ -112,6 +121,7 @@ impl Router {
             stale_window,
             clock,
             metrics,
+            failover,
         }
     }
 
@@ -190,20 +200,55 @@ impl Router {
             }
             Target::Group(g) => g,
         };
-        let readable = self.readable_members(group);
-        if readable.is_empty() {
+        let mut order = self.readable_members(group);
+        if order.is_empty() {
             return Err(RouteError::NoReadableMember { group: group.id });
         }
-        let start = (spread % readable.len() as u64) as usize;
+        let start = (spread % order.len() as u64) as usize;
+        order.rotate_left(start);
+        // Members that failed lately go last (stable: keeps the spread).
+        let now = (self.clock)();
+        order.sort_by_key(|m| m.health.failed_recently(now, RECENT_ERROR_SECS));
+        let hedge = self
+            .failover
+            .as_ref()
+            .map_or(std::time::Duration::MAX, |f| f.settings().hedge_delay);
+        let run = |m: Arc<Member>| async move {
+            let r = op(m.store.clone()).await;
+            (m, r)
+        };
+        let mut pending = FuturesUnordered::new();
+        let mut next = 0;
         let mut last_err = None;
-        for i in 0..readable.len() {
-            let m = &readable[(start + i) % readable.len()];
-            match op(m.store.clone()).await {
-                Ok(t) => return Ok((t, m.config.no)),
-                Err(e) => {
-                    self.record_error(m, &e, "read");
+        loop {
+            if pending.is_empty() {
+                if next == order.len() {
+                    break;
+                }
+                pending.push(run(order[next].clone()));
+                next += 1;
+            }
+            let done = if next < order.len() {
+                match tokio::time::timeout(hedge, pending.next()).await {
+                    Ok(d) => d,
+                    Err(_) => {
+                        // Slow answer: ask the next member too; first good one wins.
+                        self.metrics.hedged_reads.inc();
+                        pending.push(run(order[next].clone()));
+                        next += 1;
+                        continue;
+                    }
+                }
+            } else {
+                pending.next().await
+            };
+            match done {
+                Some((m, Ok(t))) => return Ok((t, m.config.no)),
+                Some((m, Err(e))) => {
+                    self.record_error(&m, &e, "read");
                     last_err = Some(e);
                 }
+                None => break,
             }
         }
         Err(RouteError::AllFailed {
@@ -264,9 +309,12 @@ impl Router {
         Ok(ok)
     }
 
-    fn record_error(&self, m: &Member, e: &StoreError, op: &str) {
+    fn record_error(&self, m: &Arc<Member>, e: &StoreError, op: &str) {
         let kind = if e.is_transport() {
-            m.health.count_transport_error();
+            m.health.count_transport_error((self.clock)());
+            if let Some(f) = &self.failover {
+                f.observe(m, Observation::RequestFailed);
+            }
             "transport"
         } else {
             "rejected"

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::domain::KeyPolicy;
 use crate::expiry::SweepSettings;
+use crate::failover::FailoverSettings;
 use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
 use crate::router::TableMode;
@@ -69,6 +70,7 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub registrar: RegistrarPolicy,
     pub expiry: SweepSettings,
+    pub failover: FailoverSettings,
     pub tables: BTreeMap<String, TableMode>,
 }
 
@@ -99,6 +101,7 @@ impl Default for Settings {
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
+            failover: FailoverSettings::default(),
             tables: BTreeMap::from([("location".to_string(), TableMode::Cluster)]),
         }
     }
@@ -200,6 +203,10 @@ impl Layers {
         if let Some(t) = table_layer {
             s.tables = t;
         }
+        // Probes query the first partitioned table.
+        if let Some((t, _)) = s.tables.iter().find(|(_, m)| **m == TableMode::Cluster) {
+            s.failover.probe_table = t.clone();
+        }
         errors.extend(check(&s));
         if errors.is_empty() {
             Ok(s)
@@ -291,6 +298,14 @@ fn apply(
         "expiry.batch_size" => s.expiry.batch = parse(v)?,
         "expiry.max_batches" => s.expiry.max_batches = parse(v)?,
         "expiry.grace_secs" => s.expiry.grace = parse(v)?,
+        "failover.error_threshold" => s.failover.monitor.error_threshold = parse(v)?,
+        "failover.error_window_ms" => {
+            s.failover.monitor.error_window_ms = millis(v)?.as_millis() as u64
+        }
+        "failover.down_after" => s.failover.monitor.down_after = parse(v)?,
+        "failover.up_after" => s.failover.monitor.up_after = parse(v)?,
+        "failover.probe_interval_ms" => s.failover.probe_interval = millis(v)?,
+        "failover.hedge_delay_ms" => s.failover.hedge_delay = millis(v)?,
         _ => {
             let Some(name) = key.strip_prefix("tables.") else {
                 return Err("unknown setting".into());
@@ -344,6 +359,10 @@ fn check(s: &Settings) -> Vec<String> {
     }
     if s.tables.is_empty() {
         e.push("tables: at least one location table is needed".into());
+    }
+    let f = &s.failover.monitor;
+    if f.error_threshold == 0 || f.down_after == 0 || f.up_after == 0 {
+        e.push("failover.error_threshold, failover.down_after and failover.up_after: must be at least 1".into());
     }
     if s.grpc.tls_cert.is_some() != s.grpc.tls_key.is_some() {
         e.push("grpc.tls_cert and grpc.tls_key: set both or neither".into());

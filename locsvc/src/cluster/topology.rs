@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::{ConfigProblem, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
@@ -20,6 +21,12 @@ pub struct MemberHealth {
     transport_errors: AtomicU64,
     /// When this instance last recorded a missed write in `locdb`.
     last_mark_at: AtomicI64,
+    /// When the last transport failure happened (0 = never).
+    last_error_at: AtomicI64,
+    /// Latency of the last probe, microseconds.
+    last_probe_micros: AtomicU64,
+    /// Whether the last probe succeeded.
+    last_probe_ok: AtomicBool,
 }
 
 impl MemberHealth {
@@ -33,9 +40,47 @@ impl MemberHealth {
         self.missed_write_at.load(Ordering::Acquire)
     }
 
-    /// Counts one transport failure.
-    pub fn count_transport_error(&self) -> u64 {
+    /// Counts one transport failure at `now`.
+    pub fn count_transport_error(&self, now: UnixTime) -> u64 {
+        self.last_error_at.fetch_max(now, Ordering::AcqRel);
         self.transport_errors.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// True when a transport failure happened in the last `secs` seconds.
+    pub fn failed_recently(&self, now: UnixTime, secs: i64) -> bool {
+        let t = self.last_error_at.load(Ordering::Acquire);
+        t > 0 && now - t < secs
+    }
+
+    /// Records a probe's outcome and latency.
+    pub fn record_probe(&self, ok: bool, took: Duration) {
+        self.last_probe_ok.store(ok, Ordering::Release);
+        self.last_probe_micros.store(
+            took.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Release,
+        );
+    }
+
+    /// Outcome and latency of the last probe (None before the first).
+    pub fn last_probe(&self) -> Option<(bool, Duration)> {
+        let us = self.last_probe_micros.load(Ordering::Acquire);
+        (us > 0).then(|| {
+            (
+                self.last_probe_ok.load(Ordering::Acquire),
+                Duration::from_micros(us),
+            )
+        })
+    }
+
+    /// Forgets local missed-write marks that `locdb.failover` (at
+    /// `recorded`) already covers, so the shared value alone decides.
+    pub fn settle_marks(&self, recorded: UnixTime) {
+        let t = self.missed_write_at.load(Ordering::Acquire);
+        if t > 0 && t <= recorded {
+            let _ =
+                self.missed_write_at
+                    .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     /// Transport failures so far.

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::model::{self, ClusterConfig, ConfigProblem, MemberStatus};
@@ -42,6 +42,7 @@ pub struct ClusterWatcher {
     config: Option<ClusterConfig>,
     problems: Vec<ConfigProblem>,
     tx: watch::Sender<Arc<Topology>>,
+    reload_now: Arc<Notify>,
 }
 
 impl ClusterWatcher {
@@ -65,8 +66,15 @@ impl ClusterWatcher {
             config: None,
             problems: Vec::new(),
             tx,
+            reload_now: Arc::new(Notify::new()),
         };
         (w, rx)
+    }
+
+    /// Notifying this makes the watcher re-read `locdb` at once (after this
+    /// instance changed it) instead of at the next poll.
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload_now.clone()
     }
 
     /// The master store.
@@ -135,6 +143,7 @@ impl ClusterWatcher {
                 let key = (m.group, m.no, raw);
                 live_keys.insert(key.clone());
                 let health = self.health.entry(key).or_default().clone();
+                health.settle_marks(m.failover);
                 if let Some(pg) = prev_group {
                     let before = pg.members.iter().find(|p| p.no == m.no && p.url == m.url);
                     // A member that was not on, or is new in an existing
@@ -229,14 +238,15 @@ impl ClusterWatcher {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let reload_now = self.reload_now.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(e) = self.reload().await {
-                        tracing::warn!(error = %e, "cannot read locdb; keeping the last good layout");
-                    }
-                }
+                _ = tick.tick() => {}
+                _ = reload_now.notified() => {}
+            }
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, "cannot read locdb; keeping the last good layout");
             }
         }
         for s in self.stores.values() {

@@ -90,6 +90,8 @@ pub struct TableSql {
     pub dump_page: String,
     pub count_contacts: String,
     pub count_aors: String,
+    /// A cheap indexed query proving the table answers (health probe).
+    pub probe: String,
     /// Whether AoR statements filter on `domain` too.
     pub use_domain: bool,
 }
@@ -142,6 +144,7 @@ impl TableSql {
                 "SELECT COUNT(*) FROM (SELECT DISTINCT username, domain FROM {table} \
                  WHERE expires > ?) a"
             )),
+            probe: f(format!("SELECT COUNT(*) FROM {table} WHERE ruid = ?")),
             use_domain,
         }
     }
@@ -199,11 +202,17 @@ impl TableSql {
     }
 }
 
-/// Statements on the master's `locdb` table.
+/// Statements on the master's `locdb` table. Every state change is a
+/// conditional update on (id, no, url) and the expected old state, so when
+/// several locsvc instances decide the same thing only one write lands.
 #[derive(Debug, Clone)]
 pub struct LocdbSql {
     pub select_all: String,
     pub mark_failover: String,
+    pub deactivate: String,
+    pub readmit: String,
+    pub clear_failover: String,
+    pub set_status: String,
 }
 
 impl LocdbSql {
@@ -221,8 +230,25 @@ impl LocdbSql {
                 spare = i("spare"),
                 rg = i("rg"),
             ),
-            mark_failover: dialect
-                .finish("UPDATE locdb SET failover = ? WHERE id = ? AND no = ? AND url = ?"),
+            // Never move `failover` backwards: it records the latest miss.
+            mark_failover: dialect.finish(&format!(
+                "UPDATE locdb SET failover = {greatest}(failover, ?) WHERE id = ? AND no = ? AND url = ?",
+                greatest = if dialect == Dialect::Sqlite { "MAX" } else { "GREATEST" }
+            )),
+            deactivate: dialect.finish(
+                "UPDATE locdb SET status = 0, failover = ?, errors = errors + ? \
+                 WHERE id = ? AND no = ? AND url = ? AND status = 1",
+            ),
+            readmit: dialect.finish(
+                "UPDATE locdb SET status = 1, failover = ?, errors = 0 \
+                 WHERE id = ? AND no = ? AND url = ? AND status = 0",
+            ),
+            clear_failover: dialect.finish(
+                "UPDATE locdb SET failover = ? WHERE id = ? AND no = ? AND url = ? AND failover = ?",
+            ),
+            set_status: dialect.finish(
+                "UPDATE locdb SET status = ?, failover = ? WHERE id = ? AND no = ?",
+            ),
         }
     }
 }

@@ -99,6 +99,9 @@ pub trait LocationStore: Send + Sync + 'static {
     async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError>;
     /// A real round trip (`SELECT 1`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// An indexed query on `table`: proves the member answers real queries,
+    /// not just connections (p_usrloc re-admits on connect alone and flaps).
+    async fn probe(&self, table: &str) -> Result<(), StoreError>;
 }
 
 /// The SQL implementation of `LocationStore` for one database.
@@ -223,14 +226,142 @@ impl SqlStore {
         url: &str,
         at: UnixTime,
     ) -> Result<u64, StoreError> {
-        let sql = &self.locdb.mark_failover;
-        let at = to_db_time(at);
+        self.locdb_update(
+            &self.locdb.mark_failover,
+            &[Arg::Time(at)],
+            id,
+            no,
+            url,
+            &[],
+        )
+        .await
+    }
+
+    /// Switches an `on` member off (failover level 1), adding `errors` to
+    /// its counter. Returns 0 when another instance already did.
+    pub async fn deactivate(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(
+            &self.locdb.deactivate,
+            &[Arg::Time(at), Arg::Int(i64::from(errors))],
+            id,
+            no,
+            url,
+            &[],
+        )
+        .await
+    }
+
+    /// Switches an `off` member back on; it warms up (is not read) until
+    /// it is known to be complete. Returns 0 when another instance already did.
+    pub async fn readmit(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(&self.locdb.readmit, &[Arg::Time(at)], id, no, url, &[])
+            .await
+    }
+
+    /// Marks a member complete (resynced) unless a newer miss was recorded
+    /// since `expected` was read. Returns 0 when it was.
+    pub async fn clear_failover(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        expected: NaiveDateTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(
+            &self.locdb.clear_failover,
+            &[Arg::Naive(FAILOVER_RESET)],
+            id,
+            no,
+            url,
+            &[Arg::Naive(expected)],
+        )
+        .await
+    }
+
+    /// Sets a member's status by operator request.
+    pub async fn set_status(
+        &self,
+        id: u32,
+        no: u32,
+        status: i64,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let sql = &self.locdb.set_status;
         let done = with_pool!(&self.pool, p => self
-            .timed(sqlx::query(sql).bind(at).bind(id as i32).bind(no as i32).bind(url).execute(p))
+            .timed(
+                sqlx::query(sql)
+                    .bind(status as i32)
+                    .bind(to_db_time(at))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .execute(p),
+            )
             .await?
             .rows_affected());
         Ok(done)
     }
+
+    /// Runs a `locdb` update bound as: `head`, id, no, url, `tail`.
+    async fn locdb_update(
+        &self,
+        sql: &str,
+        head: &[Arg],
+        id: u32,
+        no: u32,
+        url: &str,
+        tail: &[Arg],
+    ) -> Result<u64, StoreError> {
+        let done = with_pool!(&self.pool, p => {
+            let mut q = sqlx::query(sql);
+            for a in head {
+                q = match a {
+                    Arg::Time(t) => q.bind(to_db_time(*t)),
+                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Int(i) => q.bind(*i),
+                };
+            }
+            q = q.bind(id as i32).bind(no as i32).bind(url);
+            for a in tail {
+                q = match a {
+                    Arg::Time(t) => q.bind(to_db_time(*t)),
+                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Int(i) => q.bind(*i),
+                };
+            }
+            self.timed(q.execute(p)).await?.rows_affected()
+        });
+        Ok(done)
+    }
+}
+
+/// `locdb.failover` of a member that holds everything: p_usrloc's shipped
+/// default, "long ago".
+pub const FAILOVER_RESET: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(d) => match d.and_hms_opt(0, 0, 1) {
+        Some(t) => t,
+        None => NaiveDateTime::MIN,
+    },
+    None => NaiveDateTime::MIN,
+};
+
+/// A bind value of a `locdb` update.
+enum Arg {
+    Time(UnixTime),
+    Naive(NaiveDateTime),
+    Int(i64),
 }
 
 /// Binds one binding's `COLUMNS`, in order, onto a query.
@@ -413,6 +544,14 @@ impl LocationStore for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(&self.pool, p => {
             self.timed(sqlx::query("SELECT 1").execute(p)).await?;
+        });
+        Ok(())
+    }
+
+    async fn probe(&self, table: &str) -> Result<(), StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let _: i64 = self.timed(sqlx::query_scalar(&sql.probe).bind("").fetch_one(p)).await?;
         });
         Ok(())
     }

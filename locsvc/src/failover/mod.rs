@@ -1,0 +1,225 @@
+//! Failover: detecting broken members and acting on it.
+//!
+//! Owns: the per-member detectors (`monitor`, fed by request errors from the
+//! router and by active probes), the probe loop, and carrying out decisions
+//! as conditional `locdb` updates on the master — so every instance sharing
+//! the master sees the same picture, and when several instances decide the
+//! same thing at once only one update lands. Does not own: which member a
+//! request uses (router) or what `locdb` says (cluster watcher, which this
+//! module nudges to reload right after a change).
+
+pub mod accrual;
+pub mod monitor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::cluster::{Member, MemberStatus, Topology};
+use crate::metrics::Metrics;
+use crate::store::SqlStore;
+pub use monitor::{Decision, MonitorSettings, Observation};
+
+/// Failover settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverSettings {
+    pub monitor: MonitorSettings,
+    /// How often every member is probed.
+    pub probe_interval: Duration,
+    /// Table the probes query (a real indexed query, not a bare connect).
+    pub probe_table: String,
+    /// A read that has not answered after this long is also sent to the
+    /// next member; the first good answer wins, so a hung member does not
+    /// hold reads up.
+    pub hedge_delay: Duration,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        Self {
+            monitor: MonitorSettings::default(),
+            probe_interval: Duration::from_secs(1),
+            probe_table: "location".into(),
+            hedge_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+type MemberKey = (u32, u32, String);
+
+fn key(m: &Member) -> MemberKey {
+    (
+        m.config.group,
+        m.config.no,
+        m.config.url.expose().to_string(),
+    )
+}
+
+/// The failover engine of one instance.
+pub struct Failover {
+    settings: FailoverSettings,
+    monitors: Mutex<HashMap<MemberKey, monitor::Monitor>>,
+    master: Arc<SqlStore>,
+    clock: Clock,
+    started: tokio::time::Instant,
+    reload: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl Failover {
+    /// An engine acting on `master`; `reload` asks the watcher to re-read
+    /// `locdb` at once after a change.
+    pub fn new(
+        settings: FailoverSettings,
+        master: Arc<SqlStore>,
+        clock: Clock,
+        reload: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            monitors: Mutex::new(HashMap::new()),
+            master,
+            clock,
+            started: tokio::time::Instant::now(),
+            reload,
+            metrics,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &FailoverSettings {
+        &self.settings
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Feeds one observation of `member`; carries out any decision in the
+    /// background.
+    pub fn observe(self: &Arc<Self>, member: &Arc<Member>, o: Observation) {
+        let decision = {
+            let mut monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+            let m = monitors.entry(key(member)).or_insert_with(|| {
+                monitor::Monitor::new(self.settings.monitor, member.config.status)
+            });
+            m.set_status(member.config.status);
+            let d = m.observe(o, self.now_ms());
+            (d, m.total_errors())
+        };
+        if let (d @ (Decision::Deactivate | Decision::Readmit), errors) = decision {
+            let this = self.clone();
+            let member = member.clone();
+            tokio::spawn(async move { this.act(&member, d, errors).await });
+        }
+    }
+
+    async fn act(&self, member: &Member, d: Decision, errors: u32) {
+        let c = &member.config;
+        let now = (self.clock)();
+        let r = match d {
+            Decision::Deactivate => {
+                self.master
+                    .deactivate(c.group, c.no, c.url.expose(), errors, now)
+                    .await
+            }
+            Decision::Readmit => {
+                self.master
+                    .readmit(c.group, c.no, c.url.expose(), now)
+                    .await
+            }
+            Decision::Keep => return,
+        };
+        let what = if d == Decision::Deactivate {
+            "deactivate"
+        } else {
+            "readmit"
+        };
+        match r {
+            Ok(n) => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&[what, if n > 0 { "done" } else { "already_done" }])
+                    .inc();
+                tracing::warn!(member = %member.label(), action = what, errors, applied = n > 0, "failover");
+                self.reload.notify_one();
+            }
+            Err(e) => {
+                // The master is unreachable: allow the decision again so the
+                // next observation retries it.
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&[what, "master_error"])
+                    .inc();
+                tracing::error!(member = %member.label(), action = what, error = %e, "cannot record failover in locdb");
+                let mut monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(m) = monitors.get_mut(&key(member)) {
+                    m.retry();
+                }
+            }
+        }
+    }
+
+    /// Probes every group member once, concurrently.
+    pub async fn probe_once(self: &Arc<Self>, topo: &Topology) {
+        let members: Vec<Arc<Member>> = topo
+            .groups
+            .values()
+            .flat_map(|g| g.members.iter().cloned())
+            .filter(|m| m.config.status != MemberStatus::Maintenance)
+            .collect();
+        {
+            // Forget detectors of members that left the layout.
+            let live: std::collections::HashSet<MemberKey> =
+                members.iter().map(|m| key(m)).collect();
+            let mut monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+            monitors.retain(|k, _| live.contains(k));
+        }
+        let table = self.settings.probe_table.as_str();
+        let results = join_all(members.iter().map(|m| async move {
+            let start = tokio::time::Instant::now();
+            let r = m.store.probe(table).await;
+            (r, start.elapsed())
+        }))
+        .await;
+        for (m, (r, took)) in members.iter().zip(results) {
+            m.health.record_probe(r.is_ok(), took);
+            let o = match r {
+                Ok(()) => Observation::ProbeOk,
+                Err(e) => {
+                    tracing::debug!(member = %m.label(), error = %e, "probe failed");
+                    Observation::ProbeFailed
+                }
+            };
+            self.observe(m, o);
+        }
+    }
+
+    /// Probes every `probe_interval` until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        topology: watch::Receiver<Arc<Topology>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.settings.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let topo = topology.borrow().clone();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.probe_once(&topo) => {}
+                    }
+                }
+            }
+        }
+    }
+}

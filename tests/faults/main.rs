@@ -1,0 +1,286 @@
+//! Real faults: a MariaDB server is killed (SIGKILL: connections refused)
+//! or hung (SIGSTOP: accepts connections, never answers) in the middle of a
+//! concurrent Save/Lookup load. This binary runs apart from `it` (cargo runs
+//! test binaries one after another) and its tests take a lock, so no other
+//! test ever sees the faulted server.
+
+#[path = "../it/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use locsvc_proto::v1 as pb;
+use tokio::sync::Mutex;
+
+/// One fault at a time in this binary.
+static FAULT: Mutex<()> = Mutex::const_new(());
+
+fn try_testdb(args: &[&str]) -> Result<String, String> {
+    let script = std::env::var("LOCSVC_TESTDB_SCRIPT").expect(
+        "LOCSVC_TESTDB_SCRIPT is not set: run `scripts/test` or `eval \"$(scripts/testdb.sh up)\"`",
+    );
+    let out = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("testdb.sh runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "testdb.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn testdb(args: &[&str]) -> String {
+    try_testdb(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn signal(name: &str, sig: &str) {
+    let pid = testdb(&["pid", name]);
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// Brings the server back however the test ends.
+struct Restore(&'static str);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Ok(pid) = try_testdb(&["pid", self.0]) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status();
+        }
+        if let Err(e) = try_testdb(&["start", self.0]) {
+            eprintln!("cannot restart {}: {e}", self.0);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Load {
+    ops: AtomicU64,
+    failures: AtomicU64,
+    stop: AtomicBool,
+    acked: std::sync::Mutex<Vec<(String, String)>>,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+/// `workers` clients each saving a fresh AoR and looking it up, until told to stop.
+fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+    let load = Arc::new(Load::default());
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let load = load.clone();
+        let addr = app.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = locsvc_proto::v1::location_client::LocationClient::connect(format!(
+                "http://{addr}"
+            ))
+            .await
+            .unwrap();
+            let mut i = 0u64;
+            while !load.stop.load(Ordering::Acquire) && i < 100_000 {
+                i += 1;
+                let aor = format!("sip:w{w}u{i}@example.com");
+                let contact = format!("sip:w{w}u{i}@192.0.2.1:5060");
+                let saved = c.save(register(&aor, &contact, Some(3600), &aor, 1)).await;
+                load.ops.fetch_add(1, Ordering::AcqRel);
+                match saved {
+                    Ok(_) => load
+                        .acked
+                        .lock()
+                        .unwrap()
+                        .push((aor.clone(), contact.clone())),
+                    Err(e) => {
+                        load.failures.fetch_add(1, Ordering::AcqRel);
+                        load.errors.lock().unwrap().push(format!("save {aor}: {e}"));
+                        continue;
+                    }
+                }
+                let found = c
+                    .lookup(pb::LookupRequest {
+                        table: String::new(),
+                        aor: aor.clone(),
+                    })
+                    .await;
+                load.ops.fetch_add(1, Ordering::AcqRel);
+                match found {
+                    Ok(r) if r.get_ref().bindings.iter().any(|b| b.contact == contact) => {}
+                    Ok(_) => {
+                        load.failures.fetch_add(1, Ordering::AcqRel);
+                        load.errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("lookup {aor}: acknowledged binding missing"));
+                    }
+                    Err(e) => {
+                        load.failures.fetch_add(1, Ordering::AcqRel);
+                        load.errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("lookup {aor}: {e}"));
+                    }
+                }
+            }
+        }));
+    }
+    (load, tasks)
+}
+
+async fn wait_ops(load: &Load, at_least: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.ops.load(Ordering::Acquire) < at_least {
+        assert!(Instant::now() < deadline, "load too slow: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `locdb` row (id, no) satisfies `f`; returns how long it took.
+async fn wait_locdb(
+    layout: &Layout,
+    id: i64,
+    no: i64,
+    what: &str,
+    f: impl Fn(&locsvc::store::LocdbRow) -> bool,
+) -> Duration {
+    let master = layout.master();
+    let start = Instant::now();
+    loop {
+        let rows = master.load_locdb().await.unwrap();
+        if rows.iter().any(|r| r.id == id && r.no == no && f(r)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fault_settings(layout: &Layout) -> locsvc::settings::Settings {
+    let mut s = layout.settings();
+    s.cluster.query_timeout = Duration::from_millis(300);
+    s.cluster.pool.acquire_timeout = Duration::from_millis(300);
+    s.failover.probe_interval = Duration::from_millis(200);
+    s.failover.hedge_delay = Duration::from_millis(50);
+    s
+}
+
+async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
+    let _one = FAULT.lock().await;
+    // Group 1 = member 1 on MariaDB m1, member 2 on MariaDB m2.
+    let layout = Layout::create(
+        Backend::MariaDb1,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        1,
+    )
+    .await;
+    let app = TestApp::spawn(fault_settings(&layout)).await;
+    let (load, tasks) = start_load(&app, 8);
+    wait_ops(&load, 400, "before the fault").await;
+
+    let restore = Restore("m2");
+    let before = load.ops.load(Ordering::Acquire);
+    signal("m2", sig);
+    let t_fault = Instant::now();
+    let detect = wait_locdb(&layout, 1, 2, "member 2 switched off", |r| r.status == 0).await;
+    let during = load.ops.load(Ordering::Acquire) - before;
+    wait_ops(
+        &load,
+        load.ops.load(Ordering::Acquire) + 400,
+        "after the fault",
+    )
+    .await;
+    load.stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = load.ops.load(Ordering::Acquire);
+    let failures = load.failures.load(Ordering::Acquire);
+    eprintln!(
+        "FAULT {sig}: ops total {total}, ops until detection {during}, failures {failures}, \
+         time to detect {:.0} ms (signal to locdb status 0)",
+        detect.as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        failures,
+        0,
+        "errors: {:?}",
+        &load.errors.lock().unwrap()[..]
+    );
+
+    let rows = layout.master().load_locdb().await.unwrap();
+    let m2 = rows.iter().find(|r| r.id == 1 && r.no == 2).unwrap();
+    assert_eq!(m2.status, 0);
+    assert!(m2.errors > 0, "errors recorded in locdb: {}", m2.errors);
+
+    // Every acknowledged binding can still be looked up.
+    let acked = load.acked.lock().unwrap().clone();
+    let mut c = app.client().await;
+    for (aor, contact) in &acked {
+        assert!(
+            lookup_contacts(&mut c, aor).await.contains(contact),
+            "{aor} lost"
+        );
+    }
+    eprintln!(
+        "FAULT {sig}: {} acknowledged bindings all found",
+        acked.len()
+    );
+
+    // The server comes back: probes re-admit it (status 1), and it is not
+    // read while it may lack bindings.
+    for a in resume {
+        signal("m2", a);
+    }
+    drop(restore);
+    let back = wait_locdb(&layout, 1, 2, "member 2 re-admitted", |r| r.status == 1).await;
+    eprintln!(
+        "FAULT {sig}: re-admitted {:.0} ms after the server returned",
+        back.as_secs_f64() * 1000.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let topo = app.service.router().topology();
+        let g = topo.groups[&1].clone();
+        if g.members[1].config.status == locsvc::cluster::MemberStatus::On {
+            assert_eq!(
+                app.service.router().readable_members(&g).len(),
+                1,
+                "warming member not read"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "snapshot shows member 2 on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (aor, contact) in acked.iter().take(200) {
+        assert!(
+            lookup_contacts(&mut c, aor).await.contains(contact),
+            "{aor} lost after re-admission"
+        );
+    }
+    let _ = t_fault;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_loses_no_acknowledged_registration_and_fails_no_request() {
+    fault_under_load("-KILL", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_member_loses_no_acknowledged_registration_and_fails_no_request() {
+    fault_under_load("-STOP", &["-CONT"]).await;
+}
