@@ -228,8 +228,9 @@ impl App {
             source,
         })?;
         let failover = Arc::new(Failover::new(
-            settings.failover.clone(),
+            settings.failover_settings(),
             master.clone(),
+            topology.clone(),
             clock.clone(),
             watcher.reload_handle(),
             metrics.clone(),

@@ -203,10 +203,6 @@ impl Layers {
         if let Some(t) = table_layer {
             s.tables = t;
         }
-        // Probes query the first partitioned table.
-        if let Some((t, _)) = s.tables.iter().find(|(_, m)| **m == TableMode::Cluster) {
-            s.failover.probe_table = t.clone();
-        }
         errors.extend(check(&s));
         if errors.is_empty() {
             Ok(s)
@@ -306,6 +302,8 @@ fn apply(
         "failover.up_after" => s.failover.monitor.up_after = parse(v)?,
         "failover.probe_interval_ms" => s.failover.probe_interval = millis(v)?,
         "failover.hedge_delay_ms" => s.failover.hedge_delay = millis(v)?,
+        "failover.resync_batch" => s.failover.resync.batch = parse(v)?,
+        "failover.resync_pause_ms" => s.failover.resync.pause = Duration::from_millis(parse(v)?),
         _ => {
             let Some(name) = key.strip_prefix("tables.") else {
                 return Err("unknown setting".into());
@@ -361,6 +359,9 @@ fn check(s: &Settings) -> Vec<String> {
         e.push("tables: at least one location table is needed".into());
     }
     let f = &s.failover.monitor;
+    if s.failover.resync.batch == 0 {
+        e.push("failover.resync_batch: must be at least 1".into());
+    }
     if f.error_threshold == 0 || f.down_after == 0 || f.up_after == 0 {
         e.push("failover.error_threshold, failover.down_after and failover.up_after: must be at least 1".into());
     }
@@ -412,6 +413,19 @@ impl Settings {
             .filter(|(_, m)| **m == mode)
             .map(|(t, _)| t.clone())
             .collect()
+    }
+
+    /// Failover settings completed from the rest: probes query the first
+    /// partitioned table, resyncs copy them all, and the staleness window is
+    /// the longest registration.
+    pub fn failover_settings(&self) -> FailoverSettings {
+        let mut f = self.failover.clone();
+        f.tables = self.cluster_tables();
+        if let Some(t) = f.tables.first() {
+            f.probe_table = t.clone();
+        }
+        f.window = self.stale_window();
+        f
     }
 
     /// Seconds after a missed write when a member is complete again: every

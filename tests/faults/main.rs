@@ -179,6 +179,11 @@ fn fault_settings(layout: &Layout) -> locsvc::settings::Settings {
 
 async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
     let _one = FAULT.lock().await;
+    // Failover decisions are logged; `--nocapture` shows them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("locsvc=info")
+        .with_test_writer()
+        .try_init();
     // Group 1 = member 1 on MariaDB m1, member 2 on MariaDB m2.
     let layout = Layout::create(
         Backend::MariaDb1,
@@ -226,7 +231,7 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
     assert!(m2.errors > 0, "errors recorded in locdb: {}", m2.errors);
 
     // Every acknowledged binding can still be looked up.
-    let acked = load.acked.lock().unwrap().clone();
+    let mut acked = load.acked.lock().unwrap().clone();
     let mut c = app.client().await;
     for (aor, contact) in &acked {
         assert!(
@@ -238,37 +243,87 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
         "FAULT {sig}: {} acknowledged bindings all found",
         acked.len()
     );
+    // While member 2 is out, some bindings are removed: it still holds them.
+    let removed: Vec<(String, String)> = acked.drain(..50).collect();
+    for (aor, _) in &removed {
+        c.remove(pb::RemoveRequest {
+            table: String::new(),
+            aor: aor.clone(),
+            contact: String::new(),
+        })
+        .await
+        .unwrap();
+    }
 
-    // The server comes back: probes re-admit it (status 1), and it is not
-    // read while it may lack bindings.
+    // The server comes back: probes re-admit it (status 1); a resync fills it
+    // from member 1 and drops what was removed; only then is it read again.
     for a in resume {
         signal("m2", a);
     }
     drop(restore);
     let back = wait_locdb(&layout, 1, 2, "member 2 re-admitted", |r| r.status == 1).await;
+    let readmitted = Instant::now();
     eprintln!(
         "FAULT {sig}: re-admitted {:.0} ms after the server returned",
         back.as_secs_f64() * 1000.0
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let topo = app.service.router().topology();
-        let g = topo.groups[&1].clone();
-        if g.members[1].config.status == locsvc::cluster::MemberStatus::On {
-            assert_eq!(
-                app.service.router().readable_members(&g).len(),
-                1,
-                "warming member not read"
-            );
+        let g = app.service.router().topology().groups[&1].clone();
+        if g.members[1].config.status == locsvc::cluster::MemberStatus::On
+            && app.service.router().readable_members(&g).len() == 2
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "snapshot shows member 2 on");
+        if readmitted.elapsed() > Duration::from_secs(30) {
+            let m = &g.members[1];
+            panic!(
+                "member 2 not readable after resync: status {:?} failover {} missed {} now {}\n{}",
+                m.config.status,
+                m.config.failover,
+                m.health.missed_write_at(),
+                chrono::Utc::now().timestamp(),
+                app.metrics
+                    .render()
+                    .lines()
+                    .filter(|l| l.contains("failover_actions") || l.contains("missed"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for (aor, contact) in acked.iter().take(200) {
+    eprintln!(
+        "FAULT {sig}: resync of {} bindings made member 2 readable {:.0} ms after re-admission",
+        acked.len(),
+        readmitted.elapsed().as_secs_f64() * 1000.0
+    );
+    let resyncs = app
+        .metrics
+        .failover_actions
+        .with_label_values(&["resync", "done"])
+        .get();
+    assert!(resyncs >= 1, "member 2 became readable through a resync");
+    let now = chrono::Utc::now().timestamp();
+    let m1 = open_store(&layout.members[0][0], true);
+    let m2 = open_store(&layout.members[0][1], true);
+    let s1 = locsvc::store::LocationStore::stats(&m1, "location", now)
+        .await
+        .unwrap();
+    let s2 = locsvc::store::LocationStore::stats(&m2, "location", now)
+        .await
+        .unwrap();
+    assert_eq!(s1, s2, "both members hold the same bindings");
+    assert_eq!(s1.contacts as usize, acked.len());
+    for (aor, contact) in &acked {
         assert!(
             lookup_contacts(&mut c, aor).await.contains(contact),
             "{aor} lost after re-admission"
+        );
+    }
+    for (aor, _) in &removed {
+        assert!(
+            lookup_contacts(&mut c, aor).await.is_empty(),
+            "{aor} was removed"
         );
     }
     let _ = t_fault;

@@ -307,6 +307,45 @@ async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
     );
 }
 
+async fn deactivation_never_takes_the_last_member_that_is_on(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    for no in 1..=2 {
+        s.insert_locdb(&locdb_row(1, no, &format!("mysql://u@h{no}/db")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.deactivate(1, 2, "mysql://u@h2/db", 7, T0).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.deactivate(1, 2, "mysql://u@h2/db", 7, T0).await.unwrap(),
+        0,
+        "only once"
+    );
+    assert_eq!(
+        s.deactivate(1, 1, "mysql://u@h1/db", 7, T0).await.unwrap(),
+        0,
+        "the last one stays on"
+    );
+    let rows = s.load_locdb().await.unwrap();
+    assert_eq!((rows[0].status, rows[1].status, rows[1].errors), (1, 0, 7));
+    assert_eq!(s.readmit(1, 2, "mysql://u@h2/db", T0 + 5).await.unwrap(), 1);
+    let rows = s.load_locdb().await.unwrap();
+    assert_eq!((rows[1].status, rows[1].errors), (1, 0));
+    assert_eq!(rows[1].failover.and_utc().timestamp(), T0 + 5);
+    let at = rows[1].failover;
+    assert_eq!(
+        s.clear_failover(1, 2, "mysql://u@h2/db", at).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.clear_failover(1, 2, "mysql://u@h2/db", at).await.unwrap(),
+        0,
+        "a newer value is kept"
+    );
+}
+
 async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
     let (s, _d) = store(b, true).await;
     let a = Aor::parse("sip:o%27brien%22%3B--@example.com", KeyPolicy::default()).unwrap();
@@ -353,6 +392,7 @@ macro_rules! store_suite {
                 #[tokio::test] async fn dump_pages_walk_every_valid_row_once() { super::dump_pages_walk_every_valid_row_once(B).await }
                 #[tokio::test] async fn stats_count_valid_contacts_and_distinct_aors() { super::stats_count_valid_contacts_and_distinct_aors(B).await }
                 #[tokio::test] async fn migrations_are_idempotent_and_locdb_round_trips() { super::migrations_are_idempotent_and_locdb_round_trips(B).await }
+                #[tokio::test] async fn deactivation_never_takes_the_last_member_that_is_on() { super::deactivation_never_takes_the_last_member_that_is_on(B).await }
                 #[tokio::test] async fn sql_metacharacters_are_stored_verbatim() { super::sql_metacharacters_are_stored_verbatim(B).await }
                 #[tokio::test] async fn unconfigured_tables_are_refused_before_any_sql() { super::unconfigured_tables_are_refused_before_any_sql(B).await }
             }

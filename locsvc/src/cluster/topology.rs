@@ -80,6 +80,8 @@ impl MemberHealth {
             let _ =
                 self.missed_write_at
                     .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Acquire);
+            // The next miss must reach `locdb` even within the same second.
+            self.last_mark_at.store(0, Ordering::Release);
         }
     }
 
@@ -128,7 +130,15 @@ impl Member {
     /// missed has expired anyway — p_usrloc's `expire_time` rule.
     pub fn readable(&self, now: UnixTime, window: i64) -> bool {
         let recent = |t: UnixTime| t > 0 && now < t.saturating_add(window);
-        self.writable() && !recent(self.config.failover) && !recent(self.health.missed_write_at())
+        self.writable()
+            && !recent(self.config.failover)
+            && !(self.unrecorded_miss() && recent(self.health.missed_write_at()))
+    }
+
+    /// A missed write this instance saw that `locdb.failover` (as last read)
+    /// does not cover yet.
+    pub fn unrecorded_miss(&self) -> bool {
+        self.health.missed_write_at() > self.config.failover
     }
 
     /// `group/no`, for logs and errors.

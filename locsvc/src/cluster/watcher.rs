@@ -30,6 +30,9 @@ pub struct StoreOptions {
 
 type MemberKey = (u32, u32, String);
 
+/// A `failover` at most this old already marks a member as lacking writes.
+const RECENT_SECS: i64 = 60;
+
 /// Owns the member pools and publishes topology snapshots.
 pub struct ClusterWatcher {
     master: Arc<SqlStore>,
@@ -153,6 +156,9 @@ impl ClusterWatcher {
                         Some(b) => b.status != MemberStatus::On && m.status == MemberStatus::On,
                         None => true,
                     };
+                    // A re-admission by a locsvc instance already set a recent
+                    // `failover`; only a hand edit that left it old needs one.
+                    let missed = missed && m.failover <= now - RECENT_SECS;
                     if missed {
                         health.mark_missed(now);
                         to_mark.push(m.clone());

@@ -10,10 +10,14 @@
 
 pub mod accrual;
 pub mod monitor;
+pub mod resync;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::NaiveDateTime;
 
 use futures::future::join_all;
 use tokio::sync::{Notify, watch};
@@ -23,7 +27,9 @@ use crate::clock::Clock;
 use crate::cluster::{Member, MemberStatus, Topology};
 use crate::metrics::Metrics;
 use crate::store::SqlStore;
+use crate::store::rows::to_db_time;
 pub use monitor::{Decision, MonitorSettings, Observation};
+pub use resync::{Progress, ResyncSettings};
 
 /// Failover settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +43,12 @@ pub struct FailoverSettings {
     /// next member; the first good answer wins, so a hung member does not
     /// hold reads up.
     pub hedge_delay: Duration,
+    pub resync: ResyncSettings,
+    /// Partitioned tables a resync copies.
+    pub tables: Vec<String>,
+    /// Seconds after which a member that missed writes cannot lack anything
+    /// (the longest registration): the fallback when no resync is possible.
+    pub window: i64,
 }
 
 impl Default for FailoverSettings {
@@ -46,6 +58,9 @@ impl Default for FailoverSettings {
             probe_interval: Duration::from_secs(1),
             probe_table: "location".into(),
             hedge_delay: Duration::from_millis(50),
+            resync: ResyncSettings::default(),
+            tables: vec!["location".into()],
+            window: 3600,
         }
     }
 }
@@ -69,6 +84,13 @@ pub struct Failover {
     started: tokio::time::Instant,
     reload: Arc<Notify>,
     metrics: Arc<Metrics>,
+    topology: watch::Receiver<Arc<Topology>>,
+    /// Members kept on for want of a healthy partner, to reconsider.
+    kept: Mutex<Vec<MemberKey>>,
+    resyncing: AtomicBool,
+    /// Unfinished resyncs: progress, cutoff, and the `failover` value they
+    /// started from (a newer miss restarts them).
+    resumable: Mutex<HashMap<MemberKey, (Progress, i64, NaiveDateTime)>>,
 }
 
 impl Failover {
@@ -77,6 +99,7 @@ impl Failover {
     pub fn new(
         settings: FailoverSettings,
         master: Arc<SqlStore>,
+        topology: watch::Receiver<Arc<Topology>>,
         clock: Clock,
         reload: Arc<Notify>,
         metrics: Arc<Metrics>,
@@ -89,6 +112,10 @@ impl Failover {
             started: tokio::time::Instant::now(),
             reload,
             metrics,
+            topology,
+            kept: Mutex::new(Vec::new()),
+            resyncing: AtomicBool::new(false),
+            resumable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,9 +147,38 @@ impl Failover {
         }
     }
 
+    /// True when another member of `member`'s group is on, up to date and
+    /// answered its last probe: only then is switching `member` off a gain.
+    /// Under overload every member is slow; without this rule the detector
+    /// could switch off the healthy one first and leave only the dead one.
+    fn partner_healthy(&self, member: &Member) -> bool {
+        let topo = self.topology.borrow().clone();
+        let now = (self.clock)();
+        topo.groups.get(&member.config.group).is_some_and(|g| {
+            g.members.iter().any(|o| {
+                o.config.no != member.config.no
+                    && o.readable(now, self.settings.window)
+                    && o.health.last_probe().is_some_and(|(ok, _)| ok)
+            })
+        })
+    }
+
     async fn act(&self, member: &Member, d: Decision, errors: u32) {
         let c = &member.config;
         let now = (self.clock)();
+        if d == Decision::Deactivate && !self.partner_healthy(member) {
+            self.metrics
+                .failover_actions
+                .with_label_values(&["deactivate", "kept_last"])
+                .inc();
+            tracing::warn!(member = %member.label(), errors, "failing, but no healthy partner: keeping it on");
+            // Decided again after the next probe round, not on every error.
+            self.kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key(member));
+            return;
+        }
         let r = match d {
             Decision::Deactivate => {
                 self.master
@@ -178,8 +234,14 @@ impl Failover {
             // Forget detectors of members that left the layout.
             let live: std::collections::HashSet<MemberKey> =
                 members.iter().map(|m| key(m)).collect();
+            let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
             let mut monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
             monitors.retain(|k, _| live.contains(k));
+            for k in kept {
+                if let Some(m) = monitors.get_mut(&k) {
+                    m.retry();
+                }
+            }
         }
         let table = self.settings.probe_table.as_str();
         let results = join_all(members.iter().map(|m| async move {
@@ -201,6 +263,99 @@ impl Failover {
         }
     }
 
+    /// Starts a resync of one member that is on but not readable, from a
+    /// readable partner, unless one is already running.
+    pub fn maybe_resync(self: &Arc<Self>, topo: &Topology) {
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now = (self.clock)();
+        let w = self.settings.window;
+        let job = topo.groups.values().find_map(|g| {
+            let target = g
+                .members
+                .iter()
+                .find(|m| m.writable() && !m.readable(now, w) && !m.unrecorded_miss())?;
+            let source = g.members.iter().find(|m| m.readable(now, w))?;
+            Some((source.clone(), target.clone()))
+        });
+        let Some((source, target)) = job else {
+            self.resyncing.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.resync_member(&source, &target).await;
+            this.resyncing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn resync_member(&self, source: &Member, target: &Member) {
+        let k = key(target);
+        let c = &target.config;
+        let expected = to_db_time(c.failover);
+        let now = (self.clock)();
+        let (mut progress, cutoff) = {
+            let mut r = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
+            match r.remove(&k) {
+                Some((p, cutoff, exp)) if exp == expected => (p, cutoff),
+                _ => (Progress::default(), now),
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let copied = resync::resync(
+            source.store.as_ref(),
+            target.store.as_ref(),
+            &self.settings.tables,
+            cutoff,
+            now,
+            &self.settings.resync,
+            &mut progress,
+        )
+        .await;
+        let outcome = match copied {
+            Ok(()) => {
+                self.master
+                    .clear_failover(c.group, c.no, c.url.expose(), expected)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(1) => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&["resync", "done"])
+                    .inc();
+                tracing::info!(
+                    member = %target.label(),
+                    from = %source.label(),
+                    copied = progress.copied,
+                    pruned = progress.pruned,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "resync done; member readable again"
+                );
+                self.reload.notify_one();
+            }
+            Ok(_) => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&["resync", "superseded"])
+                    .inc();
+                tracing::info!(member = %target.label(), "a newer missed write was recorded; resync starts over");
+            }
+            Err(e) => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&["resync", "error"])
+                    .inc();
+                tracing::warn!(member = %target.label(), error = %e, copied = progress.copied, "resync paused; it resumes where it stopped");
+                let mut r = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
+                r.insert(k, (progress, cutoff, expected));
+            }
+        }
+    }
+
     /// Probes every `probe_interval` until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
@@ -218,6 +373,7 @@ impl Failover {
                         _ = shutdown.cancelled() => break,
                         _ = self.probe_once(&topo) => {}
                     }
+                    self.maybe_resync(&topo);
                 }
             }
         }

@@ -163,6 +163,49 @@ impl TableSql {
         }
     }
 
+    /// An upsert of `rows` rows that never replaces a newer stored version
+    /// (resync copies must not undo a refresh that raced with them).
+    pub fn upsert_if_newer(&self, rows: usize) -> String {
+        let t = &self.table;
+        let cols = COLUMNS.join(", ");
+        let one = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
+        let values = vec![one; rows].join(", ");
+        let on_conflict = match self.dialect {
+            Dialect::MySql => {
+                // MySQL assigns left to right: compare before last_modified moves.
+                let newer = format!("{t}.last_modified < VALUES(last_modified)");
+                let mut sets: Vec<String> = COLUMNS
+                    .iter()
+                    .filter(|c| **c != "ruid" && **c != "last_modified")
+                    .map(|c| format!("{c} = IF({newer}, VALUES({c}), {c})"))
+                    .collect();
+                sets.push("last_modified = GREATEST(last_modified, VALUES(last_modified))".into());
+                format!("ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+            Dialect::Postgres | Dialect::Sqlite => format!(
+                "ON CONFLICT (ruid) DO UPDATE SET {} WHERE {t}.last_modified < excluded.last_modified",
+                COLUMNS
+                    .iter()
+                    .filter(|c| **c != "ruid")
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        self.dialect.finish(&format!(
+            "INSERT INTO {t} ({cols}) VALUES {values} {on_conflict}"
+        ))
+    }
+
+    /// Which of `n` ruids exist.
+    pub fn existing_ruids(&self, n: usize) -> String {
+        let marks = vec!["?"; n].join(", ");
+        self.dialect.finish(&format!(
+            "SELECT ruid FROM {} WHERE ruid IN ({marks})",
+            self.table
+        ))
+    }
+
     /// A delete of `n` ruids.
     pub fn delete_ruids(&self, n: usize) -> String {
         if n == 1 {
@@ -235,9 +278,14 @@ impl LocdbSql {
                 "UPDATE locdb SET failover = {greatest}(failover, ?) WHERE id = ? AND no = ? AND url = ?",
                 greatest = if dialect == Dialect::Sqlite { "MAX" } else { "GREATEST" }
             )),
+            // Never the last member that is on: with every member off the
+            // group is dead, so keeping a failing one can only help. The
+            // derived table lets MySQL read the table it updates.
             deactivate: dialect.finish(
                 "UPDATE locdb SET status = 0, failover = ?, errors = errors + ? \
-                 WHERE id = ? AND no = ? AND url = ? AND status = 1",
+                 WHERE id = ? AND no = ? AND url = ? AND status = 1 \
+                 AND (SELECT COUNT(*) FROM (SELECT no FROM locdb WHERE id = ? AND no <> ? \
+                      AND status = 1 AND spare = 0) others) > 0",
             ),
             readmit: dialect.finish(
                 "UPDATE locdb SET status = 1, failover = ?, errors = 0 \

@@ -99,6 +99,16 @@ pub trait LocationStore: Send + Sync + 'static {
     async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError>;
     /// A real round trip (`SELECT 1`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Copies rows (of any AoRs) in, never replacing a newer version.
+    async fn copy_in(&self, table: &str, rows: &[StoredBinding]) -> Result<(), StoreError>;
+    /// Deletes rows by ruid.
+    async fn delete_ruids(&self, table: &str, ruids: &[String]) -> Result<(), StoreError>;
+    /// The subset of `ruids` present in `table`.
+    async fn existing_ruids(
+        &self,
+        table: &str,
+        ruids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
     /// An indexed query on `table`: proves the member answers real queries,
     /// not just connections (p_usrloc re-admits on connect alone and flaps).
     async fn probe(&self, table: &str) -> Result<(), StoreError>;
@@ -238,7 +248,8 @@ impl SqlStore {
     }
 
     /// Switches an `on` member off (failover level 1), adding `errors` to
-    /// its counter. Returns 0 when another instance already did.
+    /// its counter. Returns 0 when another instance already did, or when no
+    /// other member of the group is on.
     pub async fn deactivate(
         &self,
         id: u32,
@@ -253,7 +264,7 @@ impl SqlStore {
             id,
             no,
             url,
-            &[],
+            &[Arg::Int(i64::from(id)), Arg::Int(i64::from(no))],
         )
         .await
     }
@@ -546,6 +557,54 @@ impl LocationStore for SqlStore {
             self.timed(sqlx::query("SELECT 1").execute(p)).await?;
         });
         Ok(())
+    }
+
+    async fn copy_in(&self, table: &str, rows: &[StoredBinding]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql(table)?.upsert_if_newer(rows.len());
+        with_pool!(&self.pool, p => {
+            let mut q = sqlx::query(&sql);
+            for r in rows {
+                q = bind_binding!(q, r.aor, r.binding);
+            }
+            self.timed(q.execute(p)).await?;
+        });
+        Ok(())
+    }
+
+    async fn delete_ruids(&self, table: &str, ruids: &[String]) -> Result<(), StoreError> {
+        if ruids.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql(table)?.delete_ruids(ruids.len());
+        with_pool!(&self.pool, p => {
+            let mut q = sqlx::query(&sql);
+            for r in ruids {
+                q = q.bind(r);
+            }
+            self.timed(q.execute(p)).await?;
+        });
+        Ok(())
+    }
+
+    async fn existing_ruids(
+        &self,
+        table: &str,
+        ruids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        if ruids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(table)?.existing_ruids(ruids.len());
+        with_pool!(&self.pool, p => {
+            let mut q = sqlx::query_scalar(&sql);
+            for r in ruids {
+                q = q.bind(r);
+            }
+            Ok(self.timed(q.fetch_all(p)).await?)
+        })
     }
 
     async fn probe(&self, table: &str) -> Result<(), StoreError> {

@@ -1,0 +1,94 @@
+//! Resync: fills a member that missed writes from its up-to-date partner, so
+//! it can be read again without waiting for every binding it lacks to
+//! expire (p_usrloc waits `expire_time`, or forever after its stale-cache
+//! quirk, reference §4).
+//!
+//! The member keeps taking every write while this runs. Two passes per table:
+//! - copy: every valid row of the partner is upserted, never over a newer
+//!   version (a refresh that raced with the copy wins);
+//! - prune: rows the partner no longer has are deleted, but only rows last
+//!   modified before the resync began — newer rows came from the live write
+//!   fan-out and may simply not have reached the partner's page yet.
+//!
+//! It is bounded (batches of `batch` rows), throttled (`pause` between
+//! batches) and resumable (`Progress` survives a failed batch; the next
+//! attempt continues where it stopped). Afterwards the caller clears
+//! `locdb.failover` only if no newer miss was recorded meanwhile.
+
+use std::time::Duration;
+
+use crate::domain::UnixTime;
+use crate::store::{LocationStore, StoreError};
+
+/// Resync throttling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResyncSettings {
+    pub batch: u32,
+    pub pause: Duration,
+}
+
+impl Default for ResyncSettings {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            pause: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Where a resync stands, so a failed attempt resumes instead of restarting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    table: usize,
+    pruning: bool,
+    after: i64,
+    /// Rows copied and pruned so far.
+    pub copied: u64,
+    pub pruned: u64,
+}
+
+/// Runs (or resumes) a resync of `target` from `source` over `tables`.
+/// `cutoff` is when the resync began; `now` filters expired rows.
+pub async fn resync(
+    source: &dyn LocationStore,
+    target: &dyn LocationStore,
+    tables: &[String],
+    cutoff: UnixTime,
+    now: UnixTime,
+    s: &ResyncSettings,
+    p: &mut Progress,
+) -> Result<(), StoreError> {
+    while let Some(table) = tables.get(p.table) {
+        let page = if p.pruning {
+            target.dump_page(table, p.after, s.batch, now).await?
+        } else {
+            source.dump_page(table, p.after, s.batch, now).await?
+        };
+        let Some(last) = page.last().map(|r| r.row_id) else {
+            // Pass done: copy → prune → next table.
+            if p.pruning {
+                p.table += 1;
+            }
+            p.pruning = !p.pruning;
+            p.after = 0;
+            continue;
+        };
+        if p.pruning {
+            let old: Vec<String> = page
+                .iter()
+                .filter(|r| r.binding.last_modified < cutoff)
+                .map(|r| r.binding.ruid.clone())
+                .collect();
+            let present = source.existing_ruids(table, &old).await?;
+            let gone: Vec<String> = old.into_iter().filter(|r| !present.contains(r)).collect();
+            target.delete_ruids(table, &gone).await?;
+            p.pruned += gone.len() as u64;
+        } else {
+            target.copy_in(table, &page).await?;
+            p.copied += page.len() as u64;
+        }
+        p.after = last;
+        tokio::time::sleep(s.pause).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The transport-independent core: one parsed message in, the datagrams or
+//! stream writes to send out. Transports (`transport`) own sockets; this
+//! module owns the decision of what to answer and where to send it, and
+//! delegates REGISTER to `register` and everything else to `forward`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::locsvc_client::LocsvcClient;
+use crate::metrics::Metrics;
+use crate::settings::{Mode, Settings};
+use crate::sip::{self, Request, Response, ViaView};
+
+/// Prefix of every To tag the shim puts on a response it generates, so the
+/// ACK for such a (non-2xx) response is recognised and absorbed statelessly.
+pub const TAG_PREFIX: &str = "ps-";
+/// Prefix of every branch the shim puts in its own Via (after the RFC 3261
+/// magic cookie), so responses are only relayed through a Via we added.
+pub const BRANCH_PREFIX: &str = "z9hG4bK-ps-";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Bytes to send, and where.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub transport: Transport,
+    pub dest: SocketAddr,
+    pub bytes: Bytes,
+}
+
+/// Shared state of the request handlers.
+#[derive(Debug)]
+pub struct Core {
+    pub settings: Settings,
+    pub client: LocsvcClient,
+    pub metrics: Arc<Metrics>,
+    /// The address we advertise in Via and compare Request-URIs against.
+    pub local: SocketAddr,
+}
+
+impl Core {
+    pub fn mode(&self) -> Mode {
+        self.settings.mode
+    }
+
+    /// Handles one request: REGISTER goes to the registrar, the rest is routed.
+    pub async fn handle_request(&self, req: Request, src: Inbound) -> Vec<Outbound> {
+        let method = req.method();
+        self.metrics.request(&method);
+        if method == "REGISTER" {
+            crate::register::handle(self, &req, src).await
+        } else {
+            crate::forward::handle(self, req, src).await
+        }
+    }
+
+    /// Relays a response back along its Via path (RFC 3261 §16.7 steps 3
+    /// and 9; a stateless proxy keeps no transaction to match it against).
+    pub async fn handle_response(&self, mut resp: Response, src: Inbound) -> Option<Outbound> {
+        let top = resp.top_via().ok()?;
+        if !self.is_our_via(&top) {
+            tracing::debug!(peer = %src.peer, status = resp.status(), "response not through our Via; dropped");
+            self.metrics.dropped("response_not_ours");
+            return None;
+        }
+        resp.pop_via();
+        let Ok(next) = resp.top_via() else {
+            self.metrics.dropped("response_no_next_via");
+            return None;
+        };
+        let dest = via_destination(&next).await?;
+        Some(Outbound {
+            transport: via_transport(&next),
+            dest,
+            bytes: resp.to_bytes(),
+        })
+    }
+
+    fn is_our_via(&self, v: &ViaView) -> bool {
+        v.branch
+            .as_deref()
+            .is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+            && self.is_local(&v.host, v.port)
+    }
+
+    /// Whether host:port names this shim.
+    pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
+        let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
+            return false;
+        };
+        let same_ip = ip == self.local.ip()
+            || (self.local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
+        same_ip && port.unwrap_or(5060) == self.local.port()
+    }
+
+    /// A response generated here, sent back where the request came from.
+    pub fn reply(
+        &self,
+        req: &Request,
+        src: Inbound,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) -> Vec<Outbound> {
+        let tag = to_tag(req);
+        match sip::response(req, code, reason, &tag, extra) {
+            Some(bytes) => {
+                self.metrics.response(code);
+                vec![Outbound {
+                    transport: src.transport,
+                    dest: reply_destination(req, src),
+                    bytes,
+                }]
+            }
+            None => {
+                self.metrics.dropped("unanswerable");
+                tracing::info!(peer = %src.peer, code, "request lacks Via/From/To/Call-ID/CSeq; cannot answer");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The Via we push on a forwarded request.
+    pub fn our_via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={branch}",
+            transport.as_str().to_ascii_uppercase(),
+            sip::bracket(&self.local.ip().to_string()),
+            self.local.port()
+        )
+    }
+}
+
+/// A To tag derived from the request, so a retransmission gets the same tag.
+fn to_tag(req: &Request) -> String {
+    let key = format!(
+        "{}|{}|{}",
+        req.call_id().unwrap_or_default(),
+        req.from_tag().unwrap_or_default(),
+        req.top_via()
+            .ok()
+            .and_then(|v| v.branch)
+            .unwrap_or_default()
+    );
+    format!(
+        "{TAG_PREFIX}{:016x}",
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    )
+}
+
+/// RFC 3261 §18.2.2 (with RFC 3581): a reliable transport answers on the
+/// connection; UDP answers to the source IP, at `rport` when asked for,
+/// else at the Via's port.
+fn reply_destination(req: &Request, src: Inbound) -> SocketAddr {
+    if src.transport == Transport::Tcp {
+        return src.peer;
+    }
+    match req.top_via() {
+        Ok(v) if v.rport.is_none() => SocketAddr::new(src.peer.ip(), v.port.unwrap_or(5060)),
+        _ => src.peer,
+    }
+}
+
+fn via_transport(v: &ViaView) -> Transport {
+    if v.transport == "TCP" {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// Where a relayed response goes: `received` (or sent-by host), at `rport`
+/// (or sent-by port, or 5060).
+async fn via_destination(v: &ViaView) -> Option<SocketAddr> {
+    let host = v.received.clone().unwrap_or_else(|| v.host.clone());
+    let port = match v.rport {
+        Some(Some(p)) => p,
+        _ => v.port.unwrap_or(5060),
+    };
+    resolve(&host, port).await
+}
+
+/// Resolves a host to one address, bounded in time: DNS must never hold a
+/// handler longer than the UAC's retransmission timer.
+pub async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    let host = host.trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::net::lookup_host((host.to_string(), port));
+    match tokio::time::timeout(std::time::Duration::from_millis(300), lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next(),
+        _ => None,
+    }
+}

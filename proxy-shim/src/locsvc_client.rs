@@ -1,0 +1,378 @@
+//! The gRPC client to one or more locsvc instances: a deadline on every call
+//! (well under SIP timer T1, so a UAC retransmission never races an answer
+//! we are still waiting for), failover to the next instance when one is
+//! unreachable or shedding load, and the classification of locsvc's
+//! `ErrorInfo` reasons into what the SIP side answers.
+//!
+//! It does not retry a request locsvc *answered* (bad input, 423, CSeq): the
+//! answer would be the same from any instance sharing the same databases.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use locsvc_proto::v1::location_client::LocationClient;
+use locsvc_proto::v1::{Binding, LookupRequest, SaveRequest};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// How long an instance that failed at the transport level is tried last.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+/// Retry-After we suggest when locsvc gave none or was unreachable.
+pub const DEFAULT_RETRY_AFTER: u32 = 5;
+
+/// What went wrong with a locsvc call, split by what the SIP side answers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LocsvcError {
+    /// INVALID_ARGUMENT / BAD_REQUEST: 400 with this reason phrase.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// FAILED_PRECONDITION / INTERVAL_TOO_BRIEF: 423 + Min-Expires.
+    #[error("interval too brief (min {min_expires})")]
+    IntervalTooBrief { min_expires: u32 },
+    /// FAILED_PRECONDITION / CSEQ_OUT_OF_ORDER: 400 (RFC 3261 §10.3 step 7).
+    #[error("CSeq out of order")]
+    CseqOutOfOrder,
+    /// RESOURCE_EXHAUSTED / TOO_MANY_CONTACTS: 503 (what Kamailio answers).
+    #[error("too many contacts")]
+    TooManyContacts,
+    /// Unreachable, overloaded, no healthy member, deadline: 503 + Retry-After.
+    #[error("location service unavailable: {detail}")]
+    Unavailable { retry_after: u32, detail: String },
+    /// Anything else (INTERNAL, UNAUTHENTICATED, unknown table): 500.
+    #[error("location service fault: {0}")]
+    Internal(String),
+}
+
+impl LocsvcError {
+    /// SIP status, reason phrase and extra headers for this error.
+    pub fn sip(&self) -> (u16, String, Vec<(&'static str, String)>) {
+        match self {
+            LocsvcError::BadRequest(r) => (400, r.clone(), vec![]),
+            LocsvcError::IntervalTooBrief { min_expires } => (
+                423,
+                "Interval Too Brief".into(),
+                vec![("Min-Expires", min_expires.to_string())],
+            ),
+            LocsvcError::CseqOutOfOrder => (400, "CSeq Out Of Order".into(), vec![]),
+            LocsvcError::TooManyContacts => (503, "Too Many Contacts".into(), vec![]),
+            LocsvcError::Unavailable { retry_after, .. } => (
+                503,
+                "Service Unavailable".into(),
+                vec![("Retry-After", retry_after.to_string())],
+            ),
+            LocsvcError::Internal(_) => (500, "Server Internal Error".into(), vec![]),
+        }
+    }
+}
+
+/// Whether another instance might answer differently.
+fn worth_failover(s: &Status) -> bool {
+    let reason = s.get_details_error_info().map(|i| i.reason);
+    match s.code() {
+        // No ErrorInfo: the channel itself failed (refused, reset, no route).
+        Code::Unavailable => reason.is_none() || reason.as_deref() == Some("OVERLOADED"),
+        Code::Unknown | Code::Cancelled => reason.is_none(),
+        _ => false,
+    }
+}
+
+/// Maps a locsvc status to what the SIP side does next.
+pub fn classify(s: &Status) -> LocsvcError {
+    let info = s.get_details_error_info();
+    let reason = info.as_ref().map(|i| i.reason.as_str()).unwrap_or("");
+    let meta = |k: &str| {
+        info.as_ref()
+            .and_then(|i| i.metadata.get(k))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    match (s.code(), reason) {
+        (Code::InvalidArgument, "UNKNOWN_TABLE") => {
+            LocsvcError::Internal(format!("unknown table: {}", s.message()))
+        }
+        (Code::InvalidArgument, _) => {
+            let field = s
+                .get_details_bad_request()
+                .and_then(|b| b.field_violations.into_iter().next());
+            // The reason phrase is free text on the wire: keep it one
+            // printable line so no input can inject a header.
+            let phrase = match field {
+                Some(f) => format!("Bad {}: {}", f.field, f.description),
+                None => format!("Bad Request: {}", s.message()),
+            };
+            LocsvcError::BadRequest(one_line(&phrase))
+        }
+        (Code::FailedPrecondition, "INTERVAL_TOO_BRIEF") => LocsvcError::IntervalTooBrief {
+            min_expires: meta("min_expires").unwrap_or(60),
+        },
+        (Code::FailedPrecondition, "CSEQ_OUT_OF_ORDER") => LocsvcError::CseqOutOfOrder,
+        (Code::ResourceExhausted, _) => LocsvcError::TooManyContacts,
+        (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, _) => {
+            LocsvcError::Unavailable {
+                retry_after: meta("retry_after").unwrap_or(DEFAULT_RETRY_AFTER),
+                detail: format!("{:?}: {}", s.code(), s.message()),
+            }
+        }
+        (code, _) => LocsvcError::Internal(format!("{code:?}: {}", s.message())),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    s.chars().take(120).collect()
+}
+
+#[derive(Debug)]
+struct Instance {
+    uri: String,
+    client: LocationClient<Channel>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad locsvc address {uri}: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("no locsvc address configured")]
+    NoInstance,
+}
+
+/// A client over several locsvc instances, tried in the configured order,
+/// skipping (until `DOWN_FOR` has passed) those that just failed.
+#[derive(Debug)]
+pub struct LocsvcClient {
+    instances: Vec<Instance>,
+    budget: Duration,
+    token: Option<String>,
+    table: String,
+}
+
+impl LocsvcClient {
+    /// Channels connect lazily, so the shim starts even when locsvc is not
+    /// up yet (it answers 503 until it is).
+    pub fn new(
+        uris: &[String],
+        budget: Duration,
+        token: Option<String>,
+        table: String,
+    ) -> Result<Self, ClientError> {
+        if uris.is_empty() {
+            return Err(ClientError::NoInstance);
+        }
+        let mut instances = Vec::new();
+        for uri in uris {
+            let ep = Endpoint::from_shared(uri.clone())
+                .map_err(|e| ClientError::BadUri {
+                    uri: uri.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_timeout(budget)
+                .timeout(budget)
+                .tcp_nodelay(true);
+            instances.push(Instance {
+                uri: uri.clone(),
+                client: LocationClient::new(ep.connect_lazy()),
+                down_until: Mutex::new(None),
+            });
+        }
+        Ok(Self {
+            instances,
+            budget,
+            token,
+            table,
+        })
+    }
+
+    /// Instances in the order to try: healthy ones first, configured order.
+    fn order(&self) -> Vec<&Instance> {
+        let now = Instant::now();
+        let down = |i: &Instance| {
+            i.down_until
+                .lock()
+                .map(|d| d.is_some_and(|t| t > now))
+                .unwrap_or(false)
+        };
+        let mut v: Vec<&Instance> = self.instances.iter().filter(|i| !down(i)).collect();
+        v.extend(self.instances.iter().filter(|i| down(i)));
+        v
+    }
+
+    fn request<T>(&self, msg: T, remaining: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(remaining);
+        if let Some(t) = &self.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    /// Runs `call` on each instance in turn until one answers, within the
+    /// whole budget (not per instance: the UAC's T1 does not restart).
+    async fn with_failover<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, LocsvcError>
+    where
+        F: Fn(LocationClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.budget;
+        let mut last = None;
+        for inst in self.order() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(remaining, call(inst.client.clone(), remaining)).await {
+                Ok(Ok(resp)) => {
+                    if let Ok(mut d) = inst.down_until.lock() {
+                        *d = None;
+                    }
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) if worth_failover(&status) => {
+                    tracing::warn!(locsvc = %inst.uri, op, code = ?status.code(), message = status.message(), "locsvc instance failed; trying the next");
+                    if let Ok(mut d) = inst.down_until.lock() {
+                        *d = Some(Instant::now() + DOWN_FOR);
+                    }
+                    last = Some(classify(&status));
+                }
+                Ok(Err(status)) => return Err(classify(&status)),
+                Err(_) => {
+                    last = Some(LocsvcError::Unavailable {
+                        retry_after: DEFAULT_RETRY_AFTER,
+                        detail: format!("{op} timed out on {}", inst.uri),
+                    });
+                    break;
+                }
+            }
+        }
+        Err(last.unwrap_or(LocsvcError::Unavailable {
+            retry_after: DEFAULT_RETRY_AFTER,
+            detail: format!("{op}: no time left for any locsvc instance"),
+        }))
+    }
+
+    /// Save (one REGISTER); returns every current binding.
+    pub async fn save(&self, mut req: SaveRequest) -> Result<Vec<Binding>, LocsvcError> {
+        req.table = self.table.clone();
+        self.with_failover("save", |mut c, t| {
+            let r = self.request(req.clone(), t);
+            async move { c.save(r).await }
+        })
+        .await
+        .map(|r| r.bindings)
+    }
+
+    /// Lookup: valid bindings, best first.
+    pub async fn lookup(&self, aor: &str) -> Result<Vec<Binding>, LocsvcError> {
+        let req = LookupRequest {
+            table: self.table.clone(),
+            aor: aor.to_string(),
+        };
+        self.with_failover("lookup", |mut c, t| {
+            let r = self.request(req.clone(), t);
+            async move { c.lookup(r).await }
+        })
+        .await
+        .map(|r| r.bindings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    fn status(code: Code, reason: &str, meta: &[(&str, &str)]) -> Status {
+        let mut d = ErrorDetails::new();
+        let meta: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.set_error_info(reason, "locsvc.v1", meta);
+        Status::with_error_details(code, "m", d)
+    }
+
+    #[test]
+    fn interval_too_brief_becomes_423_with_min_expires() {
+        let e = classify(&status(
+            Code::FailedPrecondition,
+            "INTERVAL_TOO_BRIEF",
+            &[("min_expires", "120")],
+        ));
+        assert_eq!(e, LocsvcError::IntervalTooBrief { min_expires: 120 });
+        let (code, _, h) = e.sip();
+        assert_eq!((code, h), (423, vec![("Min-Expires", "120".to_string())]));
+    }
+
+    #[test]
+    fn cseq_out_of_order_and_bad_request_become_400_with_a_reason_phrase() {
+        let e = classify(&status(Code::FailedPrecondition, "CSEQ_OUT_OF_ORDER", &[]));
+        assert_eq!(e.sip().0, 400);
+        let mut d = ErrorDetails::new();
+        d.add_bad_request_violation("contacts[0].q", "must be between 0 and 1\r\nX: y");
+        let e = classify(&Status::with_error_details(Code::InvalidArgument, "m", d));
+        let (code, phrase, _) = e.sip();
+        assert_eq!(code, 400);
+        assert!(phrase.starts_with("Bad contacts[0].q: must be between 0 and 1"));
+        assert!(!phrase.contains('\n'));
+    }
+
+    #[test]
+    fn overload_and_no_healthy_member_become_503_with_retry_after() {
+        let e = classify(&status(
+            Code::Unavailable,
+            "NO_HEALTHY_MEMBER",
+            &[("retry_after", "7")],
+        ));
+        assert_eq!(e.sip().2, vec![("Retry-After", "7".to_string())]);
+        assert!(!worth_failover(&status(
+            Code::Unavailable,
+            "NO_HEALTHY_MEMBER",
+            &[]
+        )));
+        assert!(worth_failover(&status(
+            Code::Unavailable,
+            "OVERLOADED",
+            &[]
+        )));
+        assert!(worth_failover(&Status::unavailable("connection refused")));
+    }
+
+    #[test]
+    fn internal_and_unauthenticated_become_500() {
+        assert_eq!(classify(&Status::internal("x")).sip().0, 500);
+        assert_eq!(classify(&Status::unauthenticated("x")).sip().0, 500);
+        assert_eq!(
+            classify(&status(Code::ResourceExhausted, "TOO_MANY_CONTACTS", &[]))
+                .sip()
+                .0,
+            503
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_locsvc_is_unavailable_within_the_budget() {
+        // Bind then drop: the port is (very likely) closed, so connect is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let c = LocsvcClient::new(
+            &[format!("http://127.0.0.1:{port}")],
+            Duration::from_millis(300),
+            None,
+            String::new(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let e = c.lookup("sip:a@b").await.unwrap_err();
+        assert!(matches!(e, LocsvcError::Unavailable { .. }), "{e:?}");
+        assert!(t.elapsed() < Duration::from_millis(600));
+    }
+}

@@ -1,0 +1,207 @@
+//! REGISTER → locsvc `Save`, and the answer back (RFC 3261 §10.3 as seen
+//! from the wire). The registrar rules themselves (expires precedence,
+//! Min-Expires, `Contact: *`, Call-ID/CSeq ordering) live in locsvc; this
+//! module only converts, and maps locsvc's typed errors to SIP statuses.
+
+use std::time::Instant;
+
+use locsvc_proto::v1::{Binding, ContactSpec, SaveRequest};
+
+use crate::handler::{Core, Inbound, Outbound, Transport};
+use crate::sip::{ContactEntry, Contacts, HeaderProblem, Request};
+
+/// Handles one REGISTER.
+pub async fn handle(core: &Core, req: &Request, src: Inbound) -> Vec<Outbound> {
+    let save = match to_save(core, req, src) {
+        Ok(s) => s,
+        Err(Refusal { code, reason }) => return core.reply(req, src, code, &reason, &[]),
+    };
+    // RFC 3327 §5.3: a registrar that stored the Path echoes it in the 200.
+    let path = save.path.clone();
+    let started = Instant::now();
+    let result = core.client.save(save).await;
+    core.metrics
+        .locsvc_call("save", result.is_ok(), started.elapsed().as_secs_f64());
+    match result {
+        Ok(bindings) => {
+            let mut headers: Vec<(&str, String)> = bindings
+                .iter()
+                .map(|b| ("Contact", contact_value(b)))
+                .collect();
+            headers.extend(path.iter().map(|p| ("Path", format!("<{p}>"))));
+            headers.push(("Date", httpdate_now()));
+            core.reply(req, src, 200, "OK", &headers)
+        }
+        Err(e) => {
+            let (code, reason, extra) = e.sip();
+            if code >= 500 {
+                tracing::warn!(error = %e, "REGISTER failed in locsvc");
+            }
+            core.reply(req, src, code, &reason, &extra)
+        }
+    }
+}
+
+/// A REGISTER refused before reaching locsvc.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl From<HeaderProblem> for Refusal {
+    fn from(p: HeaderProblem) -> Self {
+        Refusal {
+            code: 400,
+            reason: p.to_string(),
+        }
+    }
+}
+
+/// Builds the Save request: AoR from To, every Contact, Expires, Call-ID,
+/// CSeq, Path (only with `Supported: path`, RFC 3327 §5.3), User-Agent,
+/// `received` when the source differs from the Contact (NAT), the socket.
+pub fn to_save(core: &Core, req: &Request, src: Inbound) -> Result<SaveRequest, Refusal> {
+    let (to, _) = req.to()?;
+    let aor = to.aor().ok_or(HeaderProblem::Bad("To"))?;
+    if !core.settings.serves(&to.host) {
+        return Err(Refusal {
+            code: 403,
+            reason: "Domain Not Served".into(),
+        });
+    }
+    let (wildcard, contacts) = match req.contacts()? {
+        Contacts::Absent => (false, Vec::new()),
+        Contacts::Wildcard => (true, Vec::new()),
+        Contacts::List(l) => (false, l),
+    };
+    let (cseq, _) = req.cseq()?;
+    let path = if req.lists_token("Supported", "path") {
+        req.path()?
+    } else {
+        Vec::new()
+    };
+    Ok(SaveRequest {
+        table: String::new(),
+        aor,
+        received: contacts
+            .first()
+            .and_then(|c| received(c, src))
+            .unwrap_or_default(),
+        contacts: contacts.into_iter().map(spec).collect(),
+        wildcard,
+        expires: req.expires()?.map(i64::from),
+        call_id: req.call_id()?,
+        cseq,
+        path,
+        user_agent: req.header("User-Agent").unwrap_or_default(),
+        socket: format!(
+            "{}:{}:{}",
+            src.transport.as_str(),
+            crate::sip::bracket(&src.local.ip().to_string()),
+            src.local.port()
+        ),
+        flags: 0,
+        cflags: 0,
+    })
+}
+
+fn spec(c: ContactEntry) -> ContactSpec {
+    ContactSpec {
+        uri: c.uri,
+        expires: c.expires,
+        q: c.q,
+        instance: c.instance,
+        reg_id: c.reg_id,
+        methods: None,
+    }
+}
+
+/// `sip:ip:port` of the packet source when it is not where the Contact says
+/// (the phone is behind NAT); None when they agree.
+fn received(c: &ContactEntry, src: Inbound) -> Option<String> {
+    let view = c.view.as_ref()?;
+    let default_port = if view.scheme == "sips" { 5061 } else { 5060 };
+    let same =
+        view.ip == Some(src.peer.ip()) && view.port.unwrap_or(default_port) == src.peer.port();
+    if same {
+        return None;
+    }
+    let mut r = format!(
+        "sip:{}:{}",
+        crate::sip::bracket(&src.peer.ip().to_string()),
+        src.peer.port()
+    );
+    if src.transport == Transport::Tcp {
+        r.push_str(";transport=tcp");
+    }
+    Some(r)
+}
+
+/// One Contact row of the 200 OK: the binding with its remaining seconds
+/// (RFC 3261 §10.3 step 8), its q, and its RFC 5626 instance and reg-id.
+fn contact_value(b: &Binding) -> String {
+    let mut v = format!("<{}>;expires={}", b.contact, b.expires_in.max(0));
+    if let Some(q) = b.q {
+        v.push_str(&format!(";q={q:.2}"));
+    }
+    if !b.instance.is_empty() {
+        v.push_str(&format!(
+            ";+sip.instance=\"{}\"",
+            b.instance.replace('"', "")
+        ));
+    }
+    if b.reg_id > 0 {
+        v.push_str(&format!(";reg-id={}", b.reg_id));
+    }
+    v
+}
+
+fn httpdate_now() -> String {
+    chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_row_carries_remaining_expires_q_and_instance() {
+        let b = Binding {
+            contact: "sip:a@192.0.2.1:5060".into(),
+            expires_in: 599,
+            q: Some(0.5),
+            instance: "<urn:uuid:1>".into(),
+            reg_id: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            contact_value(&b),
+            "<sip:a@192.0.2.1:5060>;expires=599;q=0.50;+sip.instance=\"<urn:uuid:1>\";reg-id=2"
+        );
+    }
+
+    #[test]
+    fn received_is_set_only_when_the_source_differs_from_the_contact() {
+        let src = Inbound {
+            transport: Transport::Udp,
+            peer: "198.51.100.7:40123".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+        };
+        let entry = |uri: &str| ContactEntry {
+            uri: uri.into(),
+            expires: None,
+            q: None,
+            instance: String::new(),
+            reg_id: 0,
+            view: crate::sip::UriView::parse(uri),
+        };
+        assert_eq!(received(&entry("sip:a@198.51.100.7:40123"), src), None);
+        assert_eq!(
+            received(&entry("sip:a@10.0.0.5:5060"), src).as_deref(),
+            Some("sip:198.51.100.7:40123")
+        );
+    }
+}
