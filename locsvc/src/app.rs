@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use locsvc_proto::v1::cluster_server::ClusterServer;
 use locsvc_proto::v1::location_server::LocationServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use crate::clock::{self, Clock};
 use crate::cluster::{ClusterWatcher, StoreOptions};
 use crate::expiry::Sweeper;
 use crate::failover::Failover;
-use crate::grpc::{BearerAuth, LocationApi};
+use crate::grpc::{BearerAuth, ClusterApi, LocationApi};
 use crate::location::LocationService;
 use crate::metrics::{self, Metrics};
 use crate::router::{Router, TableMode};
@@ -59,6 +60,7 @@ pub struct App {
     service: Arc<LocationService>,
     sweeper: Sweeper,
     failover: Arc<Failover>,
+    cluster_api: ClusterApi,
     topology: tokio::sync::watch::Receiver<Arc<crate::cluster::Topology>>,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
@@ -250,6 +252,12 @@ impl App {
             settings.cluster.key_policy,
             clock.clone(),
         ));
+        let cluster_api = ClusterApi::new(
+            router.clone(),
+            watcher.reload_handle(),
+            clock.clone(),
+            settings.stale_window(),
+        );
         let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -273,6 +281,7 @@ impl App {
             service,
             sweeper,
             failover,
+            cluster_api,
             topology,
             grpc,
             grpc_addr,
@@ -343,7 +352,8 @@ impl App {
         let router = builder
             .add_service(health)
             .add_service(reflection)
-            .add_service(LocationServer::with_interceptor(api, auth));
+            .add_service(LocationServer::with_interceptor(api, auth.clone()))
+            .add_service(ClusterServer::with_interceptor(self.cluster_api, auth));
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {

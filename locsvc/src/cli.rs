@@ -2,6 +2,7 @@
 //! gRPC. Output is for people; `--json` prints one JSON document for scripts.
 
 use locsvc_proto::v1 as pb;
+use locsvc_proto::v1::cluster_client::ClusterClient;
 use locsvc_proto::v1::location_client::LocationClient;
 use serde_json::{Value, json};
 use tonic::Request;
@@ -38,6 +39,21 @@ pub enum UlCommand {
     Stats,
 }
 
+/// One `groups` command.
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum GroupsCommand {
+    /// Every member and spare with status, errors, failover time, whether it
+    /// is read, and the last probe.
+    List,
+    /// Set a member's status in locdb: on, off or maintenance.
+    SetStatus {
+        group: u32,
+        no: u32,
+        #[arg(value_parser = ["on", "off", "maintenance"])]
+        status: String,
+    },
+}
+
 /// Connection options shared by every `ul` command.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ClientArgs {
@@ -65,6 +81,11 @@ type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> +
 type Client = LocationClient<tonic::service::interceptor::InterceptedService<Channel, AuthFn>>;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let (channel, auth) = channel(args).await?;
+    Ok(LocationClient::with_interceptor(channel, auth))
+}
+
+async fn channel(args: &ClientArgs) -> anyhow::Result<(Channel, AuthFn)> {
     let channel = Endpoint::from_shared(args.server.clone())?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(30))
@@ -81,7 +102,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         }
         Ok(r)
     });
-    Ok(LocationClient::with_interceptor(channel, auth))
+    Ok((channel, auth))
 }
 
 fn binding_json(b: &pb::Binding) -> Value {
@@ -257,6 +278,105 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
                     println!("{:>6} {:>10} {:>10}", g.group, g.contacts, g.aors);
                 }
                 println!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one `groups` command against the server.
+pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Result<()> {
+    let (channel, auth) = channel(args).await?;
+    let mut c = ClusterClient::with_interceptor(channel, auth);
+    match cmd {
+        GroupsCommand::List => {
+            let r = c
+                .list_groups(pb::ListGroupsRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let status = |m: &pb::MemberInfo| match pb::MemberStatus::try_from(m.status) {
+                Ok(pb::MemberStatus::On) => "on",
+                Ok(pb::MemberStatus::Off) => "off",
+                Ok(pb::MemberStatus::Maintenance) => "maintenance",
+                _ => "?",
+            };
+            let failover = |t: i64| {
+                chrono::DateTime::from_timestamp(t, 0)
+                    .filter(|_| t > 0)
+                    .map_or_else(
+                        || "-".to_string(),
+                        |d| d.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    )
+            };
+            if args.json {
+                let members: Vec<Value> = r
+                    .members
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "group": m.group, "no": m.no, "url": m.url, "status": status(m),
+                            "errors": m.errors, "failover": m.failover, "readable": m.readable,
+                            "spare": m.spare, "rg": m.risk_group, "transport_errors": m.transport_errors,
+                            "last_probe_ms": m.last_probe_ms, "last_probe_ok": m.last_probe_ok,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"generation": r.generation, "members": members, "problems": r.problems})
+                );
+                return Ok(());
+            }
+            println!(
+                "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  url",
+                "group", "no", "status", "readable", "errors", "failover", "probe"
+            );
+            for m in &r.members {
+                let probe = match m.last_probe_ms {
+                    Some(ms) => {
+                        format!("{ms:.1}ms {}", if m.last_probe_ok { "ok" } else { "FAIL" })
+                    }
+                    None => "-".into(),
+                };
+                let kind = if m.spare {
+                    format!("{} spare", status(m))
+                } else {
+                    status(m).to_string()
+                };
+                println!(
+                    "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  {}",
+                    m.group,
+                    m.no,
+                    kind,
+                    if m.readable { "yes" } else { "no" },
+                    m.errors,
+                    failover(m.failover),
+                    probe,
+                    m.url
+                );
+            }
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+        }
+        GroupsCommand::SetStatus { group, no, status } => {
+            let s = match status.as_str() {
+                "on" => pb::MemberStatus::On,
+                "off" => pb::MemberStatus::Off,
+                _ => pb::MemberStatus::Maintenance,
+            };
+            c.set_status(pb::SetStatusRequest {
+                group: *group,
+                no: *no,
+                status: s as i32,
+            })
+            .await
+            .map_err(rpc_error)?;
+            if args.json {
+                println!("{}", json!({"group": group, "no": no, "status": status}));
+            } else {
+                println!("member {group}/{no} set to {status} in locdb");
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use locsvc::app::{self, App};
-use locsvc::cli::{ClientArgs, UlCommand};
+use locsvc::cli::{ClientArgs, GroupsCommand, UlCommand};
 use locsvc::settings::{LogFormat, Settings};
 
 /// Partitioned SIP location service.
@@ -58,6 +58,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: UlCommand,
+    },
+    /// Location groups: list members and their state, set a member's status.
+    Groups {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: GroupsCommand,
     },
 }
 
@@ -147,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Ul { client, command } => locsvc::cli::run(&client, &command).await?,
+        Command::Groups { client, command } => locsvc::cli::run_groups(&client, &command).await?,
     }
     Ok(())
 }

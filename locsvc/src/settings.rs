@@ -302,6 +302,13 @@ fn apply(
         "failover.up_after" => s.failover.monitor.up_after = parse(v)?,
         "failover.probe_interval_ms" => s.failover.probe_interval = millis(v)?,
         "failover.hedge_delay_ms" => s.failover.hedge_delay = millis(v)?,
+        "failover.level" => {
+            s.failover.level = match v {
+                "1" => 1,
+                "2" => 2,
+                _ => return Err("expected 1 (switch off) or 2 (promote a spare)".into()),
+            }
+        }
         "failover.resync_batch" => s.failover.resync.batch = parse(v)?,
         "failover.resync_pause_ms" => s.failover.resync.pause = Duration::from_millis(parse(v)?),
         _ => {

@@ -339,3 +339,129 @@ async fn a_killed_member_loses_no_acknowledged_registration_and_fails_no_request
 async fn a_hung_member_loses_no_acknowledged_registration_and_fails_no_request() {
     fault_under_load("-STOP", &["-CONT"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_promote_one_spare_exactly_once() {
+    let _one = FAULT.lock().await;
+    let layout = Layout::create(
+        Backend::MariaDb1,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        1,
+    )
+    .await;
+    // A spare on PostgreSQL, in risk group 3 (members are in 1 and 2).
+    let spare_url = fresh_db(Backend::Postgres, layout.dir.path()).await;
+    open_store(&spare_url, true)
+        .migrate(locsvc::store::migrate::Scope::Table("location"))
+        .await
+        .unwrap();
+    let mut row = locdb_row(1, 3, &spare_url);
+    row.spare = 1;
+    row.rg = 3;
+    layout.master().insert_locdb(&row).await.unwrap();
+    let mut settings = fault_settings(&layout);
+    settings.failover.level = 2;
+    let a = TestApp::spawn(settings.clone()).await;
+    let b = TestApp::spawn(settings).await;
+    let (load_a, tasks_a) = start_load(&a, 4);
+    let (load_b, tasks_b) = start_load(&b, 4);
+    wait_ops(&load_a, 200, "before the fault").await;
+    wait_ops(&load_b, 200, "before the fault").await;
+
+    let restore = Restore("m2");
+    signal("m2", "-KILL");
+    let took = wait_locdb(&layout, 1, 2, "the spare took member 2's place", |r| {
+        r.url == spare_url && r.status == 1 && r.spare == 0
+    })
+    .await;
+    eprintln!(
+        "FAULT spare: promoted {:.0} ms after the kill",
+        took.as_secs_f64() * 1000.0
+    );
+    wait_ops(&load_a, load_a.ops.load(Ordering::Acquire) + 200, "after").await;
+    for l in [&load_a, &load_b] {
+        l.stop.store(true, Ordering::Release);
+    }
+    for t in tasks_a.into_iter().chain(tasks_b) {
+        t.await.unwrap();
+    }
+    drop(restore);
+    for l in [&load_a, &load_b] {
+        assert_eq!(
+            l.failures.load(Ordering::Acquire),
+            0,
+            "errors: {:?}",
+            &l.errors.lock().unwrap()[..]
+        );
+    }
+    let promoted = |app: &TestApp| {
+        app.metrics
+            .failover_actions
+            .with_label_values(&["promote", "done"])
+            .get()
+    };
+    assert_eq!(
+        promoted(&a) + promoted(&b),
+        1,
+        "one promotion across both instances"
+    );
+    let rows = layout.master().load_locdb().await.unwrap();
+    let retired: Vec<_> = rows
+        .iter()
+        .filter(|r| r.url == layout.members[0][1])
+        .collect();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(
+        (retired[0].status, retired[0].spare),
+        (0, 1),
+        "the dead member is now an off spare"
+    );
+
+    // Both instances resync-or-see-resynced the spare, then read it.
+    for app in [&a, &b] {
+        let start = Instant::now();
+        loop {
+            let g = app.service.router().topology().groups[&1].clone();
+            if g.members.iter().any(|m| m.config.url.expose() == spare_url)
+                && app.service.router().readable_members(&g).len() == 2
+            {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "spare readable");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let now = chrono::Utc::now().timestamp();
+    let s1 = locsvc::store::LocationStore::stats(
+        &open_store(&layout.members[0][0], true),
+        "location",
+        now,
+    )
+    .await
+    .unwrap();
+    let s3 = locsvc::store::LocationStore::stats(&open_store(&spare_url, true), "location", now)
+        .await
+        .unwrap();
+    assert_eq!(s1, s3, "the spare holds every binding of its partner");
+    let mut c = a.client().await;
+    let acked: Vec<(String, String)> = load_a
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(load_b.acked.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    for (aor, contact) in &acked {
+        assert!(
+            lookup_contacts(&mut c, aor).await.contains(contact),
+            "{aor} lost"
+        );
+    }
+    eprintln!(
+        "FAULT spare: {} acknowledged bindings all found",
+        acked.len()
+    );
+    a.stop().await;
+    b.stop().await;
+}

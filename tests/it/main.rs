@@ -1,6 +1,7 @@
 //! Integration tests: one binary for the store suite (every backend) and the
 //! end-to-end tests that drive a real locsvc through a real gRPC client.
 
+mod cluster_admin;
 mod e2e;
 mod harness;
 mod reload;

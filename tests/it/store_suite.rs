@@ -346,6 +346,129 @@ async fn deactivation_never_takes_the_last_member_that_is_on(b: Backend) {
     );
 }
 
+async fn copies_never_replace_a_newer_row(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:copy@example.com");
+    let mut newer = binding("r1", "sip:new@1", T0 + 600);
+    newer.last_modified = T0 + 10;
+    s.apply("location", &a, std::slice::from_ref(&newer), &[])
+        .await
+        .unwrap();
+    let stored = |b: Binding| locsvc::store::StoredBinding {
+        row_id: 0,
+        aor: a.clone(),
+        binding: b,
+    };
+    let mut older = binding("r1", "sip:old@1", T0 + 60);
+    older.last_modified = T0;
+    let fresh = binding("r2", "sip:fresh@1", T0 + 60);
+    s.copy_in("location", &[stored(older), stored(fresh.clone())])
+        .await
+        .unwrap();
+    let mut got = s.load_aor("location", &a).await.unwrap();
+    got.sort_by(|x, y| x.ruid.cmp(&y.ruid));
+    assert_eq!(got, vec![newer.clone(), fresh]);
+    let mut newest = newer.clone();
+    newest.last_modified = T0 + 20;
+    newest.contact = "sip:newest@1".into();
+    s.copy_in("location", &[stored(newest.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_aor("location", &a)
+            .await
+            .unwrap()
+            .iter()
+            .find(|x| x.ruid == "r1"),
+        Some(&newest)
+    );
+    assert_eq!(
+        s.existing_ruids("location", &["r2".into(), "zz".into()])
+            .await
+            .unwrap(),
+        ["r2"]
+    );
+    s.delete_ruids("location", &["r2".into()]).await.unwrap();
+    assert_eq!(s.load_aor("location", &a).await.unwrap().len(), 1);
+}
+
+async fn a_spare_from_another_risk_group_replaces_a_member_exactly_once(b: Backend) {
+    use locsvc::store::Promotion;
+    let (s, _d) = store(b, true).await;
+    let row = |no: i64, url: &str, rg: i64, spare: i64| {
+        let mut r = locdb_row(1, no, url);
+        r.rg = rg;
+        r.spare = spare;
+        r
+    };
+    for r in [
+        row(1, "m://a", 1, 0),
+        row(2, "m://b", 2, 0),
+        row(3, "m://same-rg", 2, 1),
+        row(4, "m://other-rg", 3, 1),
+    ] {
+        s.insert_locdb(&r).await.unwrap();
+    }
+    let got = s
+        .promote_spare(1, 2, "m://b", &[1, 2], 9, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Promotion::Promoted {
+            spare: "m://other-rg".into()
+        }
+    );
+    assert_eq!(
+        s.promote_spare(1, 2, "m://b", &[1, 2], 9, T0)
+            .await
+            .unwrap(),
+        Promotion::AlreadyDone
+    );
+    let rows = s.load_locdb().await.unwrap();
+    let at = |no: i64| rows.iter().find(|r| r.no == no).unwrap().clone();
+    assert_eq!(
+        (at(2).url.as_str(), at(2).status, at(2).spare, at(2).errors),
+        ("m://other-rg", 1, 0, 0)
+    );
+    assert_eq!(
+        at(2).failover.and_utc().timestamp(),
+        T0,
+        "the spare is resynced before it is read"
+    );
+    assert_eq!(
+        (at(5).url.as_str(), at(5).status, at(5).spare, at(5).errors),
+        ("m://b", 0, 1, 9)
+    );
+    assert!(rows.iter().all(|r| r.no != 4));
+    // Only spares that are on and outside both risk groups qualify.
+    assert_eq!(
+        s.promote_spare(1, 2, "m://other-rg", &[1, 3], 0, T0)
+            .await
+            .unwrap(),
+        Promotion::Promoted {
+            spare: "m://same-rg".into()
+        }
+    );
+    assert_eq!(
+        s.promote_spare(1, 1, "m://a", &[1, 2], 0, T0)
+            .await
+            .unwrap(),
+        Promotion::NoSpare
+    );
+    assert_eq!(
+        s.load_locdb()
+            .await
+            .unwrap()
+            .iter()
+            .find(|r| r.no == 1)
+            .unwrap()
+            .status,
+        1,
+        "untouched"
+    );
+}
+
 async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
     let (s, _d) = store(b, true).await;
     let a = Aor::parse("sip:o%27brien%22%3B--@example.com", KeyPolicy::default()).unwrap();
@@ -393,6 +516,8 @@ macro_rules! store_suite {
                 #[tokio::test] async fn stats_count_valid_contacts_and_distinct_aors() { super::stats_count_valid_contacts_and_distinct_aors(B).await }
                 #[tokio::test] async fn migrations_are_idempotent_and_locdb_round_trips() { super::migrations_are_idempotent_and_locdb_round_trips(B).await }
                 #[tokio::test] async fn deactivation_never_takes_the_last_member_that_is_on() { super::deactivation_never_takes_the_last_member_that_is_on(B).await }
+                #[tokio::test] async fn copies_never_replace_a_newer_row() { super::copies_never_replace_a_newer_row(B).await }
+                #[tokio::test] async fn a_spare_from_another_risk_group_replaces_a_member_exactly_once() { super::a_spare_from_another_risk_group_replaces_a_member_exactly_once(B).await }
                 #[tokio::test] async fn sql_metacharacters_are_stored_verbatim() { super::sql_metacharacters_are_stored_verbatim(B).await }
                 #[tokio::test] async fn unconfigured_tables_are_refused_before_any_sql() { super::unconfigured_tables_are_refused_before_any_sql(B).await }
             }

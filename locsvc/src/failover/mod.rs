@@ -44,6 +44,10 @@ pub struct FailoverSettings {
     /// hold reads up.
     pub hedge_delay: Duration,
     pub resync: ResyncSettings,
+    /// 1: switch a failing member off; 2: replace it with a spare from
+    /// another risk group, or switch it off when there is none (p_usrloc's
+    /// `failover_level`).
+    pub level: u8,
     /// Partitioned tables a resync copies.
     pub tables: Vec<String>,
     /// Seconds after which a member that missed writes cannot lack anything
@@ -59,6 +63,7 @@ impl Default for FailoverSettings {
             probe_table: "location".into(),
             hedge_delay: Duration::from_millis(50),
             resync: ResyncSettings::default(),
+            level: 1,
             tables: vec!["location".into()],
             window: 3600,
         }
@@ -179,6 +184,24 @@ impl Failover {
                 .push(key(member));
             return;
         }
+        if d == Decision::Deactivate && self.settings.level >= 2 {
+            match self.promote(member, errors, now).await {
+                Ok(true) => return,
+                Ok(false) => {} // no spare: switch it off instead
+                Err(e) => {
+                    tracing::error!(member = %member.label(), error = %e, "cannot promote a spare");
+                    self.metrics
+                        .failover_actions
+                        .with_label_values(&["promote", "master_error"])
+                        .inc();
+                    let mut monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(m) = monitors.get_mut(&key(member)) {
+                        m.retry();
+                    }
+                    return;
+                }
+            }
+        }
         let r = match d {
             Decision::Deactivate => {
                 self.master
@@ -218,6 +241,52 @@ impl Failover {
                 if let Some(m) = monitors.get_mut(&key(member)) {
                     m.retry();
                 }
+            }
+        }
+    }
+
+    /// Replaces `member` with a spare; Ok(false) when there is none.
+    async fn promote(
+        &self,
+        member: &Member,
+        errors: u32,
+        now: i64,
+    ) -> Result<bool, crate::store::StoreError> {
+        let c = &member.config;
+        let topo = self.topology.borrow().clone();
+        let mut avoid: Vec<i64> = topo
+            .groups
+            .get(&c.group)
+            .map(|g| g.members.iter().map(|m| m.config.rg).collect())
+            .unwrap_or_default();
+        avoid.push(c.rg);
+        avoid.sort_unstable();
+        avoid.dedup();
+        match self
+            .master
+            .promote_spare(c.group, c.no, c.url.expose(), &avoid, errors, now)
+            .await?
+        {
+            crate::store::Promotion::Promoted { spare } => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&["promote", "done"])
+                    .inc();
+                tracing::warn!(member = %member.label(), spare, "failover: spare promoted");
+                self.reload.notify_one();
+                Ok(true)
+            }
+            crate::store::Promotion::AlreadyDone => {
+                self.metrics
+                    .failover_actions
+                    .with_label_values(&["promote", "already_done"])
+                    .inc();
+                self.reload.notify_one();
+                Ok(true)
+            }
+            crate::store::Promotion::NoSpare => {
+                tracing::warn!(member = %member.label(), "no spare outside the group's risk groups");
+                Ok(false)
             }
         }
     }
@@ -295,11 +364,16 @@ impl Failover {
         let c = &target.config;
         let expected = to_db_time(c.failover);
         let now = (self.clock)();
+        if now <= c.failover {
+            // Rows of the miss's own second may still be arriving through the
+            // live fan-out: start once that second is over (next probe round).
+            return;
+        }
         let (mut progress, cutoff) = {
             let mut r = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
             match r.remove(&k) {
                 Some((p, cutoff, exp)) if exp == expected => (p, cutoff),
-                _ => (Progress::default(), now),
+                _ => (Progress::default(), c.failover),
             }
         };
         let started = tokio::time::Instant::now();

@@ -7,8 +7,10 @@
 //! - copy: every valid row of the partner is upserted, never over a newer
 //!   version (a refresh that raced with the copy wins);
 //! - prune: rows the partner no longer has are deleted, but only rows last
-//!   modified before the resync began — newer rows came from the live write
-//!   fan-out and may simply not have reached the partner's page yet.
+//!   modified at or before `cutoff`, the member's recorded miss
+//!   (`locdb.failover`). Later rows came from the live write fan-out, which
+//!   reached the member since; the caller starts a resync only after that
+//!   second has passed, so no row written during the resync is in range.
 //!
 //! It is bounded (batches of `batch` rows), throttled (`pause` between
 //! batches) and resumable (`Progress` survives a failed batch; the next
@@ -48,7 +50,7 @@ pub struct Progress {
 }
 
 /// Runs (or resumes) a resync of `target` from `source` over `tables`.
-/// `cutoff` is when the resync began; `now` filters expired rows.
+/// `cutoff` is the recorded miss (see above); `now` filters expired rows.
 pub async fn resync(
     source: &dyn LocationStore,
     target: &dyn LocationStore,
@@ -76,7 +78,7 @@ pub async fn resync(
         if p.pruning {
             let old: Vec<String> = page
                 .iter()
-                .filter(|r| r.binding.last_modified < cutoff)
+                .filter(|r| r.binding.last_modified <= cutoff)
                 .map(|r| r.binding.ruid.clone())
                 .collect();
             let present = source.existing_ruids(table, &old).await?;

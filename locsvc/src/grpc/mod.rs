@@ -2,9 +2,11 @@
 //! mapping (`status`), bearer auth (`auth`) and the service (`service`).
 
 pub mod auth;
+pub mod cluster;
 pub mod convert;
 pub mod service;
 pub mod status;
 
 pub use auth::BearerAuth;
+pub use cluster::ClusterApi;
 pub use service::LocationApi;

@@ -302,6 +302,117 @@ impl SqlStore {
         .await
     }
 
+    /// Failover level 2: swaps broken member (`id`, `no`, `url`) for a spare
+    /// whose risk group differs from every rg in `avoid_rgs` (the broken
+    /// member's and its partners'), in one transaction, like p_usrloc's
+    /// `db_failover` but with both risk groups checked. The broken row
+    /// becomes an off spare; the spare takes its place, on, with a recent
+    /// `failover` so it is resynced before it is read. Exactly once across
+    /// instances: the first statement is conditional on the broken row.
+    pub async fn promote_spare(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        avoid_rgs: &[i64],
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<Promotion, StoreError> {
+        let d = self.dialect();
+        let lock = if d == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let rg_filter = if avoid_rgs.is_empty() {
+            String::new()
+        } else {
+            format!(" AND rg NOT IN ({})", vec!["?"; avoid_rgs.len()].join(", "))
+        };
+        let pick = d.finish(&format!(
+            "SELECT {sid} AS id, {sno} AS no, url FROM locdb WHERE spare = 1 AND status = 1{rg_filter} \
+             ORDER BY id, no LIMIT 1{lock}",
+            sid = d.int64("id"),
+            sno = d.int64("no"),
+        ));
+        let check = d.finish(&format!(
+            "SELECT {} FROM locdb WHERE id = ? AND no = ? AND url = ? AND status = 1{lock}",
+            d.int64("no")
+        ));
+        let max_no = d.finish(&format!(
+            "SELECT {} FROM locdb WHERE id = ?",
+            d.int64("MAX(no)")
+        ));
+        let retire = d.finish(
+            "UPDATE locdb SET id = ?, no = ?, status = 0, spare = 1, failover = ?, errors = errors + ? \
+             WHERE id = ? AND no = ? AND url = ? AND status = 1",
+        );
+        let promote = d.finish(
+            "UPDATE locdb SET id = ?, no = ?, spare = 0, status = 1, failover = ?, errors = 0 \
+             WHERE id = ? AND no = ? AND url = ? AND spare = 1 AND status = 1",
+        );
+        let at = to_db_time(at);
+        with_pool!(&self.pool, p => {
+            self.timed(async {
+                let mut tx = p.begin().await?;
+                let still: Option<i64> = sqlx::query_scalar(&check)
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if still.is_none() {
+                    tx.rollback().await?;
+                    return Ok(Promotion::AlreadyDone);
+                }
+                let mut q = sqlx::query(&pick);
+                for rg in avoid_rgs {
+                    q = q.bind(*rg as i32);
+                }
+                let Some(row) = q.fetch_optional(&mut *tx).await? else {
+                    tx.rollback().await?;
+                    return Ok(Promotion::NoSpare);
+                };
+                let (sid, sno, surl): (i64, i64, String) =
+                    (row.try_get("id")?, row.try_get("no")?, row.try_get("url")?);
+                let top: Option<i64> = sqlx::query_scalar(&max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
+                let new_no = top.unwrap_or(sno) + 1;
+                let moved = sqlx::query(&retire)
+                    .bind(sid as i32)
+                    .bind(new_no as i32)
+                    .bind(at)
+                    .bind(i64::from(errors))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(url)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved == 0 {
+                    tx.rollback().await?;
+                    return Ok(Promotion::AlreadyDone);
+                }
+                let taken = sqlx::query(&promote)
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(at)
+                    .bind(sid as i32)
+                    .bind(sno as i32)
+                    .bind(&surl)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if taken == 0 {
+                    tx.rollback().await?;
+                    return Ok(Promotion::NoSpare);
+                }
+                tx.commit().await?;
+                Ok(Promotion::Promoted { spare: redact(&surl) })
+            })
+            .await
+        })
+    }
+
     /// Sets a member's status by operator request.
     pub async fn set_status(
         &self,
@@ -356,6 +467,17 @@ impl SqlStore {
         });
         Ok(done)
     }
+}
+
+/// What a spare promotion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promotion {
+    /// The spare at this (redacted) URL replaced the broken member.
+    Promoted { spare: String },
+    /// Another instance already replaced or switched off the member.
+    AlreadyDone,
+    /// No spare outside the group's risk groups is available.
+    NoSpare,
 }
 
 /// `locdb.failover` of a member that holds everything: p_usrloc's shipped

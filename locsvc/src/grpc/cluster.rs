@@ -1,0 +1,129 @@
+//! The `locsvc.v1.Cluster` admin service: lists members with their state and
+//! sets a member's status in `locdb`, then has this instance apply it at once.
+
+use std::sync::Arc;
+
+use locsvc_proto::v1 as pb;
+use locsvc_proto::v1::cluster_server::Cluster;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::clock::Clock;
+use crate::cluster::{MemberConfig, MemberStatus};
+use crate::router::Router;
+
+/// The gRPC face of cluster administration.
+#[derive(Clone)]
+pub struct ClusterApi {
+    router: Router,
+    reload: Arc<Notify>,
+    clock: Clock,
+    window: i64,
+}
+
+impl ClusterApi {
+    /// Administers the cluster behind `router`; `reload` makes the watcher
+    /// apply a change at once.
+    pub fn new(router: Router, reload: Arc<Notify>, clock: Clock, window: i64) -> Self {
+        Self {
+            router,
+            reload,
+            clock,
+            window,
+        }
+    }
+}
+
+fn to_pb(s: MemberStatus) -> pb::MemberStatus {
+    match s {
+        MemberStatus::Off => pb::MemberStatus::Off,
+        MemberStatus::On => pb::MemberStatus::On,
+        MemberStatus::Maintenance => pb::MemberStatus::Maintenance,
+    }
+}
+
+fn info(c: &MemberConfig) -> pb::MemberInfo {
+    pb::MemberInfo {
+        group: c.group,
+        no: c.no,
+        url: c.url.redacted(),
+        status: to_pb(c.status) as i32,
+        errors: c.errors,
+        failover: c.failover,
+        readable: false,
+        spare: c.spare,
+        risk_group: c.rg,
+        transport_errors: 0,
+        last_probe_ms: None,
+        last_probe_ok: false,
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterApi {
+    async fn list_groups(
+        &self,
+        _req: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let topo = self.router.topology();
+        let now = (self.clock)();
+        let mut members = Vec::new();
+        for g in topo.groups.values() {
+            for m in &g.members {
+                let mut i = info(&m.config);
+                i.readable = m.readable(now, self.window);
+                i.transport_errors = m.health.transport_errors();
+                if let Some((ok, took)) = m.health.last_probe() {
+                    i.last_probe_ms = Some(took.as_secs_f64() * 1000.0);
+                    i.last_probe_ok = ok;
+                }
+                members.push(i);
+            }
+        }
+        members.extend(topo.spares.iter().map(info));
+        Ok(Response::new(pb::ListGroupsResponse {
+            members,
+            problems: topo.problems.iter().map(ToString::to_string).collect(),
+            generation: topo.generation,
+        }))
+    }
+
+    async fn set_status(
+        &self,
+        req: Request<pb::SetStatusRequest>,
+    ) -> Result<Response<pb::SetStatusResponse>, Status> {
+        let r = req.into_inner();
+        let code = match pb::MemberStatus::try_from(r.status) {
+            Ok(pb::MemberStatus::Off) => MemberStatus::Off,
+            Ok(pb::MemberStatus::On) => MemberStatus::On,
+            Ok(pb::MemberStatus::Maintenance) => MemberStatus::Maintenance,
+            _ => return Err(status::invalid("status", "must be off, on or maintenance")),
+        }
+        .code();
+        let now = (self.clock)();
+        let n = self
+            .router
+            .master()
+            .set_status(r.group, r.no, code, now)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot set member status in locdb");
+                Status::unavailable("the master database did not take the change; retry")
+            })?;
+        if n == 0 {
+            return Err(Status::not_found(format!(
+                "no locdb row with id={} and no={}",
+                r.group, r.no
+            )));
+        }
+        tracing::warn!(
+            group = r.group,
+            no = r.no,
+            status = code,
+            "member status set by operator"
+        );
+        self.reload.notify_one();
+        Ok(Response::new(pb::SetStatusResponse {}))
+    }
+}

@@ -1,0 +1,166 @@
+//! The `locsvc.v1.Cluster` admin API: maintenance drains a member, `on`
+//! re-admits it, and a resync makes it readable again without stale data.
+
+use std::time::Duration;
+
+use locsvc::domain::{Aor, KeyPolicy};
+use locsvc::store::LocationStore;
+use locsvc_proto::v1 as pb;
+use locsvc_proto::v1::cluster_client::ClusterClient;
+
+use crate::harness::*;
+
+async fn wait_for(app: &TestApp, what: &str, f: impl Fn(&TestApp) -> bool) {
+    let mut rx = app.service.router().subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f(app) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        // A new snapshot, or a resync finishing, changes the answer.
+        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+    }
+}
+
+fn readable(app: &TestApp) -> usize {
+    let g = app.service.router().topology().groups[&1].clone();
+    app.service.router().readable_members(&g).len()
+}
+
+fn status_of(app: &TestApp, no: usize) -> locsvc::cluster::MemberStatus {
+    app.service.router().topology().groups[&1].members[no - 1]
+        .config
+        .status
+}
+
+#[tokio::test]
+async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
+    let mut settings = layout.settings();
+    settings.failover.probe_interval = Duration::from_millis(100);
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    let mut admin = ClusterClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap();
+    let key = |a: &str| Aor::parse(a, KeyPolicy::default()).unwrap();
+    let m2 = open_store(&layout.members[0][1], true);
+
+    c.save(register(
+        "sip:a@example.com",
+        "sip:a@192.0.2.1",
+        Some(600),
+        "a",
+        1,
+    ))
+    .await
+    .unwrap();
+    admin
+        .set_status(pb::SetStatusRequest {
+            group: 1,
+            no: 2,
+            status: pb::MemberStatus::Maintenance as i32,
+        })
+        .await
+        .unwrap();
+    wait_for(&app, "member 2 in maintenance", |a| {
+        status_of(a, 2) == locsvc::cluster::MemberStatus::Maintenance
+    })
+    .await;
+    let list = admin
+        .list_groups(pb::ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let info = list.members.iter().find(|m| m.no == 2).unwrap();
+    assert_eq!(info.status(), pb::MemberStatus::Maintenance);
+    assert!(!info.readable);
+
+    // Drained: no writes reach it.
+    c.save(register(
+        "sip:b@example.com",
+        "sip:b@192.0.2.2",
+        Some(600),
+        "b",
+        1,
+    ))
+    .await
+    .unwrap();
+    c.remove(pb::RemoveRequest {
+        table: String::new(),
+        aor: "sip:a@example.com".into(),
+        contact: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        m2.load_aor("location", &key("sip:b@example.com"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        m2.load_aor("location", &key("sip:a@example.com"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    admin
+        .set_status(pb::SetStatusRequest {
+            group: 1,
+            no: 2,
+            status: pb::MemberStatus::On as i32,
+        })
+        .await
+        .unwrap();
+    wait_for(&app, "member 2 resynced and read again", |a| {
+        status_of(a, 2) == locsvc::cluster::MemberStatus::On && readable(a) == 2
+    })
+    .await;
+    assert_eq!(
+        m2.load_aor("location", &key("sip:b@example.com"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "copied"
+    );
+    assert!(
+        m2.load_aor("location", &key("sip:a@example.com"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "pruned"
+    );
+    let rows = layout.master().load_locdb().await.unwrap();
+    assert_eq!(rows.iter().find(|r| r.no == 2).unwrap().status, 1);
+    let list = admin
+        .list_groups(pb::ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.members.iter().all(|m| m.readable && m.last_probe_ok));
+
+    let e = admin
+        .set_status(pb::SetStatusRequest {
+            group: 9,
+            no: 9,
+            status: pb::MemberStatus::On as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = admin
+        .set_status(pb::SetStatusRequest {
+            group: 1,
+            no: 2,
+            status: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    app.stop().await;
+}
