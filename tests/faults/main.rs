@@ -170,8 +170,8 @@ async fn wait_locdb(
 
 fn fault_settings(layout: &Layout) -> locsvc::settings::Settings {
     let mut s = layout.settings();
-    s.cluster.query_timeout = Duration::from_millis(300);
-    s.cluster.pool.acquire_timeout = Duration::from_millis(300);
+    s.cluster.query_timeout = Duration::from_millis(500);
+    s.cluster.pool.acquire_timeout = Duration::from_millis(500);
     s.failover.probe_interval = Duration::from_millis(200);
     s.failover.hedge_delay = Duration::from_millis(50);
     s
@@ -464,4 +464,83 @@ async fn two_instances_racing_promote_one_spare_exactly_once() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
+    let _one = FAULT.lock().await;
+    // The master on PostgreSQL; the pair on the two MariaDB servers.
+    let layout = Layout::create(
+        Backend::Postgres,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        1,
+    )
+    .await;
+    let app = TestApp::spawn(fault_settings(&layout)).await;
+    let (load, tasks) = start_load(&app, 6);
+    wait_ops(&load, 200, "before the faults").await;
+
+    let master_back = Restore("pg");
+    let member_back = Restore("m2");
+    signal("pg", "-STOP");
+    wait_ops(
+        &load,
+        load.ops.load(Ordering::Acquire) + 200,
+        "with the master hung",
+    )
+    .await;
+    signal("m2", "-KILL");
+    wait_ops(
+        &load,
+        load.ops.load(Ordering::Acquire) + 300,
+        "with the master hung and member 2 dead",
+    )
+    .await;
+    let g = app.service.router().topology().groups[&1].clone();
+    assert_eq!(
+        app.service.router().readable_members(&g).len(),
+        1,
+        "member 2 not read meanwhile"
+    );
+
+    // The master returns: the pending failover and missed writes land.
+    signal("pg", "-CONT");
+    drop(master_back);
+    let took = wait_locdb(
+        &layout,
+        1,
+        2,
+        "member 2 switched off once the master is back",
+        |r| r.status == 0 && r.errors > 0,
+    )
+    .await;
+    eprintln!(
+        "FAULT master: failover recorded {:.0} ms after the master returned",
+        took.as_secs_f64() * 1000.0
+    );
+    load.stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(member_back);
+    let failures = load.failures.load(Ordering::Acquire);
+    eprintln!(
+        "FAULT master: ops {}, failures {failures}",
+        load.ops.load(Ordering::Acquire)
+    );
+    assert_eq!(
+        failures,
+        0,
+        "errors: {:?}",
+        &load.errors.lock().unwrap()[..]
+    );
+    let acked = load.acked.lock().unwrap().clone();
+    let mut c = app.client().await;
+    for (aor, contact) in &acked {
+        assert!(
+            lookup_contacts(&mut c, aor).await.contains(contact),
+            "{aor} lost"
+        );
+    }
+    app.stop().await;
 }

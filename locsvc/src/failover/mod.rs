@@ -319,6 +319,7 @@ impl Failover {
             (r, start.elapsed())
         }))
         .await;
+        self.reconcile_marks(&members);
         for (m, (r, took)) in members.iter().zip(results) {
             m.health.record_probe(r.is_ok(), took);
             let o = match r {
@@ -427,6 +428,31 @@ impl Failover {
                 let mut r = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
                 r.insert(k, (progress, cutoff, expected));
             }
+        }
+    }
+
+    /// Re-sends to `locdb` the missed writes it does not show yet (the
+    /// master was unreachable when they happened): the queue of pending
+    /// status updates is the members' own unrecorded marks, so it is bounded
+    /// and survives any number of master outages. At most once a second per
+    /// member.
+    fn reconcile_marks(&self, members: &[Arc<Member>]) {
+        let now = (self.clock)();
+        for m in members.iter().filter(|m| m.unrecorded_miss()) {
+            if !m.health.should_record_mark(now) {
+                continue;
+            }
+            let (master, m) = (self.master.clone(), m.clone());
+            let at = m.health.missed_write_at();
+            tokio::spawn(async move {
+                let c = &m.config;
+                if let Err(e) = master
+                    .mark_failover(c.group, c.no, c.url.expose(), at)
+                    .await
+                {
+                    tracing::debug!(member = %m.label(), error = %e, "missed write still not recorded in locdb");
+                }
+            });
         }
     }
 
