@@ -1,6 +1,6 @@
 //! Builds and runs a shim: binds UDP and TCP on the same address (port 0
-//! allowed: TCP takes the port UDP got), connects lazily to locsvc, and
-//! serves until a shutdown future resolves. `main` stays thin and tests run
+//! allowed: TCP takes the port UDP got) and the metrics HTTP listener,
+//! connects lazily to locsvc, and serves until a shutdown future resolves. `main` stays thin and tests run
 //! the real app in-process.
 
 use std::future::Future;
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::handler::Core;
 use crate::locsvc_client::{ClientError, LocsvcClient};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 use crate::transport::{self, Outbox};
 
@@ -39,6 +39,8 @@ pub struct App {
     core: Arc<Core>,
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), AppError> {
@@ -73,16 +75,28 @@ impl App {
             addr: settings.listen,
             source,
         })?;
-        let core = Arc::new(Core {
-            settings,
-            client,
-            metrics: Arc::new(Metrics::new()),
-            local,
-        });
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if local.ip().is_unspecified() && settings.advertise.is_none() {
+            tracing::warn!(
+                %local,
+                "listening on an unspecified address without `advertise`: our Via will name {local}, which peers cannot reach"
+            );
+        }
+        let core = Arc::new(Core::new(settings, client, Arc::new(Metrics::new()), local));
         Ok(Self {
             core,
             udp: Arc::new(udp),
             tcp,
+            metrics_listener,
+            metrics_addr,
         })
     }
 
@@ -91,8 +105,18 @@ impl App {
         self.core.local
     }
 
+    /// The host and port our Via names (`advertise`, else the bound address).
+    pub fn advertised(&self) -> (String, u16) {
+        self.core.advertised.clone()
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.core.metrics.clone()
+    }
+
+    /// The bound metrics HTTP address (`GET /metrics`), if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Serves until `shutdown` resolves, then stops receiving and gives
@@ -102,8 +126,20 @@ impl App {
         let tasks = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.core.settings.max_in_flight));
         let outbox = Outbox::new(self.udp.clone());
+        // Stopped last, so the drain itself can be watched.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task = self.metrics_listener.map(|l| {
+            let (m, t) = (self.core.metrics.clone(), metrics_stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(l, m, t).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        });
         tracing::info!(
             listen = %self.core.local,
+            advertise = %format!("{}:{}", self.core.advertised.0, self.core.advertised.1),
+            metrics = %metrics::describe(self.metrics_addr),
             locsvc = ?self.core.settings.locsvc,
             mode = ?self.core.settings.mode,
             domains = ?self.core.settings.domains,
@@ -136,6 +172,10 @@ impl App {
             .is_err()
         {
             tracing::warn!("requests still running after the grace period; stopping anyway");
+        }
+        metrics_stop.cancel();
+        if let Some(t) = metrics_task {
+            let _ = t.await;
         }
         tracing::info!("proxy-shim stopped");
     }

@@ -234,6 +234,7 @@ async fn forward_to(
     if req.push_via(&core.our_via(transport, &branch)).is_err() {
         return fail(&req, 500, "Cannot Add Via");
     }
+    core.metrics.forwarded(&req.method());
     vec![Outbound {
         transport,
         dest,

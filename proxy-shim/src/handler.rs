@@ -57,11 +57,33 @@ pub struct Core {
     pub settings: Settings,
     pub client: LocsvcClient,
     pub metrics: Arc<Metrics>,
-    /// The address we advertise in Via and compare Request-URIs against.
+    /// The bound address (UDP and TCP).
     pub local: SocketAddr,
+    /// Host and port we put in our Via: the `advertise` setting, else the
+    /// bound address. Both this and `local` name us in Routes and URIs.
+    pub advertised: (String, u16),
 }
 
 impl Core {
+    pub fn new(
+        settings: Settings,
+        client: LocsvcClient,
+        metrics: Arc<Metrics>,
+        local: SocketAddr,
+    ) -> Self {
+        let advertised = match &settings.advertise {
+            Some(a) => (a.host.clone(), a.port.unwrap_or(local.port())),
+            None => (local.ip().to_string(), local.port()),
+        };
+        Self {
+            settings,
+            client,
+            metrics,
+            local,
+            advertised,
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         self.settings.mode
     }
@@ -92,6 +114,7 @@ impl Core {
             return None;
         };
         let dest = via_destination(&next).await?;
+        self.metrics.relayed(resp.status());
         Some(Outbound {
             transport: via_transport(&next),
             dest,
@@ -108,12 +131,21 @@ impl Core {
 
     /// Whether host:port names this shim.
     pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
-        let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
-            return false;
+        let host = host.trim_matches(['[', ']']);
+        let port = port.unwrap_or(5060);
+        let (adv_host, adv_port) = &self.advertised;
+        let advertised = port == *adv_port
+            && match (host.parse::<IpAddr>(), adv_host.parse::<IpAddr>()) {
+                (Ok(a), Ok(b)) => a == b,
+                (Err(_), Err(_)) => host.eq_ignore_ascii_case(adv_host),
+                _ => false,
+            };
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return advertised;
         };
         let same_ip = ip == self.local.ip()
             || (self.local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
-        same_ip && port.unwrap_or(5060) == self.local.port()
+        advertised || (same_ip && port == self.local.port())
     }
 
     /// A response generated here, sent back where the request came from.
@@ -128,7 +160,7 @@ impl Core {
         let tag = to_tag(req);
         match sip::response(req, code, reason, &tag, extra) {
             Some(bytes) => {
-                self.metrics.response(code);
+                self.metrics.response(&req.method(), code);
                 vec![Outbound {
                     transport: src.transport,
                     dest: reply_destination(req, src),
@@ -148,8 +180,8 @@ impl Core {
         format!(
             "SIP/2.0/{} {}:{};branch={branch}",
             transport.as_str().to_ascii_uppercase(),
-            sip::bracket(&self.local.ip().to_string()),
-            self.local.port()
+            sip::bracket(&self.advertised.0),
+            self.advertised.1
         )
     }
 }
@@ -214,5 +246,79 @@ pub async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     match tokio::time::timeout(std::time::Duration::from_millis(300), lookup).await {
         Ok(Ok(mut addrs)) => addrs.next(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Advertise;
+
+    fn core(listen: &str, advertise: Option<&str>) -> Core {
+        let settings = Settings {
+            advertise: advertise.map(|a| a.parse::<Advertise>().expect("advertise")),
+            ..Settings::default()
+        };
+        // Lazy channels: nothing connects in these tests.
+        let client = LocsvcClient::new(
+            &settings.locsvc,
+            settings.locsvc_timeout,
+            None,
+            String::new(),
+        )
+        .expect("client");
+        let local = listen.parse().expect("listen");
+        Core::new(settings, client, Arc::new(Metrics::new()), local)
+    }
+
+    #[tokio::test]
+    async fn our_via_carries_the_advertised_host_and_the_bound_port_by_default() {
+        let c = core("0.0.0.0:5070", Some("203.0.113.5"));
+        assert_eq!(
+            c.our_via(Transport::Udp, "z9hG4bK-ps-1"),
+            "SIP/2.0/UDP 203.0.113.5:5070;branch=z9hG4bK-ps-1"
+        );
+        let c = core("0.0.0.0:5070", Some("sip.example.com:5080"));
+        assert_eq!(
+            c.our_via(Transport::Tcp, "z9hG4bK-ps-1"),
+            "SIP/2.0/TCP sip.example.com:5080;branch=z9hG4bK-ps-1"
+        );
+        let c = core("[::]:5070", Some("2001:db8::1"));
+        assert_eq!(
+            c.our_via(Transport::Udp, "b"),
+            "SIP/2.0/UDP [2001:db8::1]:5070;branch=b"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_advertise_our_via_carries_the_bound_address() {
+        let c = core("127.0.0.1:5070", None);
+        assert_eq!(
+            c.our_via(Transport::Udp, "b"),
+            "SIP/2.0/UDP 127.0.0.1:5070;branch=b"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_advertised_address_and_the_bound_one_both_name_us() {
+        let c = core("0.0.0.0:5070", Some("SIP.example.com"));
+        assert!(c.is_local("sip.example.com", Some(5070)));
+        assert!(!c.is_local("sip.example.com", Some(5060)));
+        assert!(c.is_local("127.0.0.1", Some(5070)));
+        assert!(!c.is_local("other.example.com", Some(5070)));
+        let c = core("10.0.0.2:5060", Some("203.0.113.5:5080"));
+        assert!(c.is_local("203.0.113.5", Some(5080)));
+        assert!(!c.is_local("203.0.113.5", None));
+        assert!(c.is_local("10.0.0.2", None));
+        // A response comes back through a Via naming the advertised address.
+        let via = ViaView {
+            transport: "UDP".into(),
+            host: "203.0.113.5".into(),
+            port: Some(5080),
+            branch: Some(format!("{BRANCH_PREFIX}00")),
+            rport: None,
+            received: None,
+        };
+        assert!(c.is_our_via(&via));
     }
 }

@@ -77,6 +77,20 @@ fn worth_failover(s: &Status) -> bool {
     }
 }
 
+/// The error left by an instance that `worth_failover` skipped. Such a
+/// status means the channel failed (tonic reports a reset connection as
+/// `Unknown: transport error`), so when no instance is left it is a 503 with
+/// Retry-After, like an unreachable locsvc, never a 500.
+fn channel_failure(s: &Status) -> LocsvcError {
+    match classify(s) {
+        LocsvcError::Internal(detail) => LocsvcError::Unavailable {
+            retry_after: DEFAULT_RETRY_AFTER,
+            detail,
+        },
+        other => other,
+    }
+}
+
 /// Maps a locsvc status to what the SIP side does next.
 pub fn classify(s: &Status) -> LocsvcError {
     let info = s.get_details_error_info();
@@ -238,7 +252,7 @@ impl LocsvcClient {
                     if let Ok(mut d) = inst.down_until.lock() {
                         *d = Some(Instant::now() + DOWN_FOR);
                     }
-                    last = Some(classify(&status));
+                    last = Some(channel_failure(&status));
                 }
                 Ok(Err(status)) => return Err(classify(&status)),
                 Err(_) => {
@@ -342,6 +356,15 @@ mod tests {
             &[]
         )));
         assert!(worth_failover(&Status::unavailable("connection refused")));
+    }
+
+    #[test]
+    fn a_reset_channel_becomes_503_with_retry_after_not_500() {
+        let reset = Status::unknown("transport error");
+        assert!(worth_failover(&reset));
+        let (code, _, extra) = channel_failure(&reset).sip();
+        assert_eq!(code, 503);
+        assert_eq!(extra, [("Retry-After", DEFAULT_RETRY_AFTER.to_string())]);
     }
 
     #[test]

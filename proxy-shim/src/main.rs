@@ -18,6 +18,12 @@ struct Cli {
     /// UDP and TCP listen address [default: 127.0.0.1:5060].
     #[arg(long)]
     listen: Option<String>,
+    /// Host or host:port put in our Via (needed when listening on 0.0.0.0) [default: the bound address].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Prometheus metrics HTTP address, or `off` [default: 127.0.0.1:9465].
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// locsvc gRPC endpoint; repeat for failover [default: http://127.0.0.1:50051].
     #[arg(long)]
     locsvc: Vec<String>,
@@ -54,6 +60,12 @@ async fn main() -> anyhow::Result<()> {
     let mut overrides: Vec<(&str, Vec<String>)> = Vec::new();
     if let Some(l) = cli.listen {
         overrides.push(("listen", vec![l]));
+    }
+    if let Some(a) = cli.advertise {
+        overrides.push(("advertise", vec![a]));
+    }
+    if let Some(m) = cli.metrics_listen {
+        overrides.push(("metrics_listen", vec![m]));
     }
     if !cli.locsvc.is_empty() {
         overrides.push(("locsvc", cli.locsvc));

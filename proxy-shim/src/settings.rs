@@ -3,8 +3,9 @@
 //! layer is flattened to key → value strings so one parser per key serves
 //! them all, and every bad or unknown setting is reported at once, by name.
 //!
-//! Keys: `listen`, `locsvc` (list), `domains` (list), `mode`, `table`,
-//! `locsvc_timeout_ms`, `max_in_flight`, `locsvc_token`, `log_level`.
+//! Keys: `listen`, `advertise`, `locsvc` (list), `domains` (list), `mode`,
+//! `table`, `locsvc_timeout_ms`, `max_in_flight`, `locsvc_token`,
+//! `metrics_listen` (an ip:port, or `off`), `log_level`.
 //! Environment: `PROXY_SHIM_` + the key upper-cased; lists are comma-separated.
 
 use std::collections::BTreeMap;
@@ -25,6 +26,9 @@ pub enum Mode {
 pub struct Settings {
     /// UDP and TCP listen address (port 0 picks a free port, the same for both).
     pub listen: SocketAddr,
+    /// The host (and port) we put in our Via and recognise as ourselves;
+    /// None = the bound address. Needed when listening on 0.0.0.0.
+    pub advertise: Option<Advertise>,
     /// locsvc gRPC endpoints, tried in order with failover.
     pub locsvc: Vec<String>,
     /// Domains served; empty = every domain.
@@ -38,13 +42,64 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Bearer token for locsvc, when it requires one.
     pub locsvc_token: Option<String>,
+    /// Where Prometheus metrics are served over HTTP; None = not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
+}
+
+/// The `advertise` setting: a host (IP address or name) and an optional
+/// port (None = the bound port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Advertise {
+    type Err = ();
+
+    /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let s = s.trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: a.ip().to_string(),
+                port: Some(a.port()),
+            });
+        }
+        let bare = match s.strip_prefix('[') {
+            Some(rest) => rest.strip_suffix(']').ok_or(())?,
+            None => s,
+        };
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(Self {
+                host: ip.to_string(),
+                port: None,
+            });
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| ())?)),
+            None => (s, None),
+        };
+        let name_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !name_ok || port == Some(0) {
+            return Err(());
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            advertise: None,
             locsvc: vec!["http://127.0.0.1:50051".into()],
             domains: Vec::new(),
             mode: Mode::Proxy,
@@ -52,6 +107,7 @@ impl Default for Settings {
             locsvc_timeout: Duration::from_millis(400),
             max_in_flight: 1024,
             locsvc_token: None,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             log_level: "info".into(),
         }
     }
@@ -64,6 +120,7 @@ pub struct SettingsError(pub Vec<String>);
 
 const KEYS: &[&str] = &[
     "listen",
+    "advertise",
     "locsvc",
     "domains",
     "mode",
@@ -71,6 +128,7 @@ const KEYS: &[&str] = &[
     "locsvc_timeout_ms",
     "max_in_flight",
     "locsvc_token",
+    "metrics_listen",
     "log_level",
 ];
 
@@ -149,6 +207,12 @@ impl Layers {
                     Ok(a) => s.listen = a,
                     Err(_) => bad(format!("is not an ip:port: {one:?}")),
                 },
+                "advertise" => match one.parse::<Advertise>() {
+                    Ok(a) => s.advertise = Some(a),
+                    Err(()) => bad(format!(
+                        "must be a host or host:port (IP address or DNS name), not {one:?}"
+                    )),
+                },
                 "locsvc" => {
                     if vals.is_empty() {
                         bad("needs at least one address".into());
@@ -178,6 +242,13 @@ impl Layers {
                     _ => bad(format!("must be a positive integer, not {one:?}")),
                 },
                 "locsvc_token" => s.locsvc_token = Some(one).filter(|t| !t.is_empty()),
+                "metrics_listen" => match one.as_str() {
+                    "off" | "" => s.metrics_listen = None,
+                    _ => match one.parse() {
+                        Ok(a) => s.metrics_listen = Some(a),
+                        Err(_) => bad(format!("must be an ip:port or `off`, not {one:?}")),
+                    },
+                },
                 "log_level" => s.log_level = one,
                 _ => {}
             }
@@ -246,5 +317,56 @@ mod tests {
         let e = l.resolve().unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(e.to_string().contains("colour"));
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address_or_off() {
+        assert_eq!(
+            Settings::default().metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap())
+        );
+        let mut l = Layers::default();
+        l.set("metrics_listen", vec!["off".into()]);
+        assert_eq!(l.resolve().unwrap().metrics_listen, None);
+        let mut l = Layers::default();
+        l.toml("metrics_listen = \"127.0.0.1:0\"", "f.toml");
+        assert_eq!(
+            l.resolve().unwrap().metrics_listen,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let mut l = Layers::default();
+        l.set("metrics_listen", vec!["9465".into()]);
+        assert!(
+            l.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics_listen")
+        );
+    }
+
+    #[test]
+    fn advertise_takes_an_ip_or_a_name_with_an_optional_port() {
+        let parse = |s: &str| s.parse::<Advertise>();
+        let a = |host: &str, port: Option<u16>| {
+            Ok(Advertise {
+                host: host.into(),
+                port,
+            })
+        };
+        assert_eq!(parse("203.0.113.5"), a("203.0.113.5", None));
+        assert_eq!(parse("203.0.113.5:5080"), a("203.0.113.5", Some(5080)));
+        assert_eq!(parse("[2001:db8::1]:5080"), a("2001:db8::1", Some(5080)));
+        assert_eq!(parse("2001:db8::1"), a("2001:db8::1", None));
+        assert_eq!(parse("SIP.Example.com"), a("sip.example.com", None));
+        assert_eq!(
+            parse("sip.example.com:5070"),
+            a("sip.example.com", Some(5070))
+        );
+        for bad in ["", "a b", "host:x", "host:0", "host:70000", "[::1"] {
+            assert_eq!(parse(bad), Err(()), "{bad:?}");
+        }
+        let mut l = Layers::default();
+        l.set("advertise", vec!["not a host".into()]);
+        assert!(l.resolve().unwrap_err().to_string().contains("advertise"));
     }
 }

@@ -95,6 +95,7 @@ fn dispatch(
             if let Parsed::Request(req) = &msg
                 && req.method() != "ACK"
             {
+                core.metrics.overloaded();
                 let out = core.reply(
                     req,
                     src,
@@ -115,8 +116,10 @@ fn dispatch(
         }
     };
     let (core, outbox) = (core.clone(), outbox.clone());
+    let in_flight = core.metrics.in_flight_guard();
     tasks.spawn(async move {
         let _permit = permit;
+        let _in_flight = in_flight;
         let out = match msg {
             Parsed::Request(req) => core.handle_request(req, src).await,
             Parsed::Response(resp) => core.handle_response(resp, src).await.into_iter().collect(),

@@ -105,6 +105,7 @@ impl Locsvc {
 /// One running in-process shim.
 struct RunningShim {
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     metrics: std::sync::Arc<proxy_shim::metrics::Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -112,15 +113,28 @@ struct RunningShim {
 
 impl RunningShim {
     async fn start(locsvc: &[&Locsvc], mode: Mode) -> Self {
-        let settings = ShimSettings {
+        let urls = locsvc.iter().map(|l| l.url.clone()).collect();
+        Self::start_with(urls, mode, |_| {}).await
+    }
+
+    /// A shim on port 0 (SIP and metrics) with `tweak` applied to its settings.
+    async fn start_with(
+        locsvc: Vec<String>,
+        mode: Mode,
+        tweak: impl FnOnce(&mut ShimSettings),
+    ) -> Self {
+        let mut settings = ShimSettings {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            locsvc: locsvc.iter().map(|l| l.url.clone()).collect(),
+            locsvc,
             domains: vec!["example.com".into()],
             mode,
+            metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
             ..ShimSettings::default()
         };
+        tweak(&mut settings);
         let app = Shim::build(settings).await.expect("shim builds");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr().expect("metrics are served");
         let metrics = app.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
@@ -128,10 +142,29 @@ impl RunningShim {
         }));
         Self {
             addr,
+            metrics_addr,
             metrics,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// `GET /metrics` over plain HTTP/1.1.
+    async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to the metrics listener");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send the scrape");
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut text))
+            .await
+            .expect("a scrape answer within 5 s")
+            .expect("read the scrape");
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        text
     }
 
     async fn stop(&mut self) {
@@ -530,5 +563,256 @@ async fn a_crlf_keepalive_on_tcp_is_answered_with_a_crlf() {
         .expect("a pong within 5 s")
         .expect("read");
     assert_eq!(&pong, b"\r\n");
+    e.finish().await;
+}
+
+/// Receives one datagram (bounded), as text.
+async fn recv_text(sock: &tokio::net::UdpSocket, within: Duration) -> (String, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(within, sock.recv_from(&mut buf))
+        .await
+        .expect("a datagram in time")
+        .expect("recv");
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+}
+
+/// Every value of header `name` in a raw message, in order.
+fn header_values<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+fn branch_of(via: &str) -> &str {
+    via.split(';')
+        .find_map(|p| p.trim().strip_prefix("branch="))
+        .unwrap_or("")
+}
+
+/// A REGISTER from `sock` with the given Call-ID and CSeq.
+fn register_msg(sock: SocketAddr, user: &str, call_id: &str, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {sock};branch=z9hG4bK-reg-{call_id}-{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=r1\r\n\
+         To: <sip:{user}@example.com>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{sock}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
+    let e = env(Mode::Proxy).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let me = sock.local_addr().expect("addr");
+    sock.send_to(
+        register_msg(me, "mia", "m1@test", 1).as_bytes(),
+        e.shim.addr,
+    )
+    .await
+    .expect("send");
+    let (answer, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    let text = e.shim.scrape().await;
+    for line in [
+        r#"proxy_shim_requests_total{method="REGISTER"} 1"#,
+        r#"proxy_shim_responses_total{method="REGISTER",status="200"} 1"#,
+        r#"proxy_shim_locsvc_seconds_count{op="save",result="ok"} 1"#,
+        "proxy_shim_in_flight 0",
+        "proxy_shim_overloaded_total 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_with_a_lower_cseq_on_the_same_call_id_gets_400_and_changes_nothing() {
+    let e = env(Mode::Proxy).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let me = sock.local_addr().expect("addr");
+    sock.send_to(
+        register_msg(me, "olga", "o1@test", 5).as_bytes(),
+        e.shim.addr,
+    )
+    .await
+    .expect("send");
+    let (first, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    assert!(first.starts_with("SIP/2.0 200 OK\r\n"), "{first}");
+    sock.send_to(
+        register_msg(me, "olga", "o1@test", 4).as_bytes(),
+        e.shim.addr,
+    )
+    .await
+    .expect("send");
+    let (second, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    assert!(second.starts_with("SIP/2.0 400 "), "{second}");
+    assert_eq!(header_values(&second, "CSeq"), ["4 REGISTER"], "{second}");
+    let b = e.locsvc.lookup("sip:olga@example.com").await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].cseq, 5);
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_once() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // A "locsvc" that accepts TCP connections in the kernel but never
+    // serves them: the first REGISTER holds the only permit until its
+    // budget runs out or this listener is closed.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", silent.local_addr().expect("addr"));
+    let mut shim = RunningShim::start_with(vec![url], Mode::Proxy, |s| {
+        s.max_in_flight = 1;
+        s.locsvc_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let held = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let held_addr = held.local_addr().expect("addr");
+    held.send_to(
+        register_msg(held_addr, "hank", "h1@test", 1).as_bytes(),
+        shim.addr,
+    )
+    .await
+    .expect("send");
+    let m = shim.metrics.clone();
+    eventually("the first REGISTER to hold the only permit", || {
+        let m = m.clone();
+        async move { m.in_flight() == 1 }
+    })
+    .await;
+    let other = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let other_addr = other.local_addr().expect("addr");
+    let started = std::time::Instant::now();
+    other
+        .send_to(
+            register_msg(other_addr, "ivy", "i1@test", 1).as_bytes(),
+            shim.addr,
+        )
+        .await
+        .expect("send");
+    let (answer, _) = recv_text(&other, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    assert_eq!(header_values(&answer, "Retry-After"), ["1"], "{answer}");
+    // At once: long before the held request's 5 s budget could free the permit.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(m.in_flight(), 1, "the held request is still in flight");
+    let text = shim.scrape().await;
+    assert!(text.contains("proxy_shim_overloaded_total 1"), "{text}");
+    // Closing the listener resets the pending connection: the held request
+    // fails (503) and the permit comes back.
+    drop(silent);
+    let (late, _) = recv_text(&held, Duration::from_secs(10)).await;
+    assert!(late.starts_with("SIP/2.0 503 "), "{late}");
+    eventually("the permit to be released", || {
+        let m = m.clone();
+        async move { m.in_flight() == 0 }
+    })
+    .await;
+    shim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_follows_its_proxied_invite_to_the_same_contact_with_the_same_branch() {
+    let e = env(Mode::Proxy).await;
+    let callee = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let callee_addr = callee.local_addr().expect("addr");
+    let contact = format!("sip:callee@{callee_addr}");
+    e.locsvc
+        .save("sip:callee@example.com", &[(&contact, 1.0)])
+        .await;
+    let caller = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let caller_addr = caller.local_addr().expect("addr");
+    let msg = |method: &str| {
+        format!(
+            "{method} sip:callee@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {caller_addr};branch=z9hG4bK-call-1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@example.com>;tag=c1\r\n\
+             To: <sip:callee@example.com>\r\nCall-ID: cancel-1@test\r\nCSeq: 1 {method}\r\n\
+             Contact: <sip:caller@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    caller
+        .send_to(msg("INVITE").as_bytes(), e.shim.addr)
+        .await
+        .expect("send INVITE");
+    let (invite, from) = recv_text(&callee, Duration::from_secs(5)).await;
+    assert!(
+        invite.starts_with(&format!("INVITE {contact} SIP/2.0\r\n")),
+        "{invite}"
+    );
+    assert_eq!(from, e.shim.addr, "forwarded from the shim's socket");
+    let invite_vias = header_values(&invite, "Via");
+    assert_eq!(invite_vias.len(), 2, "{invite}");
+    assert!(
+        invite_vias[0].starts_with(&format!("SIP/2.0/UDP {};", e.shim.addr)),
+        "{invite}"
+    );
+    let branch = branch_of(invite_vias[0]).to_string();
+    assert!(branch.starts_with("z9hG4bK-ps-"), "{branch}");
+
+    caller
+        .send_to(msg("CANCEL").as_bytes(), e.shim.addr)
+        .await
+        .expect("send CANCEL");
+    let (cancel, from) = recv_text(&callee, Duration::from_secs(5)).await;
+    assert!(
+        cancel.starts_with(&format!("CANCEL {contact} SIP/2.0\r\n")),
+        "{cancel}"
+    );
+    assert_eq!(from, e.shim.addr);
+    let cancel_vias = header_values(&cancel, "Via");
+    assert_eq!(cancel_vias.len(), 2, "{cancel}");
+    assert_eq!(
+        branch_of(cancel_vias[0]),
+        branch,
+        "RFC 3261 §16.11: same branch as the INVITE"
+    );
+    assert_eq!(cancel_vias[0], invite_vias[0]);
+
+    // The callee's 200 to the CANCEL is relayed back with our Via popped.
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{}From: <sip:caller@example.com>;tag=c1\r\n\
+         To: <sip:callee@example.com>;tag=e1\r\nCall-ID: cancel-1@test\r\nCSeq: 1 CANCEL\r\n\
+         Content-Length: 0\r\n\r\n",
+        cancel_vias
+            .iter()
+            .map(|v| format!("Via: {v}\r\n"))
+            .collect::<String>()
+    );
+    callee
+        .send_to(ok.as_bytes(), e.shim.addr)
+        .await
+        .expect("send 200");
+    let (relayed, _) = recv_text(&caller, Duration::from_secs(5)).await;
+    assert!(relayed.starts_with("SIP/2.0 200 OK\r\n"), "{relayed}");
+    let vias = header_values(&relayed, "Via");
+    assert_eq!(vias.len(), 1, "{relayed}");
+    assert_eq!(branch_of(vias[0]), "z9hG4bK-call-1");
     e.finish().await;
 }

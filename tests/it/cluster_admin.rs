@@ -164,3 +164,68 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_with_no_complete_member_is_merged_and_read_again() {
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
+    let mut settings = layout.settings();
+    settings.failover.probe_interval = Duration::from_millis(100);
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    c.save(register(
+        "sip:x@example.com",
+        "sip:x@192.0.2.1",
+        Some(600),
+        "x",
+        1,
+    ))
+    .await
+    .unwrap();
+    // A double fault: each member holds a binding the other lacks, and both
+    // have a recorded miss.
+    let now = chrono::Utc::now().timestamp();
+    for (no, user) in [(0usize, "only1"), (1, "only2")] {
+        let s = open_store(&layout.members[0][no], true);
+        let aor = Aor::parse(&format!("sip:{user}@example.com"), KeyPolicy::default()).unwrap();
+        let b = vec![locsvc::domain::Binding {
+            ruid: format!("r-{user}"),
+            contact: format!("sip:{user}@192.0.2.9"),
+            expires: now + 600,
+            q: None,
+            call_id: user.into(),
+            cseq: 1,
+            path: vec![],
+            received: None,
+            user_agent: String::new(),
+            socket: None,
+            instance: None,
+            reg_id: 0,
+            methods: None,
+            flags: 0,
+            cflags: 0,
+            last_modified: now - 10,
+        }];
+        s.apply("location", &aor, &b, &[]).await.unwrap();
+    }
+    let master = layout.master();
+    for no in 1..=2u32 {
+        master
+            .mark_failover(1, no, &layout.members[0][no as usize - 1], now)
+            .await
+            .unwrap();
+    }
+    wait_for(&app, "the merge made both members readable", |a| {
+        readable(a) == 2
+            && a.metrics
+                .failover_actions
+                .with_label_values(&["merge", "done"])
+                .get()
+                == 1
+    })
+    .await;
+    for user in ["x", "only1", "only2"] {
+        let aor = format!("sip:{user}@example.com");
+        assert_eq!(lookup_contacts(&mut c, &aor).await.len(), 1, "{aor}");
+    }
+    app.stop().await;
+}

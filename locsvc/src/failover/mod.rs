@@ -350,7 +350,25 @@ impl Failover {
             Some((source.clone(), target.clone()))
         });
         let Some((source, target)) = job else {
-            self.resyncing.store(false, Ordering::Release);
+            // A group whose every `on` member may lack writes (a double
+            // fault) would stay unreadable for the whole window: merge them.
+            let stuck = topo.groups.values().find_map(|g| {
+                let on: Vec<Arc<Member>> =
+                    g.members.iter().filter(|m| m.writable()).cloned().collect();
+                let none_readable = !g.members.iter().any(|m| m.readable(now, w));
+                let recorded = on.iter().all(|m| !m.unrecorded_miss());
+                (none_readable && recorded && !on.is_empty()).then_some(on)
+            });
+            match stuck {
+                Some(members) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.merge_members(&members).await;
+                        this.resyncing.store(false, Ordering::Release);
+                    });
+                }
+                None => self.resyncing.store(false, Ordering::Release),
+            }
             return;
         };
         let this = self.clone();
@@ -382,7 +400,7 @@ impl Failover {
             source.store.as_ref(),
             target.store.as_ref(),
             &self.settings.tables,
-            cutoff,
+            Some(cutoff),
             now,
             &self.settings.resync,
             &mut progress,
@@ -454,6 +472,71 @@ impl Failover {
                 }
             });
         }
+    }
+
+    /// Makes every member of `members` (all `on`, none known complete) hold
+    /// the union of their bindings, newest version of each, then marks them
+    /// readable. Without a complete member there is no truth to prune
+    /// against, so a binding removed during the double fault may come back
+    /// until it expires: a bounded staleness, chosen over keeping the group
+    /// unreadable for a whole registration window.
+    async fn merge_members(&self, members: &[Arc<Member>]) {
+        let now = (self.clock)();
+        if members.iter().any(|m| now <= m.config.failover) {
+            return; // let the miss's own second pass first
+        }
+        let label = members.first().map(|m| m.config.group).unwrap_or_default();
+        let mut progress = Progress::default();
+        for a in members {
+            for b in members.iter().filter(|b| b.config.no != a.config.no) {
+                let mut p = Progress::default();
+                let r = resync::resync(
+                    a.store.as_ref(),
+                    b.store.as_ref(),
+                    &self.settings.tables,
+                    None,
+                    now,
+                    &self.settings.resync,
+                    &mut p,
+                )
+                .await;
+                if let Err(e) = r {
+                    self.metrics
+                        .failover_actions
+                        .with_label_values(&["merge", "error"])
+                        .inc();
+                    tracing::warn!(group = label, error = %e, "merge paused; it restarts next round");
+                    return;
+                }
+                progress.copied += p.copied;
+            }
+        }
+        for m in members {
+            let c = &m.config;
+            match self
+                .master
+                .clear_failover(c.group, c.no, c.url.expose(), to_db_time(c.failover))
+                .await
+            {
+                Ok(1) => m.health.settle_marks(c.failover),
+                Ok(_) => return, // a newer miss: merge again next round
+                Err(e) => {
+                    tracing::warn!(member = %m.label(), error = %e, "cannot mark merged member complete");
+                    return;
+                }
+            }
+        }
+        self.metrics
+            .failover_actions
+            .with_label_values(&["merge", "done"])
+            .inc();
+        tracing::warn!(
+            group = label,
+            members = members.len(),
+            copied = progress.copied,
+            "no member was known complete: merged them; removed bindings may reappear until they expire"
+        );
+        self.reload.notify_one();
     }
 
     /// Probes every `probe_interval` until `shutdown`.

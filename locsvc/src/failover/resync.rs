@@ -50,12 +50,14 @@ pub struct Progress {
 }
 
 /// Runs (or resumes) a resync of `target` from `source` over `tables`.
-/// `cutoff` is the recorded miss (see above); `now` filters expired rows.
+/// `cutoff` is the recorded miss (see above); `None` copies without pruning
+/// (a merge, when neither member is known complete). `now` filters expired
+/// rows.
 pub async fn resync(
     source: &dyn LocationStore,
     target: &dyn LocationStore,
     tables: &[String],
-    cutoff: UnixTime,
+    cutoff: Option<UnixTime>,
     now: UnixTime,
     s: &ResyncSettings,
     p: &mut Progress,
@@ -67,18 +69,20 @@ pub async fn resync(
             source.dump_page(table, p.after, s.batch, now).await?
         };
         let Some(last) = page.last().map(|r| r.row_id) else {
-            // Pass done: copy → prune → next table.
-            if p.pruning {
+            // Pass done: copy → prune (unless merging) → next table.
+            if p.pruning || cutoff.is_none() {
                 p.table += 1;
+                p.pruning = false;
+            } else {
+                p.pruning = true;
             }
-            p.pruning = !p.pruning;
             p.after = 0;
             continue;
         };
         if p.pruning {
             let old: Vec<String> = page
                 .iter()
-                .filter(|r| r.binding.last_modified <= cutoff)
+                .filter(|r| cutoff.is_some_and(|c| r.binding.last_modified <= c))
                 .map(|r| r.binding.ruid.clone())
                 .collect();
             let present = source.existing_ruids(table, &old).await?;
