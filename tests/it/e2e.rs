@@ -399,25 +399,35 @@ async fn concurrent_registers_for_one_aor_lose_no_binding() {
 async fn a_member_that_missed_a_write_is_not_read_until_it_cannot_lack_anything() {
     let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
     let clock = manual_clock();
-    let settings = layout.settings();
+    let mut settings = layout.settings();
+    // No probe round after the first, hence no resync: this test is about
+    // the window rule alone (resync has its own tests).
+    settings.failover.probe_interval = Duration::from_secs(3600);
     let window = settings.stale_window();
     let app = TestApp::spawn_with_clock(settings, clock.clock()).await;
     let mut c = app.client().await;
-    // Member 2 refuses writes (its table is gone): the database answers "no".
-    let m2 = open_store(&layout.members[0][1], true);
+    // Member 2 refuses writes (its table is away): the database answers "no".
     let mut conn = sqlite_conn(&layout.members[0][1]).await;
-    sqlx::Executor::execute(&mut conn, "DROP TABLE location")
+    sqlx::Executor::execute(&mut conn, "ALTER TABLE location RENAME TO location_away")
         .await
         .unwrap();
-    drop(conn);
     let aor = "sip:frank@example.com";
     c.save(register(aor, "sip:frank@192.0.2.1", Some(600), "f", 1))
         .await
         .expect("acknowledged by member 1 alone");
-    // The table comes back empty; member 2 now lacks the binding.
-    m2.migrate(locsvc::store::migrate::Scope::Table("location"))
+    // The table comes back; member 2 now lacks the binding.
+    sqlx::Executor::execute(&mut conn, "ALTER TABLE location_away RENAME TO location")
         .await
         .unwrap();
+    drop(conn);
+    let m2 = open_store(&layout.members[0][1], true);
+    let key = locsvc::domain::Aor::parse(aor, Default::default()).unwrap();
+    assert!(
+        locsvc::store::LocationStore::load_aor(&m2, "location", &key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     for _ in 0..20 {
         assert_eq!(lookup_contacts(&mut c, aor).await, ["sip:frank@192.0.2.1"]);
     }
@@ -444,8 +454,12 @@ async fn a_member_that_missed_a_write_is_not_read_until_it_cannot_lack_anything(
     }
     assert!(
         recorded,
-        "locdb.failover of member 2 records the missed write"
+        "locdb.failover of member 2 records the missed write at {t}: {:?}",
+        master.load_locdb().await.unwrap()
     );
+    // Member 1 missed nothing: its "long ago" stays untouched.
+    let m1 = &master.load_locdb().await.unwrap()[0];
+    assert_eq!((m1.no, m1.failover), (1, locsvc::store::FAILOVER_RESET));
     let group = app.service.router().topology().groups[&1].clone();
     assert_eq!(app.service.router().readable_members(&group).len(), 1);
     clock.advance(window + 1);

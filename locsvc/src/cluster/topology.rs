@@ -138,7 +138,10 @@ impl Member {
     /// A missed write this instance saw that `locdb.failover` (as last read)
     /// does not cover yet.
     pub fn unrecorded_miss(&self) -> bool {
-        self.health.missed_write_at() > self.config.failover
+        // 0 means "never": it must not read as a miss after the pre-1970
+        // `failover` of a pristine layout (1900-01-01).
+        let t = self.health.missed_write_at();
+        t > 0 && t > self.config.failover
     }
 
     /// `group/no`, for logs and errors.
