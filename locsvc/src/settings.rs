@@ -274,6 +274,8 @@ fn apply(
         "cluster.query_timeout_ms" => s.cluster.query_timeout = millis(v)?,
         "cluster.acquire_timeout_ms" => s.cluster.pool.acquire_timeout = millis(v)?,
         "cluster.pool_max_connections" => s.cluster.pool.max_connections = parse(v)?,
+        "cluster.write_batch_rows" => s.cluster.pool.write_batch_rows = parse(v)?,
+        "cluster.batch_writers" => s.cluster.pool.batch_writers = parse(v)?,
         "cluster.auto_migrate" => s.cluster.auto_migrate = parse(v)?,
         "partition.hash" => s.cluster.hash = parse(v)?,
         "partition.use_domain" => s.cluster.key_policy.use_domain = parse(v)?,
@@ -358,6 +360,9 @@ fn check(s: &Settings) -> Vec<String> {
     }
     if s.cluster.pool.max_connections == 0 {
         e.push("cluster.pool_max_connections: must be at least 1".into());
+    }
+    if s.cluster.pool.write_batch_rows > 0 && s.cluster.pool.batch_writers == 0 {
+        e.push("cluster.batch_writers: must be at least 1 when write_batch_rows > 0".into());
     }
     if s.grpc.max_in_flight == 0 {
         e.push("grpc.max_in_flight: must be at least 1".into());

@@ -491,6 +491,129 @@ async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
     assert_eq!(s.load_aor("location", &other).await.unwrap().len(), 1);
 }
 
+async fn concurrent_registers_are_group_committed_and_all_land(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let aors: Vec<Aor> = (0..48)
+        .map(|i| aor(&format!("sip:gc{i}@example.com")))
+        .collect();
+    // Eight AoRs hold an old binding that their REGISTER replaces.
+    for (i, a) in aors.iter().enumerate().take(8) {
+        let old = binding(&format!("old-{i}"), "sip:old@192.0.2.9", T0 + 60);
+        s.apply("location", a, &[old], &[]).await.unwrap();
+    }
+    let new: Vec<Binding> = (0..48)
+        .map(|i| {
+            binding(
+                &format!("new-{i}"),
+                &format!("sip:gc{i}@192.0.2.1"),
+                T0 + 60,
+            )
+        })
+        .collect();
+    let deletes: Vec<Vec<String>> = (0..48)
+        .map(|i| {
+            if i < 8 {
+                vec![format!("old-{i}")]
+            } else {
+                vec![]
+            }
+        })
+        .collect();
+    let before = s
+        .batch_stats("location")
+        .expect("batching is on by default");
+    let results = futures::future::join_all((0..48).map(|i| {
+        s.apply(
+            "location",
+            &aors[i],
+            std::slice::from_ref(&new[i]),
+            &deletes[i],
+        )
+    }))
+    .await;
+    for r in results {
+        r.expect("every REGISTER of the batch is acknowledged");
+    }
+    for (i, a) in aors.iter().enumerate() {
+        assert_eq!(
+            s.load_aor("location", a).await.unwrap(),
+            vec![new[i].clone()]
+        );
+    }
+    let after = s.batch_stats("location").unwrap();
+    assert_eq!(after.jobs - before.jobs, 48);
+    assert!(
+        after.batches - before.batches < 48,
+        "48 concurrent REGISTERs took {} commits",
+        after.batches - before.batches
+    );
+}
+
+/// Makes the database refuse any row whose contact is `contact`.
+async fn refuse_contact(s: &SqlStore, contact: &str) {
+    use locsvc::store::DbPool;
+    match s.pool() {
+        DbPool::Sqlite(p) => sqlx::raw_sql(&format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON location WHEN NEW.contact = '{contact}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ))
+        .execute(p)
+        .await
+        .map(|_| ()),
+        DbPool::MySql(p) => sqlx::raw_sql(&format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON location FOR EACH ROW BEGIN \
+             IF NEW.contact = '{contact}' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END"
+        ))
+        .execute(p)
+        .await
+        .map(|_| ()),
+        DbPool::Postgres(p) => sqlx::raw_sql(&format!(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
+             IF NEW.contact = '{contact}' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse BEFORE INSERT ON location FOR EACH ROW EXECUTE FUNCTION refuse()"
+        ))
+        .execute(p)
+        .await
+        .map(|_| ()),
+    }
+    .unwrap();
+}
+
+async fn a_refused_register_fails_alone_not_its_batch(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    refuse_contact(&s, "sip:refused@192.0.2.66").await;
+    let aors: Vec<Aor> = (0..16)
+        .map(|i| aor(&format!("sip:rf{i}@example.com")))
+        .collect();
+    let new: Vec<Binding> = (0..16)
+        .map(|i| {
+            let contact = if i == 5 {
+                "sip:refused@192.0.2.66".to_string()
+            } else {
+                format!("sip:rf{i}@192.0.2.1")
+            };
+            binding(&format!("rf-{i}"), &contact, T0 + 60)
+        })
+        .collect();
+    let results = futures::future::join_all(
+        (0..16).map(|i| s.apply("location", &aors[i], std::slice::from_ref(&new[i]), &[])),
+    )
+    .await;
+    for (i, r) in results.into_iter().enumerate() {
+        let stored = s.load_aor("location", &aors[i]).await.unwrap();
+        if i == 5 {
+            let e = r.expect_err("the refused row is reported");
+            assert!(!e.is_transport(), "a refusal is not a member failure: {e}");
+            assert!(stored.is_empty());
+        } else {
+            r.unwrap_or_else(|e| panic!("REGISTER {i} shares a batch with the refused one: {e}"));
+            assert_eq!(stored, vec![new[i].clone()]);
+        }
+    }
+}
+
 async fn unconfigured_tables_are_refused_before_any_sql(b: Backend) {
     let (s, _d) = store(b, true).await;
     let err = s.load_aor("nope", &aor("sip:a@b.c")).await.unwrap_err();
@@ -520,6 +643,8 @@ macro_rules! store_suite {
                 #[tokio::test] async fn a_spare_from_another_risk_group_replaces_a_member_exactly_once() { super::a_spare_from_another_risk_group_replaces_a_member_exactly_once(B).await }
                 #[tokio::test] async fn sql_metacharacters_are_stored_verbatim() { super::sql_metacharacters_are_stored_verbatim(B).await }
                 #[tokio::test] async fn unconfigured_tables_are_refused_before_any_sql() { super::unconfigured_tables_are_refused_before_any_sql(B).await }
+                #[tokio::test] async fn concurrent_registers_are_group_committed_and_all_land() { super::concurrent_registers_are_group_committed_and_all_land(B).await }
+                #[tokio::test] async fn a_refused_register_fails_alone_not_its_batch() { super::a_refused_register_fails_alone_not_its_batch(B).await }
             }
         )*
     };

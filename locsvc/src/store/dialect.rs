@@ -3,6 +3,8 @@
 //! rewrites them to `$n` for PostgreSQL. Everything that is the same in all
 //! three stays in one place (`TableSql`).
 
+use std::borrow::Cow;
+
 /// A SQL dialect (and sqlx driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Dialect {
@@ -82,8 +84,11 @@ pub struct TableSql {
     pub select_aor: String,
     /// Valid rows of an AoR (`expires > ?`).
     pub select_aor_valid: String,
-    pub upsert_one: String,
-    pub delete_ruid_one: String,
+    /// Upserts of 1, 2, 4, … `MAX_CHUNK` rows: every batch is cut into
+    /// these sizes so the driver's prepared-statement cache keeps hitting.
+    upserts: Vec<String>,
+    /// Deletes by ruid, sized like `upserts`.
+    deletes: Vec<String>,
     pub delete_aor: String,
     pub delete_contact: String,
     pub sweep: String,
@@ -127,8 +132,12 @@ impl TableSql {
             select_aor_valid: f(format!(
                 "SELECT {cols} FROM {table} WHERE {aor_filter} AND expires > ?"
             )),
-            upsert_one: Self::upsert_sql(dialect, table, 1),
-            delete_ruid_one: f(format!("DELETE FROM {table} WHERE ruid = ?")),
+            upserts: chunk_sizes()
+                .map(|n| Self::upsert_sql(dialect, table, n))
+                .collect(),
+            deletes: chunk_sizes()
+                .map(|n| Self::delete_sql(dialect, table, n))
+                .collect(),
             delete_aor: f(format!("DELETE FROM {table} WHERE {aor_filter}")),
             delete_contact: f(format!(
                 "DELETE FROM {table} WHERE {aor_filter} AND contact = ?"
@@ -155,11 +164,10 @@ impl TableSql {
     }
 
     /// An upsert of `rows` rows keyed on the unique `ruid`.
-    pub fn upsert(&self, rows: usize) -> String {
-        if rows == 1 {
-            self.upsert_one.clone()
-        } else {
-            Self::upsert_sql(self.dialect, &self.table, rows)
+    pub fn upsert(&self, rows: usize) -> Cow<'_, str> {
+        match chunk_index(rows) {
+            Some(i) => Cow::Borrowed(&self.upserts[i]),
+            None => Cow::Owned(Self::upsert_sql(self.dialect, &self.table, rows)),
         }
     }
 
@@ -207,15 +215,19 @@ impl TableSql {
     }
 
     /// A delete of `n` ruids.
-    pub fn delete_ruids(&self, n: usize) -> String {
+    pub fn delete_ruids(&self, n: usize) -> Cow<'_, str> {
+        match chunk_index(n) {
+            Some(i) => Cow::Borrowed(&self.deletes[i]),
+            None => Cow::Owned(Self::delete_sql(self.dialect, &self.table, n)),
+        }
+    }
+
+    fn delete_sql(dialect: Dialect, table: &str, n: usize) -> String {
         if n == 1 {
-            return self.delete_ruid_one.clone();
+            return dialect.finish(&format!("DELETE FROM {table} WHERE ruid = ?"));
         }
         let marks = vec!["?"; n].join(", ");
-        self.dialect.finish(&format!(
-            "DELETE FROM {} WHERE ruid IN ({marks})",
-            self.table
-        ))
+        dialect.finish(&format!("DELETE FROM {table} WHERE ruid IN ({marks})"))
     }
 
     fn upsert_sql(dialect: Dialect, table: &str, rows: usize) -> String {
@@ -243,6 +255,34 @@ impl TableSql {
             "INSERT INTO {table} ({cols}) VALUES {values} {on_conflict}"
         ))
     }
+}
+
+/// Largest multi-row statement of a write batch: 128 rows × 18 columns
+/// stays far below every driver's placeholder limit (SQLite: 32,766).
+pub const MAX_CHUNK: usize = 128;
+
+/// 1, 2, 4, … `MAX_CHUNK`.
+fn chunk_sizes() -> impl Iterator<Item = usize> {
+    (0..=MAX_CHUNK.trailing_zeros()).map(|k| 1 << k)
+}
+
+/// Position of `n` in `chunk_sizes`, when it is one of them.
+fn chunk_index(n: usize) -> Option<usize> {
+    (n.is_power_of_two() && n <= MAX_CHUNK).then(|| n.trailing_zeros() as usize)
+}
+
+/// Cuts `n` rows into statement sizes from `chunk_sizes`, largest first
+/// (`MAX_CHUNK`s, then the binary digits of the rest): at most
+/// `n / MAX_CHUNK + 8` statements, each one a cached prepared statement.
+pub fn chunks(n: usize) -> impl Iterator<Item = usize> {
+    let full = std::iter::repeat_n(MAX_CHUNK, n / MAX_CHUNK);
+    let rest = n % MAX_CHUNK;
+    full.chain(
+        (0..MAX_CHUNK.trailing_zeros())
+            .rev()
+            .map(|k| 1usize << k)
+            .filter(move |b| rest & b != 0),
+    )
 }
 
 /// Statements on the master's `locdb` table. Every state change is a
@@ -327,6 +367,22 @@ mod tests {
             assert_eq!(marks, 3 * COLUMNS.len(), "{sql}");
             assert!(sql.contains("ruid"));
         }
+    }
+
+    #[test]
+    fn batches_are_cut_into_cached_statement_sizes() {
+        for n in [0, 1, 2, 3, 7, 37, 127, 128, 129, 300, 1000] {
+            let parts: Vec<usize> = chunks(n).collect();
+            assert_eq!(parts.iter().sum::<usize>(), n, "{n}: {parts:?}");
+            assert!(parts.iter().all(|p| chunk_index(*p).is_some()), "{parts:?}");
+            assert!(parts.windows(2).all(|w| w[0] >= w[1]), "{parts:?}");
+        }
+        assert_eq!(chunks(37).collect::<Vec<_>>(), [32, 4, 1]);
+        let t = TableSql::new(Dialect::Sqlite, "location", true);
+        assert!(matches!(t.upsert(64), Cow::Borrowed(_)));
+        assert!(matches!(t.delete_ruids(1), Cow::Borrowed(_)));
+        assert!(matches!(t.upsert(3), Cow::Owned(_)));
+        assert_eq!(t.delete_ruids(4).matches('?').count(), 4);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// Why a storage operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Transport failed: connection refused or reset, pool exhausted, server
     /// shutting down. Counts toward failover.

@@ -7,6 +7,7 @@
 //! migrations. Does not own: which member to use (router), health (failover),
 //! or registrar rules.
 
+mod batch;
 mod dialect;
 mod error;
 pub mod migrate;
@@ -16,12 +17,14 @@ mod url;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use sqlx::Row;
 
+pub use batch::BatchStats;
 pub use dialect::{COLUMNS, Dialect, LocdbSql, TableSql};
 pub use error::StoreError;
 pub(crate) use pool::with_pool;
@@ -122,6 +125,11 @@ pub struct SqlStore {
     tables: HashMap<String, TableSql>,
     locdb: LocdbSql,
     timeout: Duration,
+    /// Group-commit queues per table, started on first use (empty when
+    /// batching is off).
+    batchers: HashMap<String, OnceLock<batch::Batcher>>,
+    /// (writers, max rows) of the group-commit queues.
+    batching: (usize, usize),
 }
 
 impl SqlStore {
@@ -134,6 +142,18 @@ impl SqlStore {
         query_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let dialect = url.dialect();
+        let writers = match dialect {
+            Dialect::Sqlite => 1,
+            _ => pool.batch_writers,
+        };
+        let batchers = if pool.write_batch_rows > 0 {
+            tables
+                .iter()
+                .map(|t| (t.clone(), OnceLock::new()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             pool: DbPool::open_lazy(url, pool)?,
             url: url.clone(),
@@ -143,6 +163,8 @@ impl SqlStore {
                 .collect(),
             locdb: LocdbSql::new(dialect),
             timeout: query_timeout,
+            batchers,
+            batching: (writers, pool.write_batch_rows),
         })
     }
 
@@ -161,6 +183,12 @@ impl SqlStore {
         &self.pool
     }
 
+    /// Group-commit figures of `table` (None when batching is off or no
+    /// write happened yet).
+    pub fn batch_stats(&self, table: &str) -> Option<BatchStats> {
+        self.batchers.get(table)?.get().map(batch::Batcher::stats)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -177,10 +205,7 @@ impl SqlStore {
         &self,
         f: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        timed(self.timeout, f).await
     }
 
     /// Every `locdb` row, ordered by id and no.
@@ -533,6 +558,87 @@ macro_rules! bind_aor {
     }};
 }
 
+/// One REGISTER's changes to one AoR.
+struct Change<'a> {
+    aor: &'a Aor,
+    upserts: &'a [Binding],
+    deletes: &'a [String],
+}
+
+/// Runs `f` under `timeout`.
+async fn timed<T>(
+    timeout: Duration,
+    f: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}
+
+/// Writes `changes` (of distinct AoRs) atomically: upserts, then deletes,
+/// each cut into cached statement sizes and sorted by ruid so concurrent
+/// batches take row locks in one order (no deadlock between writers). One
+/// statement runs alone; more run in one transaction.
+async fn write_changes(
+    pool: &DbPool,
+    sql: &TableSql,
+    timeout: Duration,
+    changes: &[Change<'_>],
+) -> Result<(), StoreError> {
+    let mut upserts: Vec<(&Aor, &Binding)> = changes
+        .iter()
+        .flat_map(|c| c.upserts.iter().map(move |b| (c.aor, b)))
+        .collect();
+    upserts.sort_unstable_by(|a, b| a.1.ruid.cmp(&b.1.ruid));
+    let mut deletes: Vec<&String> = changes.iter().flat_map(|c| c.deletes).collect();
+    deletes.sort_unstable();
+    let statements =
+        dialect::chunks(upserts.len()).count() + dialect::chunks(deletes.len()).count();
+    if statements == 0 {
+        return Ok(());
+    }
+    with_pool!(pool, p => {
+        timed(timeout, async {
+            // A member must never hold half a REGISTER.
+            let mut tx = if statements > 1 { Some(p.begin().await?) } else { None };
+            let mut rest = &upserts[..];
+            for n in dialect::chunks(upserts.len()) {
+                let (now, later) = rest.split_at(n);
+                rest = later;
+                let stmt = sql.upsert(n);
+                let mut q = sqlx::query(&stmt);
+                for (aor, b) in now {
+                    q = bind_binding!(q, aor, b);
+                }
+                match tx.as_mut() {
+                    Some(tx) => q.execute(&mut **tx).await?,
+                    None => q.execute(p).await?,
+                };
+            }
+            let mut rest = &deletes[..];
+            for n in dialect::chunks(deletes.len()) {
+                let (now, later) = rest.split_at(n);
+                rest = later;
+                let stmt = sql.delete_ruids(n);
+                let mut q = sqlx::query(&stmt);
+                for r in now {
+                    q = q.bind(*r);
+                }
+                match tx.as_mut() {
+                    Some(tx) => q.execute(&mut **tx).await?,
+                    None => q.execute(p).await?,
+                };
+            }
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
+            Ok(())
+        })
+        .await
+    })
+}
+
 #[async_trait]
 impl LocationStore for SqlStore {
     async fn load_aor(&self, table: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError> {
@@ -565,44 +671,25 @@ impl LocationStore for SqlStore {
         deletes: &[String],
     ) -> Result<(), StoreError> {
         let sql = self.sql(table)?;
-        let upsert_sql = (!upserts.is_empty()).then(|| sql.upsert(upserts.len()));
-        let delete_sql = (!deletes.is_empty()).then(|| sql.delete_ruids(deletes.len()));
-        with_pool!(&self.pool, p => {
-            self.timed(async {
-                // One statement needs no transaction; two must land together
-                // so a member never holds half a REGISTER.
-                let mut tx = if upsert_sql.is_some() && delete_sql.is_some() {
-                    Some(p.begin().await?)
-                } else {
-                    None
-                };
-                if let Some(s) = &upsert_sql {
-                    let mut q = sqlx::query(s);
-                    for b in upserts {
-                        q = bind_binding!(q, aor, b);
-                    }
-                    match tx.as_mut() {
-                        Some(tx) => q.execute(&mut **tx).await?,
-                        None => q.execute(p).await?,
-                    };
-                }
-                if let Some(s) = &delete_sql {
-                    let mut q = sqlx::query(s);
-                    for r in deletes {
-                        q = q.bind(r);
-                    }
-                    match tx.as_mut() {
-                        Some(tx) => q.execute(&mut **tx).await?,
-                        None => q.execute(p).await?,
-                    };
-                }
-                if let Some(tx) = tx {
-                    tx.commit().await?;
-                }
-                Ok(())
-            })
-            .await
-        })
+        if let Some(cell) = self.batchers.get(table) {
+            let (writers, max_rows) = self.batching;
+            let batcher = cell.get_or_init(|| {
+                batch::Batcher::start(
+                    self.pool.clone(),
+                    sql.clone(),
+                    self.timeout,
+                    writers,
+                    max_rows,
+                )
+            });
+            return batcher.submit(aor, upserts, deletes).await;
+        }
+        let change = Change {
+            aor,
+            upserts,
+            deletes,
+        };
+        write_changes(&self.pool, sql, self.timeout, &[change]).await
     }
 
     async fn remove(

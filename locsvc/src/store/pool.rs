@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 
 use super::{DbUrl, Dialect, StoreError};
 
-/// Pool sizing and deadlines.
+/// Pool sizing, deadlines and write coalescing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub max_connections: u32,
@@ -21,6 +21,12 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
+    /// Most rows one group-commit transaction carries; 0 writes every
+    /// REGISTER in its own statement.
+    pub write_batch_rows: usize,
+    /// Group-commit writers per table per database (SQLite: always 1, it
+    /// has one writer anyway).
+    pub batch_writers: usize,
 }
 
 impl Default for PoolSettings {
@@ -29,6 +35,8 @@ impl Default for PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(1000),
             idle_timeout: Duration::from_secs(300),
+            write_batch_rows: 256,
+            batch_writers: 4,
         }
     }
 }
