@@ -316,6 +316,8 @@ impl Router {
                 f.observe(m, Observation::RequestFailed);
             }
             "transport"
+        } else if matches!(e, StoreError::Backlog(_)) {
+            "backlog"
         } else {
             "rejected"
         };
@@ -323,7 +325,13 @@ impl Router {
             .member_errors
             .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string(), kind])
             .inc();
-        tracing::warn!(member = %m.label(), op, error = %e, "member operation failed");
+        if kind == "backlog" {
+            // Overload shows in the metrics; a log line per request would
+            // add to it.
+            tracing::debug!(member = %m.label(), op, error = %e, "member operation failed");
+        } else {
+            tracing::warn!(member = %m.label(), op, error = %e, "member operation failed");
+        }
     }
 
     /// Keeps reads off `m` until it is complete again, in this instance at

@@ -12,6 +12,7 @@ use super::convert::FieldError;
 use crate::location::LocationError;
 use crate::registrar::RegistrarError;
 use crate::router::RouteError;
+use crate::store::StoreError;
 
 /// ErrorInfo domain.
 pub const DOMAIN: &str = "locsvc.v1";
@@ -127,6 +128,10 @@ fn route(r: RouteError) -> Status {
                 d,
             )
         }
+        e @ RouteError::AllFailed {
+            error: StoreError::Backlog(_),
+            ..
+        } => unavailable(e.to_string(), "OVERLOADED", group),
         RouteError::AllFailed { group, error } if !error.is_transport() => {
             tracing::error!(group, %error, "storage refused an operation on every member");
             internal(&format!("storage error in group {group}"))
@@ -138,11 +143,23 @@ fn route(r: RouteError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     fn info(s: &Status) -> (String, HashMap<String, String>) {
         let i = s.get_details_error_info().expect("error info");
         (i.reason, i.metadata)
+    }
+
+    #[test]
+    fn an_overloaded_write_queue_is_unavailable_not_internal() {
+        let s: Status = LocationError::Route(RouteError::AllFailed {
+            group: 2,
+            error: StoreError::Backlog(std::time::Duration::from_millis(500)),
+        })
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "OVERLOADED");
+        assert!(meta.contains_key("retry_after"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! lock until its write is acknowledged).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -28,6 +28,9 @@ struct Job {
     upserts: Vec<Binding>,
     deletes: Vec<String>,
     done: oneshot::Sender<Result<(), StoreError>>,
+    /// Set when a writer takes the job: past it, a timeout is the
+    /// database's; before it, locsvc's own backlog.
+    taken: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -129,11 +132,13 @@ impl Batcher {
         deletes: &[String],
     ) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
         let job = Job {
             aor: aor.clone(),
             upserts: upserts.to_vec(),
             deletes: deletes.to_vec(),
             done,
+            taken: taken.clone(),
         };
         let stopped = || StoreError::Unavailable("write queue closed".into());
         let wait = async {
@@ -143,7 +148,8 @@ impl Batcher {
         match tokio::time::timeout(self.timeout, wait).await {
             Ok(r) => r,
             // Dropping `result` tells the writer not to start this job.
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) if taken.load(Ordering::Acquire) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(StoreError::Backlog(self.timeout)),
         }
     }
 }
@@ -175,6 +181,9 @@ async fn writer(
                 }
             }
         }
+        for j in &jobs {
+            j.taken.store(true, Ordering::Release);
+        }
         // A caller past its deadline was told the write failed: skip it.
         jobs.retain(|j| !j.done.is_closed());
         if jobs.is_empty() {
@@ -205,5 +214,26 @@ async fn writer(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyPolicy;
+
+    #[tokio::test]
+    async fn a_write_no_writer_took_is_locsvc_backlog_not_a_member_failure() {
+        // A queue whose writers are all busy elsewhere: nothing is taken.
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let b = Batcher {
+            tx,
+            timeout: Duration::from_millis(20),
+            counters: Arc::default(),
+        };
+        let aor = Aor::parse("sip:a@example.com", KeyPolicy::default()).unwrap();
+        let e = b.submit(&aor, &[], &["r".into()]).await.unwrap_err();
+        assert!(matches!(e, StoreError::Backlog(_)), "{e}");
+        assert!(!e.is_transport());
     }
 }

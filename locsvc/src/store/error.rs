@@ -15,6 +15,11 @@ pub enum StoreError {
     /// No answer within the per-query deadline. Counts toward failover.
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
+    /// The write waited out its deadline in locsvc's own group-commit queue
+    /// and was never sent: locsvc is overloaded, not the database. Does not
+    /// count toward failover (the member still missed the write).
+    #[error("write still queued in locsvc after {0:?}: overloaded")]
+    Backlog(Duration),
     /// The database answered and refused the statement (constraint, syntax,
     /// missing table). Does not count toward failover.
     #[error("database refused the statement: {0}")]
