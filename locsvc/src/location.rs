@@ -31,6 +31,9 @@ pub struct Saved {
     pub group: u32,
     /// Every current binding, best first.
     pub bindings: Vec<Binding>,
+    /// The time the registrar decided at: remaining seconds count from it,
+    /// so a REGISTER for 900 s is answered with 900 however long the write took.
+    pub now: UnixTime,
 }
 
 /// One page of a Dump.
@@ -153,6 +156,7 @@ impl LocationService {
         Ok(Saved {
             group: target.group_id(),
             bindings: plan.bindings,
+            now,
         })
     }
 

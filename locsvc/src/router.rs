@@ -348,10 +348,7 @@ impl Router {
             let m = m.clone();
             tokio::spawn(async move {
                 let c = &m.config;
-                if let Err(e) = master
-                    .mark_failover(c.group, c.no, c.url.expose(), now)
-                    .await
-                {
+                if let Err(e) = master.mark_failover(c.group, c.no, now).await {
                     tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
                 }
             });

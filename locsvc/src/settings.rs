@@ -276,6 +276,8 @@ fn apply(
         "cluster.pool_max_connections" => s.cluster.pool.max_connections = parse(v)?,
         "cluster.write_batch_rows" => s.cluster.pool.write_batch_rows = parse(v)?,
         "cluster.batch_writers" => s.cluster.pool.batch_writers = parse(v)?,
+        "cluster.read_batch_aors" => s.cluster.pool.read_batch_aors = parse(v)?,
+        "cluster.batch_readers" => s.cluster.pool.batch_readers = parse(v)?,
         "cluster.auto_migrate" => s.cluster.auto_migrate = parse(v)?,
         "partition.hash" => s.cluster.hash = parse(v)?,
         "partition.use_domain" => s.cluster.key_policy.use_domain = parse(v)?,
@@ -363,6 +365,12 @@ fn check(s: &Settings) -> Vec<String> {
     }
     if s.cluster.pool.write_batch_rows > 0 && s.cluster.pool.batch_writers == 0 {
         e.push("cluster.batch_writers: must be at least 1 when write_batch_rows > 0".into());
+    }
+    if s.cluster.pool.read_batch_aors > 64 {
+        e.push("cluster.read_batch_aors: at most 64".into());
+    }
+    if s.cluster.pool.read_batch_aors > 0 && s.cluster.pool.batch_readers == 0 {
+        e.push("cluster.batch_readers: must be at least 1 when read_batch_aors > 0".into());
     }
     if s.grpc.max_in_flight == 0 {
         e.push("grpc.max_in_flight: must be at least 1".into());

@@ -293,18 +293,14 @@ async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
     let row = locdb_row(3, 2, "mysql://u:p@h/db");
     s.insert_locdb(&row).await.unwrap();
     assert_eq!(s.load_locdb().await.unwrap(), vec![row]);
-    assert_eq!(
-        s.mark_failover(3, 2, "mysql://u:p@h/db", T0).await.unwrap(),
-        1
-    );
+    assert_eq!(s.mark_failover(3, 2, T0).await.unwrap(), 1);
     let got = s.load_locdb().await.unwrap();
     assert_eq!(got[0].failover.and_utc().timestamp(), T0);
-    assert_eq!(
-        s.mark_failover(3, 2, "mysql://other@h/db", T0)
-            .await
-            .unwrap(),
-        0
-    );
+    // Never backwards: an older miss leaves the newer one.
+    s.mark_failover(3, 2, T0 - 100).await.unwrap();
+    let got = s.load_locdb().await.unwrap();
+    assert_eq!(got[0].failover.and_utc().timestamp(), T0);
+    assert_eq!(s.mark_failover(3, 1, T0).await.unwrap(), 0, "no such slot");
 }
 
 async fn deactivation_never_takes_the_last_member_that_is_on(b: Backend) {
@@ -541,7 +537,7 @@ async fn concurrent_registers_are_group_committed_and_all_land(b: Backend) {
         );
     }
     let after = s.batch_stats("location").unwrap();
-    assert_eq!(after.jobs - before.jobs, 48);
+    assert_eq!(after.requests - before.requests, 48);
     assert!(
         after.batches - before.batches < 48,
         "48 concurrent REGISTERs took {} commits",
@@ -614,6 +610,61 @@ async fn a_refused_register_fails_alone_not_its_batch(b: Backend) {
     }
 }
 
+async fn concurrent_reads_are_coalesced_and_each_gets_its_own_rows(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    // Same users in two domains, so the IN lists' cross product returns
+    // rows of AoRs nobody asked for; an AoR with an expired row; one with
+    // nothing.
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        for d in ["a.example.com", "b.example.com"] {
+            let a = aor(&format!("sip:u{i}@{d}"));
+            let x = binding(
+                &format!("{i}-{d}"),
+                &format!("sip:u{i}@{d}.invalid"),
+                T0 + 60,
+            );
+            s.apply("location", &a, std::slice::from_ref(&x), &[])
+                .await
+                .unwrap();
+            expected.push((a, vec![x]));
+        }
+    }
+    let old = aor("sip:old@a.example.com");
+    let expired = binding("old", "sip:old@192.0.2.8", T0 - 1);
+    s.apply("location", &old, std::slice::from_ref(&expired), &[])
+        .await
+        .unwrap();
+    expected.push((aor("sip:nobody@a.example.com"), vec![]));
+    let before = s.read_batch_stats("location");
+    let lookups =
+        futures::future::join_all(expected.iter().map(|(a, _)| s.lookup("location", a, T0)));
+    let loads = futures::future::join_all([
+        s.load_aor("location", &old),
+        s.lookup("location", &old, T0),
+        // The same AoR twice in one batch.
+        s.load_aor("location", &old),
+    ]);
+    let (lookups, loads) = futures::join!(lookups, loads);
+    for ((a, want), got) in expected.iter().zip(lookups) {
+        assert_eq!(&got.unwrap(), want, "{a}");
+    }
+    let loads: Vec<_> = loads.into_iter().map(Result::unwrap).collect();
+    assert_eq!(loads, [vec![expired.clone()], vec![], vec![expired]]);
+    let after = s
+        .read_batch_stats("location")
+        .expect("reads are coalesced by default");
+    let (requests, batches) = (
+        after.requests - before.map_or(0, |b| b.requests),
+        after.batches - before.map_or(0, |b| b.batches),
+    );
+    assert_eq!(requests, 28);
+    assert!(
+        batches < requests,
+        "{requests} concurrent reads took {batches} queries"
+    );
+}
+
 async fn unconfigured_tables_are_refused_before_any_sql(b: Backend) {
     let (s, _d) = store(b, true).await;
     let err = s.load_aor("nope", &aor("sip:a@b.c")).await.unwrap_err();
@@ -644,7 +695,8 @@ macro_rules! store_suite {
                 #[tokio::test] async fn sql_metacharacters_are_stored_verbatim() { super::sql_metacharacters_are_stored_verbatim(B).await }
                 #[tokio::test] async fn unconfigured_tables_are_refused_before_any_sql() { super::unconfigured_tables_are_refused_before_any_sql(B).await }
                 #[tokio::test] async fn concurrent_registers_are_group_committed_and_all_land() { super::concurrent_registers_are_group_committed_and_all_land(B).await }
-                #[tokio::test] async fn a_refused_register_fails_alone_not_its_batch() { super::a_refused_register_fails_alone_not_its_batch(B).await }
+                                #[tokio::test] async fn a_refused_register_fails_alone_not_its_batch() { super::a_refused_register_fails_alone_not_its_batch(B).await }
+                #[tokio::test] async fn concurrent_reads_are_coalesced_and_each_gets_its_own_rows() { super::concurrent_reads_are_coalesced_and_each_gets_its_own_rows(B).await }
             }
         )*
     };

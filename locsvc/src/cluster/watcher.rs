@@ -147,7 +147,22 @@ impl ClusterWatcher {
                 live_keys.insert(key.clone());
                 let health = self.health.entry(key).or_default().clone();
                 health.settle_marks(m.failover);
-                if let Some(pg) = prev_group {
+                // The slot's previous member (replaced by a spare, or its URL
+                // edited) may carry a miss this instance saw after the swap
+                // was recorded: whoever holds the slot now lacks that write.
+                let mut carried = false;
+                if let Some(pg) = prev_group
+                    && let Some(old) = pg.members.iter().find(|p| p.no == m.no && p.url != m.url)
+                    && let Some(h) = self
+                        .health
+                        .get(&(m.group, m.no, old.url.expose().to_string()))
+                    && h.missed_write_at() > m.failover
+                {
+                    health.mark_missed(h.missed_write_at());
+                    to_mark.push(m.clone());
+                    carried = true;
+                }
+                if let Some(pg) = prev_group.filter(|_| !carried) {
                     let before = pg.members.iter().find(|p| p.no == m.no && p.url == m.url);
                     // A member that was not on, or is new in an existing
                     // group, missed writes: keep reads off it until the
@@ -208,11 +223,7 @@ impl ClusterWatcher {
         self.config = Some(config);
         self.problems = problems;
         for m in to_mark {
-            if let Err(e) = self
-                .master
-                .mark_failover(m.group, m.no, m.url.expose(), now)
-                .await
-            {
+            if let Err(e) = self.master.mark_failover(m.group, m.no, now).await {
                 tracing::warn!(group = m.group, no = m.no, error = %e, "cannot record re-admission in locdb");
             }
         }

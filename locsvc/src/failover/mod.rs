@@ -464,10 +464,7 @@ impl Failover {
             let at = m.health.missed_write_at();
             tokio::spawn(async move {
                 let c = &m.config;
-                if let Err(e) = master
-                    .mark_failover(c.group, c.no, c.url.expose(), at)
-                    .await
-                {
+                if let Err(e) = master.mark_failover(c.group, c.no, at).await {
                     tracing::debug!(member = %m.label(), error = %e, "missed write still not recorded in locdb");
                 }
             });

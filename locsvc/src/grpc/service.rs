@@ -118,12 +118,11 @@ impl Location for LocationApi {
             let saved = tokio::spawn(async move { svc.save(&table, &r.aor, &input).await })
                 .await
                 .map_err(|_| status::internal("save task failed"))??;
-            let now = self.svc.now();
             Ok(pb::SaveResponse {
                 bindings: saved
                     .bindings
                     .iter()
-                    .map(|b| convert::binding(b, now))
+                    .map(|b| convert::binding(b, saved.now))
                     .collect(),
                 group: saved.group,
             })

@@ -5,6 +5,8 @@
 
 use std::borrow::Cow;
 
+use crate::domain::Aor;
+
 /// A SQL dialect (and sqlx driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Dialect {
@@ -89,6 +91,8 @@ pub struct TableSql {
     upserts: Vec<String>,
     /// Deletes by ruid, sized like `upserts`.
     deletes: Vec<String>,
+    /// Every row of 1, 2, 4, … `MAX_READ_CHUNK` AoRs (coalesced reads).
+    selects: Vec<String>,
     pub delete_aor: String,
     pub delete_contact: String,
     pub sweep: String,
@@ -137,6 +141,18 @@ impl TableSql {
                 .collect(),
             deletes: chunk_sizes()
                 .map(|n| Self::delete_sql(dialect, table, n))
+                .collect(),
+            selects: chunk_sizes()
+                .take_while(|n| *n <= MAX_READ_CHUNK)
+                .map(|n| {
+                    let marks = vec!["?"; n].join(", ");
+                    let filter = if use_domain {
+                        format!("username IN ({marks}) AND domain IN ({marks})")
+                    } else {
+                        format!("username IN ({marks})")
+                    };
+                    f(format!("SELECT {cols} FROM {table} WHERE {filter}"))
+                })
                 .collect(),
             delete_aor: f(format!("DELETE FROM {table} WHERE {aor_filter}")),
             delete_contact: f(format!(
@@ -214,6 +230,32 @@ impl TableSql {
         ))
     }
 
+    /// Every row of `n` AoRs: binds `n` users, then (with domains) `n`
+    /// domains. The cross product of both lists may return rows of other
+    /// AoRs; the caller keeps the ones it asked for.
+    pub fn select_aors(&self, n: usize) -> Cow<'_, str> {
+        match chunk_index(n).filter(|_| n <= MAX_READ_CHUNK) {
+            Some(i) => Cow::Borrowed(&self.selects[i]),
+            None => panic!("select_aors: {n} is not a read chunk size"),
+        }
+    }
+
+    /// Whether a row stored under `row` answers the AoR filter for `asked`,
+    /// as the database compares: MySQL's default collations ignore case,
+    /// PostgreSQL and SQLite compare bytes.
+    pub fn matches(&self, row: &Aor, asked: &Aor) -> bool {
+        let eq = |a: &str, b: &str| match self.dialect {
+            Dialect::MySql => a.eq_ignore_ascii_case(b),
+            Dialect::Postgres | Dialect::Sqlite => a == b,
+        };
+        eq(row.user(), asked.user())
+            && (!self.use_domain
+                || eq(
+                    row.domain().unwrap_or_default(),
+                    asked.domain().unwrap_or_default(),
+                ))
+    }
+
     /// A delete of `n` ruids.
     pub fn delete_ruids(&self, n: usize) -> Cow<'_, str> {
         match chunk_index(n) {
@@ -261,6 +303,9 @@ impl TableSql {
 /// stays far below every driver's placeholder limit (SQLite: 32,766).
 pub const MAX_CHUNK: usize = 128;
 
+/// Most AoRs of one coalesced read.
+pub const MAX_READ_CHUNK: usize = 64;
+
 /// 1, 2, 4, … `MAX_CHUNK`.
 fn chunk_sizes() -> impl Iterator<Item = usize> {
     (0..=MAX_CHUNK.trailing_zeros()).map(|k| 1 << k)
@@ -271,18 +316,21 @@ fn chunk_index(n: usize) -> Option<usize> {
     (n.is_power_of_two() && n <= MAX_CHUNK).then(|| n.trailing_zeros() as usize)
 }
 
-/// Cuts `n` rows into statement sizes from `chunk_sizes`, largest first
-/// (`MAX_CHUNK`s, then the binary digits of the rest): at most
-/// `n / MAX_CHUNK + 8` statements, each one a cached prepared statement.
-pub fn chunks(n: usize) -> impl Iterator<Item = usize> {
-    let full = std::iter::repeat_n(MAX_CHUNK, n / MAX_CHUNK);
-    let rest = n % MAX_CHUNK;
-    full.chain(
-        (0..MAX_CHUNK.trailing_zeros())
-            .rev()
-            .map(|k| 1usize << k)
-            .filter(move |b| rest & b != 0),
-    )
+/// Cuts `n` rows into power-of-two statement sizes up to `max` (a power
+/// of two), largest first (`max`es, then the binary digits of the rest): at
+/// most `n / max + log2(max)` statements, each one a cached prepared
+/// statement.
+pub fn chunks(n: usize, max: usize) -> Vec<usize> {
+    debug_assert!(max.is_power_of_two());
+    let rest = n % max;
+    std::iter::repeat_n(max, n / max)
+        .chain(
+            (0..max.trailing_zeros())
+                .rev()
+                .map(|k| 1usize << k)
+                .filter(|b| rest & b != 0),
+        )
+        .collect()
 }
 
 /// Statements on the master's `locdb` table. Every state change is a
@@ -313,9 +361,12 @@ impl LocdbSql {
                 spare = i("spare"),
                 rg = i("rg"),
             ),
-            // Never move `failover` backwards: it records the latest miss.
+                        // Never move `failover` backwards: it records the latest miss.
+            // Keyed by the slot, not the URL: a write an instance with an
+            // older snapshot sent to the slot's previous member (just
+            // replaced by a spare) was missed by whoever holds it now.
             mark_failover: dialect.finish(&format!(
-                "UPDATE locdb SET failover = {greatest}(failover, ?) WHERE id = ? AND no = ? AND url = ?",
+                "UPDATE locdb SET failover = {greatest}(failover, ?) WHERE id = ? AND no = ?",
                 greatest = if dialect == Dialect::Sqlite { "MAX" } else { "GREATEST" }
             )),
             // Never the last member that is on: with every member off the
@@ -372,17 +423,21 @@ mod tests {
     #[test]
     fn batches_are_cut_into_cached_statement_sizes() {
         for n in [0, 1, 2, 3, 7, 37, 127, 128, 129, 300, 1000] {
-            let parts: Vec<usize> = chunks(n).collect();
+            let parts = chunks(n, MAX_CHUNK);
             assert_eq!(parts.iter().sum::<usize>(), n, "{n}: {parts:?}");
             assert!(parts.iter().all(|p| chunk_index(*p).is_some()), "{parts:?}");
             assert!(parts.windows(2).all(|w| w[0] >= w[1]), "{parts:?}");
         }
-        assert_eq!(chunks(37).collect::<Vec<_>>(), [32, 4, 1]);
+        assert_eq!(chunks(37, MAX_CHUNK), [32, 4, 1]);
+        assert_eq!(chunks(100, MAX_READ_CHUNK), [64, 32, 4]);
         let t = TableSql::new(Dialect::Sqlite, "location", true);
         assert!(matches!(t.upsert(64), Cow::Borrowed(_)));
         assert!(matches!(t.delete_ruids(1), Cow::Borrowed(_)));
         assert!(matches!(t.upsert(3), Cow::Owned(_)));
         assert_eq!(t.delete_ruids(4).matches('?').count(), 4);
+        assert_eq!(t.select_aors(8).matches('?').count(), 16);
+        let no_domain = TableSql::new(Dialect::Postgres, "location", false);
+        assert!(no_domain.select_aors(2).ends_with("username IN ($1, $2)"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use chrono::NaiveDateTime;
 use sqlx::Row;
 
 pub use batch::BatchStats;
+use batch::Coalescer;
 pub use dialect::{COLUMNS, Dialect, LocdbSql, TableSql};
 pub use error::StoreError;
 pub(crate) use pool::with_pool;
@@ -126,10 +127,21 @@ pub struct SqlStore {
     locdb: LocdbSql,
     timeout: Duration,
     /// Group-commit queues per table, started on first use (empty when
-    /// batching is off).
-    batchers: HashMap<String, OnceLock<batch::Batcher>>,
-    /// (writers, max rows) of the group-commit queues.
-    batching: (usize, usize),
+    /// write batching is off).
+    writes: HashMap<String, OnceLock<Coalescer<batch::Writes>>>,
+    /// Coalesced-read queues per table, likewise.
+    reads: HashMap<String, OnceLock<Coalescer<batch::Reads>>>,
+    /// Workers and batch bounds of both.
+    batching: Batching,
+}
+
+/// Workers and most rows per batch, of writes and reads.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    writers: usize,
+    write_rows: usize,
+    readers: usize,
+    read_aors: usize,
 }
 
 impl SqlStore {
@@ -142,18 +154,17 @@ impl SqlStore {
         query_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let dialect = url.dialect();
-        let writers = match dialect {
-            Dialect::Sqlite => 1,
-            _ => pool.batch_writers,
+        let batching = Batching {
+            // SQLite has one writer anyway.
+            writers: match dialect {
+                Dialect::Sqlite => 1,
+                _ => pool.batch_writers,
+            },
+            write_rows: pool.write_batch_rows,
+            readers: pool.batch_readers,
+            read_aors: pool.read_batch_aors.min(dialect::MAX_READ_CHUNK),
         };
-        let batchers = if pool.write_batch_rows > 0 {
-            tables
-                .iter()
-                .map(|t| (t.clone(), OnceLock::new()))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+
         Ok(Self {
             pool: DbPool::open_lazy(url, pool)?,
             url: url.clone(),
@@ -163,8 +174,9 @@ impl SqlStore {
                 .collect(),
             locdb: LocdbSql::new(dialect),
             timeout: query_timeout,
-            batchers,
-            batching: (writers, pool.write_batch_rows),
+            writes: lazy_cells(tables, batching.write_rows > 0),
+            reads: lazy_cells(tables, batching.read_aors > 0),
+            batching,
         })
     }
 
@@ -183,10 +195,33 @@ impl SqlStore {
         &self.pool
     }
 
-    /// Group-commit figures of `table` (None when batching is off or no
-    /// write happened yet).
+    /// Group-commit figures of `table` (None when write batching is off
+    /// or no write happened yet).
     pub fn batch_stats(&self, table: &str) -> Option<BatchStats> {
-        self.batchers.get(table)?.get().map(batch::Batcher::stats)
+        self.writes.get(table)?.get().map(Coalescer::stats)
+    }
+
+    /// Coalesced-read figures of `table`, likewise.
+    pub fn read_batch_stats(&self, table: &str) -> Option<BatchStats> {
+        self.reads.get(table)?.get().map(Coalescer::stats)
+    }
+
+    /// The coalesced-read queue of `table`, when reads are coalesced.
+    fn reader(&self, table: &str, sql: &TableSql) -> Option<&Coalescer<batch::Reads>> {
+        let cell = self.reads.get(table)?;
+        Some(cell.get_or_init(|| {
+            let sink = batch::Reads {
+                pool: self.pool.clone(),
+                sql: sql.clone(),
+                timeout: self.timeout,
+            };
+            Coalescer::start(
+                sink,
+                self.timeout,
+                self.batching.readers,
+                self.batching.read_aors,
+            )
+        }))
     }
 
     /// Closes the pool.
@@ -252,24 +287,22 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Records in `locdb` that member (`id`, `no`) missed writes at `at`, so
-    /// every instance keeps reads off it (p_usrloc's "recent failover").
-    pub async fn mark_failover(
-        &self,
-        id: u32,
-        no: u32,
-        url: &str,
-        at: UnixTime,
-    ) -> Result<u64, StoreError> {
-        self.locdb_update(
-            &self.locdb.mark_failover,
-            &[Arg::Time(at)],
-            id,
-            no,
-            url,
-            &[],
-        )
-        .await
+    /// Records in `locdb` that the member in slot (`id`, `no`) missed
+    /// writes at `at`, so every instance keeps reads off it (p_usrloc's
+    /// "recent failover").
+    pub async fn mark_failover(&self, id: u32, no: u32, at: UnixTime) -> Result<u64, StoreError> {
+        let sql = &self.locdb.mark_failover;
+        let done = with_pool!(&self.pool, p => self
+            .timed(
+                sqlx::query(sql)
+                    .bind(to_db_time(at))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .execute(p),
+            )
+            .await?
+            .rows_affected());
+        Ok(done)
     }
 
     /// Switches an `on` member off (failover level 1), adding `errors` to
@@ -494,6 +527,56 @@ impl SqlStore {
     }
 }
 
+/// One empty cell per table when `on`, none otherwise.
+fn lazy_cells<T>(tables: &[String], on: bool) -> HashMap<String, OnceLock<T>> {
+    if on {
+        tables
+            .iter()
+            .map(|t| (t.clone(), OnceLock::new()))
+            .collect()
+    } else {
+        HashMap::new()
+    }
+}
+
+/// Every row of each of `aors`, one `IN` query per cached chunk size; each
+/// row goes back to the AoRs that asked for it.
+async fn read_aors(
+    pool: &DbPool,
+    sql: &TableSql,
+    timeout: Duration,
+    aors: &[Aor],
+) -> Result<Vec<Vec<Binding>>, StoreError> {
+    let mut out: Vec<Vec<Binding>> = vec![Vec::new(); aors.len()];
+    let mut at = 0;
+    for n in dialect::chunks(aors.len(), dialect::MAX_READ_CHUNK) {
+        let part = &aors[at..at + n];
+        let stmt = sql.select_aors(n);
+        let rows: Vec<StoredBinding> = with_pool!(pool, p => {
+            let mut q = sqlx::query(&stmt);
+            for a in part {
+                q = q.bind(a.user());
+            }
+            if sql.use_domain {
+                for a in part {
+                    q = q.bind(a.domain().unwrap_or_default());
+                }
+            }
+            let rows = timed(timeout, q.fetch_all(p)).await?;
+            rows.iter().map(|r| decode_row(r, false)).collect::<Result<_, _>>()?
+        });
+        for row in rows {
+            for (i, a) in part.iter().enumerate() {
+                if sql.matches(&row.aor, a) {
+                    out[at + i].push(row.binding.clone());
+                }
+            }
+        }
+        at += n;
+    }
+    Ok(out)
+}
+
 /// What a spare promotion did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Promotion {
@@ -593,8 +676,11 @@ async fn write_changes(
     upserts.sort_unstable_by(|a, b| a.1.ruid.cmp(&b.1.ruid));
     let mut deletes: Vec<&String> = changes.iter().flat_map(|c| c.deletes).collect();
     deletes.sort_unstable();
-    let statements =
-        dialect::chunks(upserts.len()).count() + dialect::chunks(deletes.len()).count();
+    let (ups, dels) = (
+        dialect::chunks(upserts.len(), dialect::MAX_CHUNK),
+        dialect::chunks(deletes.len(), dialect::MAX_CHUNK),
+    );
+    let statements = ups.len() + dels.len();
     if statements == 0 {
         return Ok(());
     }
@@ -603,7 +689,7 @@ async fn write_changes(
             // A member must never hold half a REGISTER.
             let mut tx = if statements > 1 { Some(p.begin().await?) } else { None };
             let mut rest = &upserts[..];
-            for n in dialect::chunks(upserts.len()) {
+                        for n in ups {
                 let (now, later) = rest.split_at(n);
                 rest = later;
                 let stmt = sql.upsert(n);
@@ -617,7 +703,7 @@ async fn write_changes(
                 };
             }
             let mut rest = &deletes[..];
-            for n in dialect::chunks(deletes.len()) {
+                        for n in dels {
                 let (now, later) = rest.split_at(n);
                 rest = later;
                 let stmt = sql.delete_ruids(n);
@@ -643,6 +729,9 @@ async fn write_changes(
 impl LocationStore for SqlStore {
     async fn load_aor(&self, table: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError> {
         let sql = self.sql(table)?;
+        if let Some(r) = self.reader(table, sql) {
+            return r.submit(aor.clone()).await;
+        }
         with_pool!(&self.pool, p => {
             let rows = self.timed(bind_aor!(sqlx::query(&sql.select_aor), sql, aor).fetch_all(p)).await?;
             rows.iter().map(|r| decode_row(r, false).map(|s| s.binding)).collect()
@@ -656,6 +745,11 @@ impl LocationStore for SqlStore {
         now: UnixTime,
     ) -> Result<Vec<Binding>, StoreError> {
         let sql = self.sql(table)?;
+        if let Some(r) = self.reader(table, sql) {
+            let mut rows = r.submit(aor.clone()).await?;
+            rows.retain(|b| b.is_valid(now));
+            return Ok(rows);
+        }
         with_pool!(&self.pool, p => {
             let q = bind_aor!(sqlx::query(&sql.select_aor_valid), sql, aor).bind(to_db_time(now));
             let rows = self.timed(q.fetch_all(p)).await?;
@@ -671,18 +765,21 @@ impl LocationStore for SqlStore {
         deletes: &[String],
     ) -> Result<(), StoreError> {
         let sql = self.sql(table)?;
-        if let Some(cell) = self.batchers.get(table) {
-            let (writers, max_rows) = self.batching;
-            let batcher = cell.get_or_init(|| {
-                batch::Batcher::start(
-                    self.pool.clone(),
-                    sql.clone(),
+        if let Some(cell) = self.writes.get(table) {
+            let w = cell.get_or_init(|| {
+                let sink = batch::Writes {
+                    pool: self.pool.clone(),
+                    sql: sql.clone(),
+                    timeout: self.timeout,
+                };
+                Coalescer::start(
+                    sink,
                     self.timeout,
-                    writers,
-                    max_rows,
+                    self.batching.writers,
+                    self.batching.write_rows,
                 )
             });
-            return batcher.submit(aor, upserts, deletes).await;
+            return w.write(aor, upserts, deletes).await;
         }
         let change = Change {
             aor,

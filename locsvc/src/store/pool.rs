@@ -27,6 +27,11 @@ pub struct PoolSettings {
     /// Group-commit writers per table per database (SQLite: always 1, it
     /// has one writer anyway).
     pub batch_writers: usize,
+    /// Most AoRs one coalesced read fetches (at most 64); 0 reads every AoR
+    /// with its own query.
+    pub read_batch_aors: usize,
+    /// Coalescing readers per table per database.
+    pub batch_readers: usize,
 }
 
 impl Default for PoolSettings {
@@ -37,6 +42,8 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(300),
             write_batch_rows: 256,
             batch_writers: 4,
+            read_batch_aors: 64,
+            batch_readers: 8,
         }
     }
 }
