@@ -40,10 +40,13 @@ impl Default for PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(1000),
             idle_timeout: Duration::from_secs(300),
+                        // One writer and two readers per table per member coalesce the
+            // most; more workers send more, smaller statements and lose
+            // throughput (BENCHMARKS.md, "coalescing").
             write_batch_rows: 256,
-            batch_writers: 4,
+            batch_writers: 1,
             read_batch_aors: 64,
-            batch_readers: 8,
+            batch_readers: 2,
         }
     }
 }
