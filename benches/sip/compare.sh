@@ -1,0 +1,479 @@
+#!/usr/bin/env bash
+# Side-by-side SIP benchmark: Kamailio (registrar + p_usrloc) versus
+# proxy-shim + locsvc, on the same MariaDB layout (layout.sh), driven by sipp,
+# all on 127.0.0.1 with ports picked at run time.
+#
+#   benches/sip/compare.sh [OUT_DIR]
+#
+# Starts the layout (layout.sh up; stopped again at the end if this script
+# started it). Then, for each run 1..RUNS and each target of TARGETS (targets
+# interleaved within a run, so a drift of the machine's load hits all alike):
+#   REGISTER ladder   truncate the location tables (and reset locdb), start
+#                     the target, WARMUP registrations (not counted), then for
+#                     each rate of REG_RATES, ascending, one sipp run of
+#                     rate*STEP_SECS calls, one REGISTER per call for a user
+#                     never registered before; a call succeeds on the 200.
+#                     Rows per member database are counted after every step
+#                     and once the target has stopped (rows.tsv).
+#   INVITE ladder     truncate again and start the target afresh (so the
+#                     overload that ended the REGISTER ladder cannot leak into
+#                     it), register USERS users at PRE_RATE from the UAS's
+#                     port (their contacts = the UAS), start the UAS
+#                     (scenarios/uas.xml) on that port, then for each rate of
+#                     INV_RATES one sipp run of rate*STEP_SECS INVITEs to those
+#                     users (cycling): one lookup per call.
+#                       relay targets: the INVITE is relayed to the UAS, which
+#                         answers 200; the call succeeds on the 200, then the
+#                         ACK goes end-to-end (scenarios/invite.xml)
+#                       redirect targets: the call succeeds on the 302, then
+#                         the ACK (scenarios/invite302.xml)
+# A call fails when its final response (200, or 302) has not arrived
+# CALL_TIMEOUT_MS after the request was first sent (sipp -recv_timeout), or
+# when anything else arrives instead. A ladder stops at its first step with a
+# failed or missing call. Every sipp run is bounded by its call count (-m)
+# and a global -timeout.
+#
+# Targets:
+#   kamailio           kamailio.cfg, stateless forward() (like the shim's proxy mode)
+#   kamailio-tm        kamailio.cfg -A WITH_TM: stateful t_relay()
+#   kamailio-redirect  kamailio.cfg -A WITH_REDIRECT: 302 with the contact
+#   shim-proxy         locsvc serve --master-url ... + proxy-shim --mode proxy
+#   shim-redirect      locsvc serve --master-url ... + proxy-shim --mode redirect
+#
+# Output in OUT_DIR: steps.tsv (one line per sipp run), rows.tsv (rows per
+# member after each REGISTER ladder), machine.txt, summary.md, logs/.
+#
+# Environment knobs (defaults in brackets):
+#   TARGETS ["kamailio shim-proxy shim-redirect"]  RUNS [3]
+#   REG_RATES ["250 500 750 1000 1500 2000 2500 3000"]
+#   INV_RATES ["500 1000 1500 2000 3000 4000 5000 6000"]
+#   STEP_SECS [5]  USERS [10000]  PRE_RATE [500]  WARMUP [500 calls at 250/s]
+#   CALL_TIMEOUT_MS [1000] (warm-up and pre-registration: 10000)
+#   LOCSVC [/work/main/target/release/locsvc]  SHIM [/work/main/target/release/proxy-shim]
+#   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
+#   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
+#   BENCH_DB_DIR (layout.sh's state dir)  KEEP_WORK=1 (keep sipp's files)
+set -euo pipefail
+shopt -s inherit_errexit
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=${1:-$(mktemp -d /tmp/sip-compare.XXXXXX)}
+TARGETS=${TARGETS:-"kamailio shim-proxy shim-redirect"}
+RUNS=${RUNS:-3}
+REG_RATES=${REG_RATES:-"250 500 750 1000 1500 2000 2500 3000"}
+INV_RATES=${INV_RATES:-"500 1000 1500 2000 3000 4000 5000 6000"}
+STEP_SECS=${STEP_SECS:-5}
+USERS=${USERS:-10000}
+PRE_RATE=${PRE_RATE:-500}
+WARMUP=${WARMUP:-500}
+WARMUP_RATE=${WARMUP_RATE:-250}
+CALL_TIMEOUT_MS=${CALL_TIMEOUT_MS:-1000}
+LOCSVC=${LOCSVC:-/work/main/target/release/locsvc}
+SHIM=${SHIM:-/work/main/target/release/proxy-shim}
+LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
+KAM_CHILDREN=${KAM_CHILDREN:-4}
+KAM_SHM_MB=${KAM_SHM_MB:-512}
+KAM_PKG_MB=${KAM_PKG_MB:-32}
+SIPP=${SIPP:-sipp}
+LAYOUT=$HERE/layout.sh
+SCEN=$HERE/scenarios
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+die() {
+    echo "compare: error: $*" >&2
+    exit 2
+}
+say() { echo "compare: $*" >&2; }
+
+for t in $TARGETS; do
+    case $t in
+    kamailio | kamailio-tm | kamailio-redirect) NEED_KAM=1 ;;
+    shim-proxy | shim-redirect) NEED_SHIM=1 ;;
+    *) die "unknown target '$t' (kamailio kamailio-tm kamailio-redirect shim-proxy shim-redirect)" ;;
+    esac
+done
+if [[ -n ${NEED_SHIM:-} ]]; then
+    for bin in "$LOCSVC" "$SHIM"; do
+        [[ -x $bin ]] || die "not executable: $bin (set LOCSVC and SHIM)"
+    done
+fi
+for n in RUNS STEP_SECS USERS PRE_RATE WARMUP WARMUP_RATE KAM_CHILDREN CALL_TIMEOUT_MS; do
+    [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number, not '${!n}'"
+done
+for r in $REG_RATES $INV_RATES; do
+    [[ $r =~ ^[1-9][0-9]*$ ]] || die "rates must be positive numbers, not '$r'"
+done
+command -v python3 >/dev/null || die "python3 is needed to pick ports and summarise"
+
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d /tmp/sip-compare-work.XXXXXX)
+PIDS=()
+LAYOUT_STARTED=
+
+# Ends only the processes this script started, by pid.
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $LAYOUT_STARTED ]]; then
+        "$LAYOUT" down || true
+    fi
+    if [[ -n ${KEEP_WORK:-} ]]; then
+        say "sipp files kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ layout
+
+if ! "$LAYOUT" status 2>/dev/null | awk '$4 != "up" { bad = 1 } END { exit bad }'; then
+    LAYOUT_STARTED=1
+fi
+eval "$("$LAYOUT" up)"
+[[ -n ${BENCH_MASTER_URL:-} ]] || die "layout.sh up printed no BENCH_MASTER_URL"
+if [[ -n ${NEED_KAM:-} ]]; then
+    command -v kamailio >/dev/null || die "kamailio not found (layout.sh up installs it)"
+fi
+command -v "$SIPP" >/dev/null || die "sipp not found (layout.sh up installs sip-tester)"
+
+# ------------------------------------------------------------------ helpers
+
+# A loopback port free on both UDP and TCP right now (the shim binds both).
+free_port() {
+    python3 - <<'PY'
+import socket
+for _ in range(100):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass
+    finally:
+        t.close()
+        u.close()
+PY
+}
+
+# Waits (bounded) until something accepts TCP on 127.0.0.1:$1.
+wait_tcp() {
+    local _
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "nothing listens on 127.0.0.1:$1 after 10 s"
+}
+
+# Waits (bounded, 20 s) until a SIP server answers an OPTIONS on UDP $1.
+wait_sip() {
+    python3 - "$1" <<'PY' || die "no SIP answer on udp 127.0.0.1:$1 after 20 s"
+import socket, sys, time
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+me = s.getsockname()[1]
+s.settimeout(0.5)
+deadline = time.time() + 20
+n = 0
+while time.time() < deadline:
+    n += 1
+    msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+           f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK-probe-{n}\r\n"
+           "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=probe\r\n"
+           f"To: <sip:127.0.0.1:{port}>\r\nCall-ID: probe-{n}@127.0.0.1\r\n"
+           "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    try:
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        if s.recv(65535).startswith(b"SIP/2.0 "):
+            sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+PY
+}
+
+# Stops pids (TERM, then KILL after 15 s) and waits for them.
+stop_pids() {
+    local pid deadline
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    deadline=$((SECONDS + 15))
+    for pid in "$@"; do
+        while kill -0 "$pid" 2>/dev/null && [[ $(ps -o stat= -p "$pid" 2>/dev/null) != Z* ]]; do
+            if ((SECONDS >= deadline)); then
+                say "pid $pid ignores TERM; sending KILL"
+                kill -KILL "$pid" 2>/dev/null || true
+                break
+            fi
+            sleep 0.1
+        done
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+forget_pids() {
+    local keep=() p q drop
+    for p in "${PIDS[@]}"; do
+        drop=
+        for q in "$@"; do [[ $p == "$q" ]] && drop=1; done
+        [[ -n $drop ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+kind_of() {
+    case $1 in
+    *redirect) echo invite-302 ;;
+    *) echo invite-relay ;;
+    esac
+}
+
+# ------------------------------------------------------------------ targets
+
+TARGET_PORT=
+TARGET_PIDS=()
+
+start_target() {
+    local target=$1 tag=$2 mode define cfg lport mport
+    TARGET_PORT=$(free_port)
+    TARGET_PIDS=()
+    case $target in
+    kamailio*)
+        define=()
+        [[ $target == kamailio-tm ]] && define=(-A WITH_TM)
+        [[ $target == kamailio-redirect ]] && define=(-A WITH_REDIRECT)
+        cfg=$WORK/kamailio-$tag.cfg
+        sed -e "s|@LISTEN_IP@|127.0.0.1|g" -e "s|@LISTEN_PORT@|$TARGET_PORT|g" \
+            -e "s|@MASTER_URL@|$BENCH_MASTER_URL|g" -e "s|@CHILDREN@|$KAM_CHILDREN|g" \
+            "$HERE/kamailio.cfg" >"$cfg"
+        mkdir -p "$WORK/kamrun-$tag"
+        # -DD: stays in the foreground, so $! is the main process; -E: log
+        # to stderr; -Y: its own runtime dir (no /run/kamailio needed).
+        kamailio -f "$cfg" -DD -E -m "$KAM_SHM_MB" -M "$KAM_PKG_MB" -Y "$WORK/kamrun-$tag" \
+            "${define[@]}" >"$OUT/logs/$tag.kamailio.log" 2>&1 &
+        TARGET_PIDS+=($!)
+        PIDS+=($!)
+        ;;
+    shim-*)
+        mode=${target#shim-}
+        lport=$(free_port)
+        mport=$(free_port)
+        LOCSVC_PARTITION__HASH=$LOCSVC_HASH LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
+            "$LOCSVC" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
+            --metrics-listen off >"$OUT/logs/$tag.locsvc.log" 2>&1 &
+        TARGET_PIDS+=($!)
+        PIDS+=($!)
+        wait_tcp "$lport"
+        RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
+            --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
+            >"$OUT/logs/$tag.shim.log" 2>&1 &
+        TARGET_PIDS+=($!)
+        PIDS+=($!)
+        SHIM_METRICS_PORT=$mport
+        ;;
+    esac
+    wait_sip "$TARGET_PORT"
+}
+
+stop_target() {
+    local target=$1 tag=$2 kids=() p
+    case $target in
+    kamailio*)
+        # Kamailio's children, to make sure none outlives its main process.
+        mapfile -t kids < <(pgrep -P "${TARGET_PIDS[0]}" || true)
+        ;;
+    shim-*)
+        curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" \
+            >"$OUT/logs/$tag.shim-metrics.txt" 2>/dev/null || true
+        ;;
+    esac
+    # Shim before locsvc: reverse start order.
+    local rev=()
+    for ((p = ${#TARGET_PIDS[@]} - 1; p >= 0; p--)); do rev+=("${TARGET_PIDS[p]}"); done
+    stop_pids "${rev[@]}"
+    forget_pids "${TARGET_PIDS[@]}"
+    for p in "${kids[@]}"; do
+        kill -0 "$p" 2>/dev/null && stop_pids "$p"
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------ sipp
+
+{
+    echo "SEQUENTIAL"
+    for i in $(seq 1 "$USERS"); do echo "$i;"; done
+} >"$WORK/users.csv"
+
+printf 'target\trun\tkind\trate\tcalls\tok\tfailed\tretrans\tachieved_cps\tp50_ms\tp99_ms\tseconds\ttimed_out\tunexpected\n' >"$OUT/steps.tsv"
+printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
+
+# run_sipp TARGET RUN KIND SCENARIO RATE CALLS PREFIX LOCAL_PORT [CALL_TIMEOUT_MS]:
+# one bounded sipp run against the target, one line of steps.tsv.
+run_sipp() {
+    local target=$1 run=$2 kind=$3 scenario=$4 rate=$5 calls=$6 prefix=$7 lport=$8
+    local call_timeout=${9:-$CALL_TIMEOUT_MS}
+    local dir=$WORK/$target-$run-$kind-$rate started ended
+    mkdir -p "$dir"
+    started=$(date +%s.%N)
+    # Exit 1 = some calls failed: counted below.
+    (cd "$dir" && "$SIPP" -sf "$SCEN/$scenario" -inf "$WORK/users.csv" -key prefix "$prefix" \
+        -i 127.0.0.1 -p "$lport" -nostdin -r "$rate" -m "$calls" \
+        -default_behaviors all,-bye -recv_timeout "$call_timeout" \
+        -timeout "$((calls * 4 / rate + 30))s" -timeout_error \
+        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
+        "127.0.0.1:$TARGET_PORT" >sipp.out 2>&1) || true
+    ended=$(date +%s.%N)
+    python3 - "$dir" "$target" "$run" "$kind" "$rate" "$calls" "$started" "$ended" >>"$OUT/steps.tsv" <<'PY'
+import glob, sys
+d, target, run, kind, rate, calls, t0, t1 = sys.argv[1:]
+try:
+    rows = [l.rstrip("\n").split(";") for l in open(f"{d}/stats.csv") if l.strip()]
+    head, last = rows[0], rows[-1]
+    col = lambda name: last[head.index(name)]
+    ok, failed, retrans = int(col("SuccessfulCall(C)")), int(col("FailedCall(C)")), col("Retransmissions(C)")
+    # Why calls failed: no final answer in time, or another answer (e.g. 503).
+    timed_out = int(col("FailedTimeoutOnRecv(C)")) + int(col("FailedMaxUDPRetrans(C)"))
+    unexpected = int(col("FailedUnexpectedMessage(C)")) + int(col("FailedCallRejected(C)"))
+except (OSError, IndexError, ValueError):
+    ok, failed, retrans, timed_out, unexpected = 0, int(calls), "nan", 0, 0   # sipp did not run
+# Every response time sipp measured (1 ms resolution).
+rtt = sorted(float(l.split(";")[1]) for f in glob.glob(f"{d}/*_rtt.csv")
+             for l in list(open(f))[1:] if l.strip())
+pct = lambda p: rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")
+secs = float(t1) - float(t0)
+print(f"{target}\t{run}\t{kind}\t{rate}\t{calls}\t{ok}\t{failed}\t{retrans}\t"
+      f"{ok / secs:.0f}\t{pct(0.5):.0f}\t{pct(0.99):.0f}\t{secs:.2f}\t{timed_out}\t{unexpected}")
+PY
+    tail -n1 "$OUT/steps.tsv" >&2
+}
+
+# Whether the last sipp run had a failed or missing call.
+failed_last() {
+    tail -n1 "$OUT/steps.tsv" | awk -F'\t' '{ exit !($7 != 0 || $6 != $5) }'
+}
+
+# record_rows TARGET RUN AFTER: rows of every member database now (one
+# second after the step, so writes still in flight to the slower member land).
+record_rows() {
+    local target=$1 run=$2 after=$3 s db n
+    sleep 1
+    while read -r s db n; do
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$after" "$s" "$db" "$n" >>"$OUT/rows.tsv"
+    done < <("$LAYOUT" counts)
+}
+
+register_ladder() {
+    local target=$1 run=$2 tag=$1-$2-register rate
+    "$LAYOUT" truncate
+    start_target "$target" "$tag"
+    if ((WARMUP > 0)); then
+        run_sipp "$target" "$run" warmup register.xml "$WARMUP_RATE" "$WARMUP" "w$run-" "$(free_port)" 10000
+        record_rows "$target" "$run" warmup
+    fi
+    for rate in $REG_RATES; do
+        run_sipp "$target" "$run" register register.xml "$rate" "$((rate * STEP_SECS))" \
+            "r${run}s$rate-" "$(free_port)"
+        record_rows "$target" "$run" "register-$rate"
+        failed_last && break
+    done
+    stop_target "$target" "$tag"
+    record_rows "$target" "$run" stopped
+}
+
+invite_ladder() {
+    local target=$1 run=$2 tag=$1-$2-invite kind scenario rate uas_port uas_pid total=0 secs=0
+    kind=$(kind_of "$target")
+    scenario=invite.xml
+    [[ $kind == invite-302 ]] && scenario=invite302.xml
+    "$LAYOUT" truncate
+    start_target "$target" "$tag"
+    # The registrations come from the port the UAS will listen on, so the
+    # contact is the UAS and equals the packet's source (no `received`).
+    uas_port=$(free_port)
+    run_sipp "$target" "$run" preregister register.xml "$PRE_RATE" "$USERS" "inv-" "$uas_port" 10000
+    if failed_last; then
+        say "$target run $run: pre-registration failed; no INVITE ladder"
+        stop_target "$target" "$tag"
+        return 0
+    fi
+    uas_pid=
+    if [[ $kind == invite-relay ]]; then
+        # Bounds: twice the ladder's INVITEs, and the sum of its steps' bounds.
+        for rate in $INV_RATES; do
+            total=$((total + rate * STEP_SECS))
+            secs=$((secs + STEP_SECS * 4 + 30))
+        done
+        (cd "$WORK" && exec "$SIPP" -sf "$SCEN/uas.xml" -i 127.0.0.1 -p "$uas_port" -nostdin \
+            -m "$((total * 2))" -timeout "$((secs + 60))s" \
+            >"$OUT/logs/$tag.uas.log" 2>&1) &
+        uas_pid=$!
+        PIDS+=("$uas_pid")
+        sleep 0.5
+    fi
+    for rate in $INV_RATES; do
+        run_sipp "$target" "$run" "$kind" "$scenario" "$rate" "$((rate * STEP_SECS))" "inv-" "$(free_port)"
+        failed_last && break
+    done
+    if [[ -n $uas_pid ]]; then
+        stop_pids "$uas_pid"
+        forget_pids "$uas_pid"
+    fi
+    stop_target "$target" "$tag"
+}
+
+# ------------------------------------------------------------------ machine
+
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "kernel: $(uname -r)"
+    echo "os: $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
+    echo "kamailio: $(kamailio -v 2>/dev/null | head -n1 | sed 's/^version: //' || echo n/a)"
+    echo "mariadb: $(mariadbd --version 2>/dev/null | sed 's/^.*Ver //' || echo n/a)"
+    echo "sipp: $("$SIPP" -v 2>&1 | awk '/SIPp v/ { print $2; exit }')"
+    echo "locsvc: $LOCSVC ($(stat -c %y "$LOCSVC" 2>/dev/null | cut -d. -f1 || echo missing))"
+    echo "proxy-shim: $SHIM ($(stat -c %y "$SHIM" 2>/dev/null | cut -d. -f1 || echo missing))"
+    echo "repo (working tree): $(git -C "$HERE" describe --always --dirty 2>/dev/null || echo n/a)"
+    echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "settings: TARGETS=\"$TARGETS\" RUNS=$RUNS REG_RATES=\"$REG_RATES\" INV_RATES=\"$INV_RATES\"" \
+        "STEP_SECS=$STEP_SECS USERS=$USERS PRE_RATE=$PRE_RATE WARMUP=$WARMUP@$WARMUP_RATE" \
+        "CALL_TIMEOUT_MS=$CALL_TIMEOUT_MS" \
+        "KAM_CHILDREN=$KAM_CHILDREN KAM_SHM_MB=$KAM_SHM_MB LOCSVC_HASH=$LOCSVC_HASH"
+    echo "mariadb servers: master :$BENCH_MASTER_PORT, a :$BENCH_A_PORT, b :$BENCH_B_PORT" \
+        "(innodb_flush_log_at_trx_commit=2, buffer pool ${BENCH_BUFFER_POOL:-1G} each)"
+} >"$OUT/machine.txt"
+
+# ------------------------------------------------------------------ main
+
+for run in $(seq 1 "$RUNS"); do
+    for target in $TARGETS; do
+        say "run $run/$RUNS, $target: REGISTER ladder"
+        register_ladder "$target" "$run"
+        say "run $run/$RUNS, $target: INVITE ladder"
+        invite_ladder "$target" "$run"
+    done
+done
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+
+python3 "$HERE/summarize.py" "$OUT" >"$OUT/summary.md"
+cat "$OUT/summary.md"
+say "results in $OUT"

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""summary.md of a compare.sh run: python3 summarize.py OUT_DIR > OUT_DIR/summary.md
+
+Reads OUT_DIR/steps.tsv, rows.tsv and machine.txt (see README.md for what each
+figure means).
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+out = sys.argv[1]
+KINDS = ("register", "invite-relay", "invite-302")
+LADDER = set(KINDS)
+
+
+def read_tsv(name):
+    try:
+        lines = [l.rstrip("\n").split("\t") for l in open(f"{out}/{name}") if l.strip()]
+    except OSError:
+        return []
+    head = lines[0]
+    return [dict(zip(head, l)) for l in lines[1:]]
+
+
+steps = read_tsv("steps.tsv")
+rows = read_tsv("rows.tsv")
+for s in steps:
+    for k in ("run", "rate", "calls", "ok", "failed"):
+        s[k] = int(s[k])
+    s["clean"] = s["failed"] == 0 and s["ok"] == s["calls"]
+
+targets = list(dict.fromkeys(s["target"] for s in steps))
+med = statistics.median
+
+
+def num(x):
+    try:
+        return float(x)
+    except ValueError:
+        return float("nan")
+
+
+def fmt(x, digits=0):
+    if x is None or x != x:
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+# (target, kind) -> run -> [steps in ladder order]
+ladders = defaultdict(lambda: defaultdict(list))
+for s in steps:
+    if s["kind"] in LADDER:
+        ladders[(s["target"], s["kind"])][s["run"]].append(s)
+
+
+def best(target, kind):
+    """Per run: highest clean rate (0 if the first step failed) and whether
+    the ladder never failed (so the limit lies above its top rate)."""
+    per_run = {}
+    for run, ss in sorted(ladders[(target, kind)].items()):
+        clean = [s["rate"] for s in ss if s["clean"]]
+        per_run[run] = (max(clean) if clean else 0, all(s["clean"] for s in ss))
+    return per_run
+
+
+def at_rate(target, kind, rate, clean_only=True):
+    return [s for ss in ladders[(target, kind)].values() for s in ss
+            if s["rate"] == rate and (s["clean"] or not clean_only)]
+
+
+headline = {}
+for (target, kind) in ladders:
+    per_run = best(target, kind)
+    if not per_run:
+        continue
+    rates = [r for r, _ in per_run.values()]
+    m = med(rates)
+    # p99 and achieved rate at the median best rate (or the nearest clean step below it).
+    clean_rates = sorted({s["rate"] for ss in ladders[(target, kind)].values() for s in ss if s["clean"]})
+    at = max([r for r in clean_rates if r <= m], default=None)
+    ss = at_rate(target, kind, at) if at is not None else []
+    headline[(target, kind)] = {
+        "per_run": per_run,
+        "median": m,
+        "at": at,
+        "p99": med(num(s["p99_ms"]) for s in ss) if ss else None,
+        "p50": med(num(s["p50_ms"]) for s in ss) if ss else None,
+        "achieved": med(num(s["achieved_cps"]) for s in ss) if ss else None,
+        "ceiling": all(c for _, c in per_run.values()),
+    }
+
+
+def baseline(target, kind):
+    """The Kamailio (target, kind) a shim (target, kind) is compared with."""
+    if target.startswith("kamailio"):
+        return None
+    order = {
+        "register": [("kamailio", "register"), ("kamailio-tm", "register"),
+                     ("kamailio-redirect", "register")],
+        "invite-relay": [("kamailio", "invite-relay"), ("kamailio-tm", "invite-relay")],
+        "invite-302": [("kamailio-redirect", "invite-302"), ("kamailio", "invite-relay"),
+                       ("kamailio-tm", "invite-relay")],
+    }[kind]
+    return next((b for b in order if b in headline), None)
+
+
+p = print
+machine = {}
+try:
+    for l in open(f"{out}/machine.txt"):
+        k, _, v = l.rstrip("\n").partition(": ")
+        machine[k] = v
+except OSError:
+    pass
+
+p("# SIP benchmark: Kamailio p_usrloc vs proxy-shim + locsvc (same MariaDB layout)\n")
+p("Produced by `benches/sip/compare.sh`; what each figure means: `benches/sip/README.md`.")
+p("sipp, the SIP server(s), the UAS and three MariaDB servers all share this machine's cores:")
+p("read the figures as a comparison on one box, not as capacity planning.\n")
+p("## Machine and versions\n")
+for k, v in machine.items():
+    p(f"- **{k}**: {v}")
+
+p("\n## Highest rate without a failed call\n")
+p("Per target and kind: the highest target rate (calls/s) whose sipp run had no failed or missing")
+p("call, per run and its median over runs; p50/p99 response times and the achieved rate at that")
+p("median step (median over the runs that passed it). `≥` = the ladder never failed: the limit is")
+p("above its top rate.\n")
+p("| target | kind | per run | median | achieved cps | p50 ms | p99 ms |")
+p("|---|---|---|---|---|---|---|")
+for target in targets:
+    for kind in KINDS:
+        h = headline.get((target, kind))
+        if not h:
+            continue
+        per = ", ".join(("≥" if c else "") + str(r) for r, c in h["per_run"].values())
+        p(f"| {target} | {kind} | {per} | {'≥' if h['ceiling'] else ''}{fmt(h['median'])} | "
+          f"{fmt(h['achieved'])} | {fmt(h['p50'])} | {fmt(h['p99'])} |")
+
+ratio_lines = []
+for target in targets:
+    for kind in KINDS:
+        h = headline.get((target, kind))
+        b = baseline(target, kind)
+        if not h or not b:
+            continue
+        hb = headline[b]
+        r = h["median"] / hb["median"] if hb["median"] else float("nan")
+        # p99 at the highest rate both passed in every run they reached it.
+        common = sorted({s["rate"] for ss in ladders[(target, kind)].values() for s in ss if s["clean"]}
+                        & {s["rate"] for ss in ladders[b].values() for s in ss if s["clean"]})
+        cr = common[-1] if common else None
+        p99s = p99b = None
+        if cr is not None:
+            p99s = med(num(s["p99_ms"]) for s in at_rate(target, kind, cr))
+            p99b = med(num(s["p99_ms"]) for s in at_rate(b[0], b[1], cr))
+        note = "" if b[1] == kind else f" (baseline does {b[1]}: different work)"
+        bound = " (lower bound: a ladder never failed)" if h["ceiling"] or hb["ceiling"] else ""
+        ratio_lines.append(
+            f"| {target} / {b[0]} | {kind}{note} | {fmt(h['median'])} / {fmt(hb['median'])} = "
+            f"**{fmt(r, 2)}**{bound} | {fmt(cr)} | {fmt(p99s)} / {fmt(p99b)} |")
+if ratio_lines:
+    p("\n## Ratios shim / Kamailio\n")
+    p("Median highest clean rate of the shim target over its Kamailio baseline (same kind of work),")
+    p("and the p99 of both at the highest rate both passed cleanly (a like-for-like latency point).\n")
+    p("| pair | kind | best rate ratio | common rate | p99 ms shim / Kamailio |")
+    p("|---|---|---|---|---|")
+    for l in ratio_lines:
+        p(l)
+
+p("\n## Every step (median over the runs that reached it)\n")
+for target in targets:
+    for kind in KINDS:
+        if (target, kind) not in ladders:
+            continue
+        by_rate = defaultdict(list)
+        for ss in ladders[(target, kind)].values():
+            for s in ss:
+                by_rate[s["rate"]].append(s)
+        runs = len(ladders[(target, kind)])
+        p(f"\n### {target}, {kind}\n")
+        p("| rate | calls | ok | failed (late / other answer) | retrans | achieved cps | p50 ms | p99 ms | runs clean |")
+        p("|---|---|---|---|---|---|---|---|---|")
+        for rate in sorted(by_rate):
+            ss = by_rate[rate]
+            m = lambda k: med(num(s[k]) for s in ss)
+            p(f"| {rate} | {ss[0]['calls']} | {fmt(m('ok'))} | {fmt(m('failed'))} "
+              f"({fmt(m('timed_out'))} / {fmt(m('unexpected'))}) | {fmt(m('retrans'))} | "
+              f"{fmt(m('achieved_cps'))} | {fmt(m('p50_ms'))} | {fmt(m('p99_ms'))} | "
+              f"{sum(s['clean'] for s in ss)}/{runs} |")
+
+pre = [s for s in steps if s["kind"] in ("preregister", "warmup")]
+if pre:
+    p("\n## Warm-up and pre-registration (not part of the ladders)\n")
+    p("| target | run | kind | rate | calls | ok | failed | p99 ms |")
+    p("|---|---|---|---|---|---|---|---|")
+    for s in pre:
+        p(f"| {s['target']} | {s['run']} | {s['kind']} | {s['rate']} | {s['calls']} | {s['ok']} | "
+          f"{s['failed']} | {s['p99_ms']} |")
+
+if rows:
+    p("\n## Rows per member during the REGISTER ladder\n")
+    p("Group g lives in database loc_g on server a (member 1) and on server b (member 2). Counted")
+    p("one second after the last step without a failed call (every write acknowledged, so both")
+    p("members must hold the same rows when writes reach both), and once the target has stopped")
+    p("after the ladder's failing step (overload: what each side does with writes it could not")
+    p("finish).\n")
+    p("| target | run | after | a loc_1 | b loc_1 | a loc_2 | b loc_2 | both members equal |")
+    p("|---|---|---|---|---|---|---|---|")
+    grid = defaultdict(dict)
+    for r in rows:
+        grid[(r["target"], r["run"], r["after"])][(r["server"], r["database"])] = int(r["rows"])
+    for target in targets:
+        for run in sorted({int(r["run"]) for r in rows if r["target"] == target}):
+            reg = ladders[(target, "register")].get(run, [])
+            clean = [s["rate"] for s in reg if s["clean"]]
+            points = [f"register-{max(clean)}" if clean else "warmup", "stopped"]
+            for after in points:
+                g = grid.get((target, str(run), after))
+                if not g:
+                    continue
+                cells = [g.get(k, 0) for k in (("a", "loc_1"), ("b", "loc_1"), ("a", "loc_2"), ("b", "loc_2"))]
+                eq = "yes" if cells[0] == cells[1] and cells[2] == cells[3] else "**no**"
+                label = after.replace("register-", "clean step ") if after != "stopped" else "stopped"
+                p(f"| {target} | {run} | {label} | " + " | ".join(map(str, cells)) + f" | {eq} |")
