@@ -29,7 +29,7 @@ slap() { # port query count -> seconds
     mysqlslap --host=127.0.0.1 --port="$1" --user="$BENCH_DB_USER" --password="$BENCH_DB_PW" \
         --create-schema=loc_1 --no-drop --concurrency="$CONCURRENCY" --iterations=1 \
         --number-of-queries="$3" --delimiter=";" --query="$2" 2>/dev/null |
-        awk '/Average number of seconds/ {print $NF}'
+        awk '/Average number of seconds/ {print $(NF-1)}'
 }
 
 # Lookup: both servers at once, N SELECTs each.

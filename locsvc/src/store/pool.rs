@@ -40,7 +40,7 @@ impl Default for PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(1000),
             idle_timeout: Duration::from_secs(300),
-                        // One writer and two readers per table per member coalesce the
+            // One writer and two readers per table per member coalesce the
             // most; more workers send more, smaller statements and lose
             // throughput (BENCHMARKS.md, "coalescing").
             write_batch_rows: 256,
