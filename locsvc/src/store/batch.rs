@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::ops::Range;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

@@ -164,7 +164,6 @@ impl SqlStore {
             readers: pool.batch_readers,
             read_aors: pool.read_batch_aors.min(dialect::MAX_READ_CHUNK),
         };
-
         Ok(Self {
             pool: DbPool::open_lazy(url, pool)?,
             url: url.clone(),
