@@ -67,13 +67,17 @@ pub(super) struct WriteItem {
     deletes: Vec<String>,
 }
 
-/// Group commit of REGISTER writes.
+/// The table of one database that a queue's workers run statements on.
 #[derive(Clone)]
-pub(super) struct Writes {
+pub(super) struct TableOn {
     pub(super) pool: DbPool,
     pub(super) sql: TableSql,
     pub(super) timeout: Duration,
 }
+
+/// Group commit of REGISTER writes.
+#[derive(Clone)]
+pub(super) struct Writes(pub(super) TableOn);
 
 impl Sink for Writes {
     type Item = WriteItem;
@@ -94,7 +98,8 @@ impl Sink for Writes {
                     deletes: &i.deletes,
                 })
                 .collect();
-            write_changes(&self.pool, &self.sql, self.timeout, &changes)
+            let t = &self.0;
+            write_changes(&t.pool, &t.sql, t.timeout, &changes)
                 .await
                 .map(|()| vec![(); part.len()])
         })
@@ -104,11 +109,7 @@ impl Sink for Writes {
 
 /// Coalesced reads of every row of an AoR.
 #[derive(Clone)]
-pub(super) struct Reads {
-    pub(super) pool: DbPool,
-    pub(super) sql: TableSql,
-    pub(super) timeout: Duration,
-}
+pub(super) struct Reads(pub(super) TableOn);
 
 impl Sink for Reads {
     type Item = Aor;
@@ -120,7 +121,7 @@ impl Sink for Reads {
 
     async fn run(&self, items: &[Aor]) -> Vec<Result<Vec<Binding>, StoreError>> {
         each_or_alone(items.len(), |r: Range<usize>| {
-            read_aors(&self.pool, &self.sql, self.timeout, &items[r])
+            read_aors(&self.0.pool, &self.0.sql, self.0.timeout, &items[r])
         })
         .await
     }

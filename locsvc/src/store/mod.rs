@@ -209,18 +209,36 @@ impl SqlStore {
     fn reader(&self, table: &str, sql: &TableSql) -> Option<&Coalescer<batch::Reads>> {
         let cell = self.reads.get(table)?;
         Some(cell.get_or_init(|| {
-            let sink = batch::Reads {
-                pool: self.pool.clone(),
-                sql: sql.clone(),
-                timeout: self.timeout,
-            };
+            let (workers, rows) = (self.batching.readers, self.batching.read_aors);
             Coalescer::start(
-                sink,
+                batch::Reads(self.table_on(sql)),
                 self.timeout,
-                self.batching.readers,
-                self.batching.read_aors,
+                workers,
+                rows,
             )
         }))
+    }
+
+    /// The group-commit queue of `table`, when writes are coalesced.
+    fn writer(&self, table: &str, sql: &TableSql) -> Option<&Coalescer<batch::Writes>> {
+        let cell = self.writes.get(table)?;
+        Some(cell.get_or_init(|| {
+            let (workers, rows) = (self.batching.writers, self.batching.write_rows);
+            Coalescer::start(
+                batch::Writes(self.table_on(sql)),
+                self.timeout,
+                workers,
+                rows,
+            )
+        }))
+    }
+
+    fn table_on(&self, sql: &TableSql) -> batch::TableOn {
+        batch::TableOn {
+            pool: self.pool.clone(),
+            sql: sql.clone(),
+            timeout: self.timeout,
+        }
     }
 
     /// Closes the pool.
@@ -764,20 +782,7 @@ impl LocationStore for SqlStore {
         deletes: &[String],
     ) -> Result<(), StoreError> {
         let sql = self.sql(table)?;
-        if let Some(cell) = self.writes.get(table) {
-            let w = cell.get_or_init(|| {
-                let sink = batch::Writes {
-                    pool: self.pool.clone(),
-                    sql: sql.clone(),
-                    timeout: self.timeout,
-                };
-                Coalescer::start(
-                    sink,
-                    self.timeout,
-                    self.batching.writers,
-                    self.batching.write_rows,
-                )
-            });
+        if let Some(w) = self.writer(table, sql) {
             return w.write(aor, upserts, deletes).await;
         }
         let change = Change {
