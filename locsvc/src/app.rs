@@ -241,7 +241,7 @@ impl App {
             topology.clone(),
             master,
             settings.tables.clone().into_iter().collect(),
-            settings.stale_window(),
+            settings.router_settings(),
             clock.clone(),
             metrics.clone(),
             Some(failover.clone()),
@@ -317,7 +317,8 @@ impl App {
 
     /// Serves until `shutdown` resolves, then drains: health goes
     /// NOT_SERVING, the listener stops accepting, in-flight requests get
-    /// `SHUTDOWN_GRACE` to finish, background tasks stop, pools close.
+    /// `SHUTDOWN_GRACE` to finish, then member writes still finishing for
+    /// answered requests, then background tasks stop and pools close.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -398,6 +399,16 @@ impl App {
                 Ok(())
             }
         };
+        // Member writes whose callers were already answered finish first:
+        // cutting them would leave a member behind without a mark.
+        let background = self.service.router().background().clone();
+        background.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("member writes still running after the grace period");
+        }
         token.cancel();
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;

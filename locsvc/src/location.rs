@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
-use xxhash_rust::xxh3::xxh3_64;
+use tokio::time::{Instant, timeout_at};
 
 use crate::clock::Clock;
 use crate::domain::{Aor, AorError, Binding, KeyPolicy, SaveInput, UnixTime};
 use crate::registrar::{self, RegistrarError, RegistrarPolicy};
-use crate::router::{RouteError, Router, TableMode, Target, spread_of};
+use crate::router::{RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key};
 use crate::store::{LocationStore, StoreError, StoredBinding, TableStats};
 
 /// Why a location operation failed.
@@ -53,9 +53,10 @@ pub struct GroupStats {
 
 /// Striped locks serializing operations on one AoR within this instance, so
 /// two concurrent REGISTERs cannot both read, then both write, and lose one
-/// binding (p_usrloc has no locking, reference §7.1). Across instances the
-/// per-row upserts keyed on ruid keep distinct contacts from overwriting
-/// each other.
+/// binding (p_usrloc has no locking, reference §7.1). Held until the write is
+/// acknowledged; members still finishing it keep the AoR's order themselves
+/// (`failover::unconfirmed`). Across instances the per-row upserts keyed on
+/// ruid keep distinct contacts from overwriting each other.
 struct AorLocks {
     stripes: Box<[Mutex<()>]>,
 }
@@ -67,11 +68,11 @@ impl AorLocks {
         }
     }
 
-    async fn lock(&self, table: &str, aor: &Aor) -> MutexGuard<'_, ()> {
-        let h = xxh3_64(aor.key().as_bytes()) ^ xxh3_64(table.as_bytes());
-        self.stripes[(h % self.stripes.len() as u64) as usize]
-            .lock()
-            .await
+    /// The lock of the AoR with `key` (`write_key`), waited for until
+    /// `deadline`.
+    async fn lock(&self, key: u64, deadline: Instant) -> Option<MutexGuard<'_, ()>> {
+        let stripe = &self.stripes[(key % self.stripes.len() as u64) as usize];
+        timeout_at(deadline, stripe.lock()).await.ok()
     }
 }
 
@@ -120,38 +121,60 @@ impl LocationService {
         Aor::parse(aor, self.key_policy)
     }
 
-    /// Applies one REGISTER to `aor` (RFC 3261 §10.3).
+    /// Where `aor` lives, its write key, and its lock, taken by `deadline`.
+    async fn lock(
+        &self,
+        table: &str,
+        aor: &Aor,
+        deadline: Instant,
+    ) -> Result<(Target, u64, MutexGuard<'_, ()>), LocationError> {
+        let target = self.router.target(table, aor)?;
+        let key = write_key(table, aor);
+        let guard = self
+            .locks
+            .lock(key, deadline)
+            .await
+            .ok_or(RouteError::Deadline {
+                group: target.group_id(),
+            })?;
+        Ok((target, key, guard))
+    }
+
+    /// Applies one REGISTER to `aor` (RFC 3261 §10.3), answering by
+    /// `deadline`.
     pub async fn save(
         &self,
         table: &str,
         aor: &str,
         input: &SaveInput,
+        deadline: Instant,
     ) -> Result<Saved, LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let target = self.router.target(table, aor)?;
-        let _guard = self.locks.lock(table, aor).await;
+        let (target, key, _guard) = self.lock(table, aor, deadline).await?;
         let (existing, _) = self
             .router
             .read(
                 &target,
                 spread_of(aor),
+                Some(key),
                 &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
                     Box::pin(async move { s.load_aor(table, aor).await })
                 },
+                deadline,
             )
             .await?;
         let now = (self.clock)();
-        let plan = registrar::plan_save(input, &existing, now, &self.policy, &mut new_ruid)?;
+        let mut plan = registrar::plan_save(input, &existing, now, &self.policy, &mut new_ruid)?;
         if !plan.upserts.is_empty() || !plan.deletes.is_empty() {
-            let (upserts, deletes) = (&plan.upserts, &plan.deletes);
-            self.router
-                .write(
-                    &target,
-                    &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<(), StoreError>> {
-                        Box::pin(async move { s.apply(table, aor, upserts, deletes).await })
-                    },
-                )
-                .await?;
+            let upserts = Arc::new(std::mem::take(&mut plan.upserts));
+            let deletes = Arc::new(std::mem::take(&mut plan.deletes));
+            let (table, aor) = (Arc::<str>::from(table), aor.clone());
+            let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
+                let (table, aor) = (table.clone(), aor.clone());
+                let (upserts, deletes) = (upserts.clone(), deletes.clone());
+                Box::pin(async move { s.apply(&table, &aor, &upserts, &deletes).await })
+            });
+            self.router.write(&target, key, op, deadline).await?;
         }
         Ok(Saved {
             group: target.group_id(),
@@ -160,11 +183,12 @@ impl LocationService {
         })
     }
 
-    /// Valid bindings of `aor`, best first.
+    /// Valid bindings of `aor`, best first, by `deadline`.
     pub async fn lookup(
         &self,
         table: &str,
         aor: &str,
+        deadline: Instant,
     ) -> Result<(u32, Vec<Binding>), LocationError> {
         let aor = &self.parse_aor(aor)?;
         let target = self.router.target(table, aor)?;
@@ -174,33 +198,34 @@ impl LocationService {
             .read(
                 &target,
                 spread_of(aor),
+                Some(write_key(table, aor)),
                 &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
                     Box::pin(async move { s.lookup(table, aor, now).await })
                 },
+                deadline,
             )
             .await?;
         Ok((target.group_id(), registrar::valid_ordered(&rows, now)))
     }
 
-    /// Removes one contact of `aor`, or all; returns (group, removed).
+    /// Removes one contact of `aor`, or all, by `deadline`; returns (group,
+    /// removed).
     pub async fn remove(
         &self,
         table: &str,
         aor: &str,
         contact: Option<&str>,
+        deadline: Instant,
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let target = self.router.target(table, aor)?;
-        let _guard = self.locks.lock(table, aor).await;
-        let counts = self
-            .router
-            .write(
-                &target,
-                &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<u64, StoreError>> {
-                    Box::pin(async move { s.remove(table, aor, contact).await })
-                },
-            )
-            .await?;
+        let (target, key, _guard) = self.lock(table, aor, deadline).await?;
+        let (table, aor) = (Arc::<str>::from(table), aor.clone());
+        let contact: Option<Arc<str>> = contact.map(Arc::from);
+        let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
+            let (table, aor, contact) = (table.clone(), aor.clone(), contact.clone());
+            Box::pin(async move { s.remove(&table, &aor, contact.as_deref()).await })
+        });
+        let counts = self.router.write(&target, key, op, deadline).await?;
         Ok((target.group_id(), counts.into_iter().max().unwrap_or(0)))
     }
 
@@ -278,8 +303,12 @@ impl LocationService {
         Ok(rx)
     }
 
-    /// Contacts and AoRs per group of `table`.
-    pub async fn stats(&self, table: &str) -> Result<Vec<GroupStats>, LocationError> {
+    /// Contacts and AoRs per group of `table`, by `deadline`.
+    pub async fn stats(
+        &self,
+        table: &str,
+        deadline: Instant,
+    ) -> Result<Vec<GroupStats>, LocationError> {
         let mode = self.router.table_mode(table)?;
         let now = (self.clock)();
         let targets: Vec<Target> = match mode {
@@ -297,12 +326,15 @@ impl LocationService {
         for t in targets {
             let (stats, member) = self
                 .router
-                .read(&t, 0, &|s: Arc<dyn LocationStore>| -> BoxFuture<
-                    '_,
-                    Result<TableStats, StoreError>,
-                > {
-                    Box::pin(async move { s.stats(table, now).await })
-                })
+                .read(
+                    &t,
+                    0,
+                    None,
+                    &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<TableStats, StoreError>> {
+                        Box::pin(async move { s.stats(table, now).await })
+                    },
+                    deadline,
+                )
                 .await?;
             out.push(GroupStats {
                 group: t.group_id(),

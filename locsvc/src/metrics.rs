@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,15 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Current number of `locdb` problems.
     pub config_problems: IntGauge,
+    /// Writes whose caller was answered before this member confirmed them.
+    pub writes_acked_before_member: IntCounterVec,
+    /// Times a member's circuit opened (a transport failure).
+    pub circuit_opened: IntCounterVec,
+    /// Writes a member missed because its circuit was open.
+    pub circuit_skips: IntCounterVec,
+    /// Time between the first and the last member confirming one write
+    /// (writes every member took); what `ack_grace` must cover.
+    pub write_confirm_spread: Histogram,
 }
 
 impl Metrics {
@@ -72,6 +81,21 @@ impl Metrics {
             "Failover decisions by action and result",
             &["action", "result"],
         );
+        let writes_acked_before_member = counter_vec(
+            "writes_acked_before_member_total",
+            "Writes acknowledged before this member confirmed them",
+            &["group", "member"],
+        );
+        let circuit_opened = counter_vec(
+            "member_circuit_opened_total",
+            "Times a member's circuit opened on a transport failure",
+            &["group", "member"],
+        );
+        let circuit_skips = counter_vec(
+            "member_circuit_skips_total",
+            "Writes not sent to a member because its circuit was open",
+            &["group", "member"],
+        );
         let config_reloads = counter_vec(
             "config_reloads_total",
             "locdb reloads by result",
@@ -86,6 +110,19 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(rpc_seconds.clone()))
+            .expect("unique metric");
+        let write_confirm_spread = Histogram::with_opts(
+            HistogramOpts::new(
+                "write_confirm_spread_seconds",
+                "Time between the first and the last member confirming one write",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(write_confirm_spread.clone()))
             .expect("unique metric");
         let member_status = IntGaugeVec::new(
             Opts::new(
@@ -138,6 +175,10 @@ impl Metrics {
             contacts_swept,
             config_reloads,
             config_problems,
+            writes_acked_before_member,
+            circuit_opened,
+            circuit_skips,
+            write_confirm_spread,
         }
     }
 

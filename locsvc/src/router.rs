@@ -1,21 +1,32 @@
 //! Picks the members an operation runs on.
 //!
-//! Writes go to every writable member of the AoR's group at once and are
-//! acknowledged when at least one took them; a member that failed while its
-//! partner succeeded is marked as having missed a write, here and in
-//! `locdb`, so it is not read until it is known to be complete again (p_usrloc
-//! stops at the first failing member and loses the write; §8.4). Reads go to
-//! one readable member, spread over the pair by AoR hash, and fall back to the
-//! next. When no member is readable the request fails: serving possibly
-//! stale bindings is worse than a 503 (STYLE: never fail open).
+//! Writes go to every writable member of the AoR's group at once, each in a
+//! task of its own, and the caller is answered as soon as one member took
+//! the write and the others had `ack_grace` to follow: a dead or hung member
+//! costs callers nothing. The others finish in the background (bounded by
+//! the per-query deadline); a member that fails while a partner succeeded is
+//! marked as having missed a write, here and in `locdb`, so it is not read
+//! until it is known to be complete again (p_usrloc stops at the first
+//! failing member and loses the write; §8.4). Until a member confirms a write
+//! whose caller was already answered, it does not serve reads of that AoR
+//! (read-your-writes), and later writes of the AoR reach it in order.
+//!
+//! Reads go to one readable member, spread over the pair by AoR hash, are
+//! hedged to the next when slow, and fall back on failure. When no member is
+//! readable the request fails: serving possibly stale bindings is worse than
+//! a 503 (STYLE: never fail open). Every wait is bounded by the caller's
+//! deadline, so an answer (or a typed error) always comes before it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
-use futures::future::{BoxFuture, join_all};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
@@ -49,6 +60,8 @@ pub enum RouteError {
     NoWritableMember { group: u32 },
     #[error("every member of group {group} failed: {error}")]
     AllFailed { group: u32, error: StoreError },
+    #[error("no member of group {group} answered before the request's deadline")]
+    Deadline { group: u32 },
 }
 
 impl RouteError {
@@ -58,7 +71,8 @@ impl RouteError {
             Self::GroupMissing(g)
             | Self::NoReadableMember { group: g }
             | Self::NoWritableMember { group: g }
-            | Self::AllFailed { group: g, .. } => Some(*g),
+            | Self::AllFailed { group: g, .. }
+            | Self::Deadline { group: g } => Some(*g),
             _ => None,
         }
     }
@@ -87,16 +101,53 @@ impl Target {
 pub type StoreOp<'s, T> =
     dyn Fn(Arc<dyn LocationStore>) -> BoxFuture<'s, Result<T, StoreError>> + Send + Sync + 's;
 
+/// A write, run on every writable member; owns what it needs, because the
+/// members that have not answered when the caller is acknowledged finish in
+/// the background.
+pub type WriteOp<T> =
+    Arc<dyn Fn(Arc<dyn LocationStore>) -> BoxFuture<'static, Result<T, StoreError>> + Send + Sync>;
+
+/// How the router waits on members.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterSettings {
+    /// Seconds after a missed write during which a member is not read (the
+    /// longest registration).
+    pub stale_window: i64,
+    /// A read that has not answered after this long is also sent to the
+    /// next member; the first good answer wins.
+    pub hedge_delay: Duration,
+    /// Once one member took a write, how long the others get to confirm it
+    /// before the caller is answered without them.
+    pub ack_grace: Duration,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            stale_window: 3600,
+            hedge_delay: Duration::from_millis(50),
+            ack_grace: Duration::from_millis(ACK_GRACE_MS),
+        }
+    }
+}
+
+/// Default `ack_grace`: above the spread between two healthy members'
+/// confirmations of one write at any sustainable load (BENCHMARKS.md,
+/// "acknowledge on the first member").
+pub const ACK_GRACE_MS: u64 = 20;
+
 /// Chooses members and runs store operations on them.
 #[derive(Clone)]
 pub struct Router {
     topology: watch::Receiver<Arc<Topology>>,
     master: Arc<SqlStore>,
     tables: Arc<HashMap<String, TableMode>>,
-    stale_window: i64,
+    settings: RouterSettings,
     clock: Clock,
     metrics: Arc<Metrics>,
     failover: Option<Arc<Failover>>,
+    /// Member writes still running after their caller was answered.
+    background: TaskTracker,
 }
 
 /// Seconds during which a member that failed a request is tried last.
@@ -104,12 +155,12 @@ const RECENT_ERROR_SECS: i64 = 10;
 
 impl Router {
     /// A router over the snapshots of `topology`; `failover`, when given,
-    /// hears about every transport failure and sets the hedge delay.
+    /// hears about every transport failure.
     pub fn new(
         topology: watch::Receiver<Arc<Topology>>,
         master: Arc<SqlStore>,
         tables: HashMap<String, TableMode>,
-        stale_window: i64,
+        settings: RouterSettings,
         clock: Clock,
         metrics: Arc<Metrics>,
         failover: Option<Arc<Failover>>,
@@ -118,10 +169,11 @@ impl Router {
             topology,
             master,
             tables: Arc::new(tables),
-            stale_window,
+            settings,
             clock,
             metrics,
             failover,
+            background: TaskTracker::new(),
         }
     }
 
@@ -133,6 +185,12 @@ impl Router {
     /// A receiver that sees every new snapshot (tests await `changed()`).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Topology>> {
         self.topology.clone()
+    }
+
+    /// Member writes that outlive their request; shutdown closes and
+    /// awaits it so no write is cut off halfway through the group.
+    pub fn background(&self) -> &TaskTracker {
+        &self.background
     }
 
     /// The mode of `table`, if configured.
@@ -171,7 +229,7 @@ impl Router {
         group
             .members
             .iter()
-            .filter(|m| m.readable(now, self.stale_window))
+            .filter(|m| m.readable(now, self.settings.stale_window))
             .cloned()
             .collect()
     }
@@ -182,11 +240,30 @@ impl Router {
     }
 
     /// Runs `op` on one readable member of `target`, falling back to the
-    /// others; `spread` picks which member goes first.
+    /// others; `spread` picks which member goes first. With `key` (see
+    /// `write_key`), members that may lack an acknowledged write of that AoR
+    /// are never asked. Answers by `deadline`.
     pub async fn read<T>(
         &self,
         target: &Target,
         spread: u64,
+        key: Option<u64>,
+        op: &StoreOp<'_, T>,
+        deadline: Instant,
+    ) -> Result<(T, u32), RouteError> {
+        match timeout_at(deadline, self.read_any(target, spread, key, op)).await {
+            Ok(r) => r,
+            Err(_) => Err(RouteError::Deadline {
+                group: target.group_id(),
+            }),
+        }
+    }
+
+    async fn read_any<T>(
+        &self,
+        target: &Target,
+        spread: u64,
+        key: Option<u64>,
         op: &StoreOp<'_, T>,
     ) -> Result<(T, u32), RouteError> {
         let group = match target {
@@ -200,19 +277,19 @@ impl Router {
             }
             Target::Group(g) => g,
         };
-        let mut order = self.readable_members(group);
-        if order.is_empty() {
-            return Err(RouteError::NoReadableMember { group: group.id });
-        }
+        let mut order = self.readable_without_pending(group, key).await?;
         let start = (spread % order.len() as u64) as usize;
         order.rotate_left(start);
-        // Members that failed lately go last (stable: keeps the spread).
+        // Members whose circuit is open, then those that failed lately, go
+        // last (stable: keeps the spread).
         let now = (self.clock)();
-        order.sort_by_key(|m| m.health.failed_recently(now, RECENT_ERROR_SECS));
-        let hedge = self
-            .failover
-            .as_ref()
-            .map_or(std::time::Duration::MAX, |f| f.settings().hedge_delay);
+        order.sort_by_key(|m| {
+            (
+                m.health.circuit.is_open(),
+                m.health.failed_recently(now, RECENT_ERROR_SECS),
+            )
+        });
+        let hedge = self.settings.hedge_delay;
         let run = |m: Arc<Member>| async move {
             let r = op(m.store.clone()).await;
             (m, r)
@@ -257,61 +334,183 @@ impl Router {
         })
     }
 
-    /// Runs `op` on every writable member of `target` at once. Succeeds with
-    /// the successful results when at least one member took the write.
-    pub async fn write<T: Send>(
+    /// Readable members of `group` that hold every acknowledged write of
+    /// the AoR `key`. When each readable member still owes one (the write
+    /// was acknowledged by a member that is not read, e.g. one being
+    /// resynced), waits until one of them has finished it; a member whose
+    /// write fails is marked and stops being readable.
+    async fn readable_without_pending(
+        &self,
+        group: &Group,
+        key: Option<u64>,
+    ) -> Result<Vec<Arc<Member>>, RouteError> {
+        loop {
+            let mut members = self.readable_members(group);
+            if members.is_empty() {
+                return Err(RouteError::NoReadableMember { group: group.id });
+            }
+            let Some(k) = key else {
+                return Ok(members);
+            };
+            let owing: Vec<_> = members
+                .iter()
+                .filter(|m| m.health.unconfirmed.is_behind(k))
+                .map(|m| m.health.unconfirmed.finished(k))
+                .collect();
+            if owing.len() < members.len() {
+                members.retain(|m| !m.health.unconfirmed.is_behind(k));
+                if !members.is_empty() {
+                    return Ok(members);
+                }
+            }
+            // Ends within the members' query deadline; the caller's own
+            // deadline bounds it too.
+            let waits: Vec<_> = owing.into_iter().flatten().collect();
+            if !waits.is_empty() {
+                futures::future::select_all(waits).await;
+            }
+        }
+    }
+
+    /// Runs `op` on every writable member of `target` at once and answers
+    /// with the results of the members that confirmed, as soon as one did
+    /// and the others had `ack_grace` to follow, or by `deadline`. `key`
+    /// (see `write_key`) names the AoR, for write order and read-your-writes.
+    /// The members that have not answered yet finish in the background.
+    pub async fn write<T: Send + 'static>(
         &self,
         target: &Target,
-        op: &StoreOp<'_, T>,
+        key: u64,
+        op: WriteOp<T>,
+        deadline: Instant,
     ) -> Result<Vec<T>, RouteError> {
         let group = match target {
             Target::Single(master) => {
-                return op(master.clone()).await.map(|t| vec![t]).map_err(|error| {
-                    RouteError::AllFailed {
+                return match timeout_at(deadline, op(master.clone())).await {
+                    Ok(r) => r.map(|t| vec![t]).map_err(|error| RouteError::AllFailed {
                         group: SINGLE_GROUP,
                         error,
-                    }
-                });
+                    }),
+                    Err(_) => Err(RouteError::Deadline {
+                        group: SINGLE_GROUP,
+                    }),
+                };
             }
             Target::Group(g) => g,
         };
-        let writable: Vec<&Arc<Member>> = group.members.iter().filter(|m| m.writable()).collect();
+        let writable: Vec<Arc<Member>> = group
+            .members
+            .iter()
+            .filter(|m| m.writable())
+            .cloned()
+            .collect();
         if writable.is_empty() {
             return Err(RouteError::NoWritableMember { group: group.id });
         }
-        let results = join_all(writable.iter().map(|m| op(m.store.clone()))).await;
-        let mut ok = Vec::with_capacity(results.len());
-        let mut failed = Vec::new();
-        for (m, r) in writable.iter().zip(results) {
+        let sent = self.dispatch(&writable, key, &op);
+        let mut rx = sent.results;
+        let mut answered = vec![false; writable.len()];
+        let (mut oks, mut errors) = (Vec::new(), Vec::new());
+        let mut until = deadline;
+        while let Ok(Some((i, r))) = timeout_at(until, rx.recv()).await {
+            answered[i] = true;
             match r {
-                Ok(t) => ok.push(t),
-                Err(e) => {
-                    self.record_error(m, &e, "write");
-                    failed.push((*m, e));
+                Ok(t) => {
+                    if oks.is_empty() {
+                        until = deadline.min(Instant::now() + self.settings.ack_grace);
+                    }
+                    oks.push(t);
                 }
+                Err(e) => errors.push(e),
             }
         }
-        if ok.is_empty() {
+        if !oks.is_empty() {
+            for (i, m) in writable.iter().enumerate() {
+                if sent.running[i] && !answered[i] && m.health.unconfirmed.mark_behind(key) {
+                    self.metrics
+                        .writes_acked_before_member
+                        .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string()])
+                        .inc();
+                }
+            }
+            return Ok(oks);
+        }
+        if sent.running.iter().zip(&answered).all(|(r, a)| !r || *a) {
             // Nothing was acknowledged, so no member is behind another.
-            let error = failed
+            let error = errors
                 .into_iter()
-                .map(|(_, e)| e)
                 .max_by_key(|e| e.is_transport())
-                .unwrap_or_else(|| StoreError::Unavailable("no member tried".into()));
+                .unwrap_or_else(|| {
+                    StoreError::Unavailable("every member's circuit is open".into())
+                });
             return Err(RouteError::AllFailed {
                 group: group.id,
                 error,
             });
         }
-        for (m, _) in failed {
-            self.missed_write(m);
+        Err(RouteError::Deadline { group: group.id })
+    }
+
+    /// Starts `op` on each of `members` in a task of its own (skipping those
+    /// whose circuit is open while another's is closed: they miss the
+    /// write), and settles the missed-write bookkeeping as answers come.
+    fn dispatch<T: Send + 'static>(
+        &self,
+        members: &[Arc<Member>],
+        key: u64,
+        op: &WriteOp<T>,
+    ) -> Dispatched<T> {
+        // Never skip every member: with all circuits open, all are tried.
+        let skip_open = members.iter().any(|m| !m.health.circuit.is_open());
+        let outcome = Arc::new(Outcome::new(members.len()));
+        let (tx, results) = mpsc::unbounded_channel();
+        let mut running = vec![false; members.len()];
+        for (i, m) in members.iter().enumerate() {
+            if skip_open && m.health.circuit.is_open() {
+                self.metrics
+                    .circuit_skips
+                    .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string()])
+                    .inc();
+                outcome.settle(self, m, false);
+                continue;
+            }
+            running[i] = true;
+            // Enqueued here, in dispatch order: that order is the member's.
+            let (ticket, earlier) = m.health.unconfirmed.enqueue(key);
+            let write = op(m.store.clone());
+            let (this, m, outcome, tx) = (self.clone(), m.clone(), outcome.clone(), tx.clone());
+            self.background.spawn(async move {
+                if let Some(earlier) = earlier {
+                    earlier.await;
+                }
+                let r = write.await;
+                if let Err(e) = &r {
+                    this.record_error(&m, e, "write");
+                }
+                // Marks come before the ticket ends: a failed member never
+                // looks complete in between.
+                outcome.settle(&this, &m, r.is_ok());
+                m.health.unconfirmed.finish(ticket);
+                let _ = tx.send((i, r));
+            });
         }
-        Ok(ok)
+        Dispatched { running, results }
     }
 
     fn record_error(&self, m: &Arc<Member>, e: &StoreError, op: &str) {
+        let (group, no) = (m.config.group.to_string(), m.config.no.to_string());
         let kind = if e.is_transport() {
             m.health.count_transport_error((self.clock)());
+            if m.health.circuit.open() {
+                self.metrics
+                    .circuit_opened
+                    .with_label_values(&[&group, &no])
+                    .inc();
+                tracing::warn!(member = %m.label(), op, error = %e, "circuit open: no requests to this member until a probe answers");
+                if let Some(f) = &self.failover {
+                    f.circuit_opened(m);
+                }
+            }
             if let Some(f) = &self.failover {
                 f.observe(m, Observation::RequestFailed);
             }
@@ -323,7 +522,7 @@ impl Router {
         };
         self.metrics
             .member_errors
-            .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string(), kind])
+            .with_label_values(&[&group, &no, kind])
             .inc();
         if kind == "backlog" {
             // Overload shows in the metrics; a log line per request would
@@ -346,7 +545,7 @@ impl Router {
         if m.health.should_record_mark(now) {
             let master = self.master.clone();
             let m = m.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 let c = &m.config;
                 if let Err(e) = master.mark_failover(c.group, c.no, now).await {
                     tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
@@ -356,7 +555,84 @@ impl Router {
     }
 }
 
+/// The members a write was started on, and where their answers arrive.
+struct Dispatched<T> {
+    /// Per member: whether the write was sent (false: skipped, circuit open).
+    running: Vec<bool>,
+    results: mpsc::UnboundedReceiver<(usize, Result<T, StoreError>)>,
+}
+
+/// What the members of one write answered so far: a member that failed is
+/// marked as having missed the write as soon as a partner is known to have
+/// taken it (when every member fails, nobody is behind anybody).
+struct Outcome {
+    state: Mutex<OutcomeState>,
+}
+
+struct OutcomeState {
+    succeeded: bool,
+    /// Failed before any success: marked when one arrives.
+    failed: Vec<Arc<Member>>,
+    /// Members yet to answer, and when the first confirmed, for the
+    /// confirmation-spread histogram.
+    left: usize,
+    first_ok: Option<Instant>,
+    all_ok: bool,
+    pair: bool,
+}
+
+impl Outcome {
+    fn new(members: usize) -> Self {
+        Self {
+            state: Mutex::new(OutcomeState {
+                succeeded: false,
+                failed: Vec::new(),
+                left: members,
+                first_ok: None,
+                all_ok: true,
+                pair: members > 1,
+            }),
+        }
+    }
+
+    fn settle(&self, router: &Router, m: &Arc<Member>, ok: bool) {
+        let (behind, spread) = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.left = s.left.saturating_sub(1);
+            s.all_ok &= ok;
+            let behind = if ok {
+                s.succeeded = true;
+                s.first_ok.get_or_insert_with(Instant::now);
+                std::mem::take(&mut s.failed)
+            } else if s.succeeded {
+                vec![m.clone()]
+            } else {
+                s.failed.push(m.clone());
+                Vec::new()
+            };
+            let spread = (s.left == 0 && s.all_ok && s.pair)
+                .then(|| s.first_ok.map(|t| t.elapsed()))
+                .flatten();
+            (behind, spread)
+        };
+        for m in &behind {
+            router.missed_write(m);
+        }
+        if let Some(d) = spread {
+            router.metrics.write_confirm_spread.observe(d.as_secs_f64());
+        }
+    }
+}
+
+/// The key of `aor` in `table` for write order and read-your-writes.
+pub fn write_key(table: &str, aor: &Aor) -> u64 {
+    xxh3_64(aor.key().as_bytes()) ^ xxh3_64(table.as_bytes()).rotate_left(1)
+}
+
 /// A stable number derived from an AoR, to spread its reads.
 pub fn spread_of(aor: &Aor) -> u64 {
     xxh3_64(aor.key().as_bytes()) >> 32
 }
+
+#[cfg(test)]
+mod tests;

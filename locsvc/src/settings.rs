@@ -16,7 +16,7 @@ use crate::expiry::SweepSettings;
 use crate::failover::FailoverSettings;
 use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
-use crate::router::TableMode;
+use crate::router::{RouterSettings, TableMode};
 use crate::store::migrate::valid_table_name;
 use crate::store::{DbUrl, PoolSettings, redact};
 
@@ -306,6 +306,8 @@ fn apply(
         "failover.up_after" => s.failover.monitor.up_after = parse(v)?,
         "failover.probe_interval_ms" => s.failover.probe_interval = millis(v)?,
         "failover.hedge_delay_ms" => s.failover.hedge_delay = millis(v)?,
+        "failover.ack_grace_ms" => s.failover.ack_grace = Duration::from_millis(parse(v)?),
+        "failover.circuit_probe_ms" => s.failover.circuit_probe_interval = millis(v)?,
         "failover.level" => {
             s.failover.level = match v {
                 "1" => 1,
@@ -446,6 +448,15 @@ impl Settings {
         }
         f.window = self.stale_window();
         f
+    }
+
+    /// How the router waits on members.
+    pub fn router_settings(&self) -> RouterSettings {
+        RouterSettings {
+            stale_window: self.stale_window(),
+            hedge_delay: self.failover.hedge_delay,
+            ack_grace: self.failover.ack_grace,
+        }
     }
 
     /// Seconds after a missed write when a member is complete again: every

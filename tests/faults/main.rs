@@ -7,6 +7,7 @@
 #[path = "../it/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod through_shim;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,9 +74,23 @@ struct Load {
     stop: AtomicBool,
     acked: std::sync::Mutex<Vec<(String, String)>>,
     errors: std::sync::Mutex<Vec<String>>,
+    /// Slowest answer so far, microseconds.
+    slowest_us: AtomicU64,
 }
 
-/// `workers` clients each saving a fresh AoR and looking it up, until told to stop.
+/// The deadline every load request carries (`grpc-timeout`): what a SIP
+/// front gives locsvc, with room to spare under the shim's 400 ms.
+const CLIENT_DEADLINE: Duration = Duration::from_millis(300);
+
+fn with_deadline<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CLIENT_DEADLINE);
+    r
+}
+
+/// `workers` clients each saving a fresh AoR and looking it up, until told
+/// to stop; every call carries `CLIENT_DEADLINE`, so a call locsvc does not
+/// answer in time fails.
 fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
     let load = Arc::new(Load::default());
     let mut tasks = Vec::new();
@@ -89,11 +104,19 @@ fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::Joi
             .await
             .unwrap();
             let mut i = 0u64;
+            let timed = |load: &Load, since: Instant| {
+                let us = since.elapsed().as_micros() as u64;
+                load.slowest_us.fetch_max(us, Ordering::AcqRel);
+            };
             while !load.stop.load(Ordering::Acquire) && i < 100_000 {
                 i += 1;
                 let aor = format!("sip:w{w}u{i}@example.com");
                 let contact = format!("sip:w{w}u{i}@192.0.2.1:5060");
-                let saved = c.save(register(&aor, &contact, Some(3600), &aor, 1)).await;
+                let t = Instant::now();
+                let saved = c
+                    .save(with_deadline(register(&aor, &contact, Some(3600), &aor, 1)))
+                    .await;
+                timed(&load, t);
                 load.ops.fetch_add(1, Ordering::AcqRel);
                 match saved {
                     Ok(_) => load
@@ -107,12 +130,14 @@ fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::Joi
                         continue;
                     }
                 }
+                let t = Instant::now();
                 let found = c
-                    .lookup(pb::LookupRequest {
+                    .lookup(with_deadline(pb::LookupRequest {
                         table: String::new(),
                         aor: aor.clone(),
-                    })
+                    }))
                     .await;
+                timed(&load, t);
                 load.ops.fetch_add(1, Ordering::AcqRel);
                 match found {
                     Ok(r) if r.get_ref().bindings.iter().any(|b| b.contact == contact) => {}
@@ -215,8 +240,11 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
     let failures = load.failures.load(Ordering::Acquire);
     eprintln!(
         "FAULT {sig}: ops total {total}, ops until detection {during}, failures {failures}, \
-         time to detect {:.0} ms (signal to locdb status 0)",
-        detect.as_secs_f64() * 1000.0
+         time to detect {:.0} ms (signal to locdb status 0), slowest answer {:.0} ms \
+         (client deadline {} ms)",
+        detect.as_secs_f64() * 1000.0,
+        load.slowest_us.load(Ordering::Acquire) as f64 / 1000.0,
+        CLIENT_DEADLINE.as_millis()
     );
     assert_eq!(
         failures,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::{ConfigProblem, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
+use crate::failover::{Circuit, Unconfirmed};
 use crate::partition::Partitioner;
 use crate::store::LocationStore;
 
@@ -27,6 +28,10 @@ pub struct MemberHealth {
     last_probe_micros: AtomicU64,
     /// Whether the last probe succeeded.
     last_probe_ok: AtomicBool,
+    /// Whether requests may be sent to the member now.
+    pub circuit: Circuit,
+    /// Writes the member has not confirmed yet, per AoR.
+    pub unconfirmed: Unconfirmed,
 }
 
 impl MemberHealth {

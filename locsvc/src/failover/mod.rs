@@ -9,8 +9,10 @@
 //! module nudges to reload right after a change).
 
 pub mod accrual;
+pub mod circuit;
 pub mod monitor;
 pub mod resync;
+pub mod unconfirmed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +30,10 @@ use crate::cluster::{Member, MemberStatus, Topology};
 use crate::metrics::Metrics;
 use crate::store::SqlStore;
 use crate::store::rows::to_db_time;
+pub use circuit::Circuit;
 pub use monitor::{Decision, MonitorSettings, Observation};
 pub use resync::{Progress, ResyncSettings};
+pub use unconfirmed::Unconfirmed;
 
 /// Failover settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +47,13 @@ pub struct FailoverSettings {
     /// next member; the first good answer wins, so a hung member does not
     /// hold reads up.
     pub hedge_delay: Duration,
+    /// Once one member took a write, how long the others get to confirm it
+    /// before the caller is answered without them (they finish in the
+    /// background; see `router`).
+    pub ack_grace: Duration,
+    /// While a member's circuit is open, how often it is probed (a probe
+    /// that answers closes it; failed ones feed the detector).
+    pub circuit_probe_interval: Duration,
     pub resync: ResyncSettings,
     /// 1: switch a failing member off; 2: replace it with a spare from
     /// another risk group, or switch it off when there is none (p_usrloc's
@@ -62,6 +73,8 @@ impl Default for FailoverSettings {
             probe_interval: Duration::from_secs(1),
             probe_table: "location".into(),
             hedge_delay: Duration::from_millis(50),
+            ack_grace: Duration::from_millis(crate::router::ACK_GRACE_MS),
+            circuit_probe_interval: Duration::from_millis(100),
             resync: ResyncSettings::default(),
             level: 1,
             tables: vec!["location".into()],
@@ -71,6 +84,14 @@ impl Default for FailoverSettings {
 }
 
 type MemberKey = (u32, u32, String);
+
+/// What one probe found.
+struct ProbeResult {
+    r: Result<(), crate::store::StoreError>,
+    took: Duration,
+    /// The member's circuit epoch when the probe started.
+    epoch: u64,
+}
 
 fn key(m: &Member) -> MemberKey {
     (
@@ -96,6 +117,10 @@ pub struct Failover {
     /// Unfinished resyncs: progress, cutoff, and the `failover` value they
     /// started from (a newer miss restarts them).
     resumable: Mutex<HashMap<MemberKey, (Progress, i64, NaiveDateTime)>>,
+    /// Members whose open circuit is being probed.
+    fast_probing: Mutex<std::collections::HashSet<MemberKey>>,
+    /// Cancelled when `run` ends: stops those probes.
+    stop: CancellationToken,
 }
 
 impl Failover {
@@ -121,6 +146,8 @@ impl Failover {
             kept: Mutex::new(Vec::new()),
             resyncing: AtomicBool::new(false),
             resumable: Mutex::new(HashMap::new()),
+            fast_probing: Mutex::new(std::collections::HashSet::new()),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -312,25 +339,102 @@ impl Failover {
                 }
             }
         }
-        let table = self.settings.probe_table.as_str();
-        let results = join_all(members.iter().map(|m| async move {
-            let start = tokio::time::Instant::now();
-            let r = m.store.probe(table).await;
-            (r, start.elapsed())
-        }))
-        .await;
+        let results = join_all(members.iter().map(|m| self.probe(m))).await;
         self.reconcile_marks(&members);
-        for (m, (r, took)) in members.iter().zip(results) {
-            m.health.record_probe(r.is_ok(), took);
-            let o = match r {
-                Ok(()) => Observation::ProbeOk,
-                Err(e) => {
-                    tracing::debug!(member = %m.label(), error = %e, "probe failed");
-                    Observation::ProbeFailed
-                }
-            };
-            self.observe(m, o);
+        for (m, result) in members.iter().zip(results) {
+            self.record_probe(m, result);
         }
+    }
+
+    /// One probe of `m`: a real query; while its circuit is open, a plain
+    /// connection attempt first, so a refused port fails at once instead of
+    /// the pool retrying until its acquire timeout.
+    async fn probe(&self, m: &Member) -> ProbeResult {
+        let epoch = m.health.circuit.probe_epoch();
+        let start = tokio::time::Instant::now();
+        let table = self.settings.probe_table.as_str();
+        let r = if m.health.circuit.is_open() {
+            match m.store.reachable().await {
+                Ok(()) => m.store.probe(table).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            m.store.probe(table).await
+        };
+        ProbeResult {
+            r,
+            took: start.elapsed(),
+            epoch,
+        }
+    }
+
+    /// Feeds a probe's outcome to the member's health, circuit and detector.
+    fn record_probe(self: &Arc<Self>, m: &Arc<Member>, p: ProbeResult) {
+        m.health.record_probe(p.r.is_ok(), p.took);
+        let o = match p.r {
+            Ok(()) => {
+                if m.health.circuit.close_after_probe(p.epoch) {
+                    tracing::info!(member = %m.label(), "circuit closed: the member answers again");
+                }
+                Observation::ProbeOk
+            }
+            Err(e) => {
+                tracing::debug!(member = %m.label(), error = %e, "probe failed");
+                Observation::ProbeFailed
+            }
+        };
+        self.observe(m, o);
+    }
+
+    /// `member`'s circuit just opened: probe it every
+    /// `circuit_probe_interval` until a probe answers (closing the circuit),
+    /// it is no longer `on`, or shutdown. Failed probes feed the detector,
+    /// so a dead member is switched off sooner than the regular round would.
+    pub fn circuit_opened(self: &Arc<Self>, member: &Arc<Member>) {
+        let k = key(member);
+        if !self
+            .fast_probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k.clone())
+        {
+            return;
+        }
+        let (this, m) = (self.clone(), member.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.settings.circuit_probe_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = this.stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if !m.health.circuit.is_open() || !this.still_on(&m) {
+                    break;
+                }
+                let p = this.probe(&m).await;
+                let answered = p.r.is_ok();
+                this.record_probe(&m, p);
+                if answered {
+                    break;
+                }
+            }
+            this.fast_probing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+        });
+    }
+
+    /// True when the current snapshot still has `m` (same slot and URL) `on`.
+    fn still_on(&self, m: &Member) -> bool {
+        let topo = self.topology.borrow().clone();
+        let k = key(m);
+        topo.groups.get(&m.config.group).is_some_and(|g| {
+            g.members
+                .iter()
+                .any(|o| key(o) == k && o.config.status == MemberStatus::On)
+        })
     }
 
     /// Starts a resync of one member that is on but not readable, from a
@@ -557,5 +661,6 @@ impl Failover {
                 }
             }
         }
+        self.stop.cancel();
     }
 }

@@ -1,18 +1,20 @@
-//! The `locsvc.v1.Location` gRPC service: converts, sheds load, enforces the
-//! request deadline, and delegates to `LocationService`.
+//! The `locsvc.v1.Location` gRPC service: converts, sheds load, works out
+//! the request's deadline (the caller's, inside the server's), and delegates
+//! to `LocationService`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::location_server::Location;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, status};
+use super::{convert, deadline, status};
 use crate::location::LocationService;
 use crate::metrics::Metrics;
 
@@ -46,11 +48,23 @@ impl LocationApi {
         }
     }
 
+    /// When `req` must be answered: its `grpc-timeout` less a margin, never
+    /// beyond `grpc.request_timeout`.
+    fn deadline<R>(&self, req: &Request<R>) -> Instant {
+        let header = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok());
+        deadline::answer_by(Instant::now(), header, self.timeout)
+    }
+
     /// Runs one unary call: load shedding (answer at once rather than queue),
-    /// deadline, metrics.
+    /// `deadline` as the last guard (the work itself answers by then),
+    /// metrics.
     async fn call<T>(
         &self,
         method: &'static str,
+        deadline: Instant,
         f: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
         let Ok(_permit) = self.in_flight.try_acquire() else {
@@ -63,7 +77,7 @@ impl LocationApi {
         };
         let start = Instant::now();
         let _gauge = InFlight::enter(&self.metrics.rpc_in_flight);
-        let r = match tokio::time::timeout(self.timeout, f).await {
+        let r = match tokio::time::timeout_at(deadline, f).await {
             Ok(r) => r,
             Err(_) => Err(status::deadline()),
         };
@@ -107,17 +121,19 @@ impl Location for LocationApi {
         &self,
         req: Request<pb::SaveRequest>,
     ) -> Result<Response<pb::SaveResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Save", async {
+        self.call("Save", deadline, async {
             let input = convert::save_input(&r)?;
             let table = convert::table(&r.table).to_string();
             let svc = self.svc.clone();
-            // The write runs in its own task: if the client goes away or the
-            // deadline passes mid-write, every member still gets the same
-            // change, so members never diverge on an unacknowledged write.
-            let saved = tokio::spawn(async move { svc.save(&table, &r.aor, &input).await })
-                .await
-                .map_err(|_| status::internal("save task failed"))??;
+            // Runs in its own task so a caller that goes away cannot cut the
+            // Save between its read and its write (the member writes
+            // themselves always run to the end, in the router's tasks).
+            let saved =
+                tokio::spawn(async move { svc.save(&table, &r.aor, &input, deadline).await })
+                    .await
+                    .map_err(|_| status::internal("save task failed"))??;
             Ok(pb::SaveResponse {
                 bindings: saved
                     .bindings
@@ -134,9 +150,13 @@ impl Location for LocationApi {
         &self,
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Lookup", async {
-            let (group, bindings) = self.svc.lookup(convert::table(&r.table), &r.aor).await?;
+        self.call("Lookup", deadline, async {
+            let (group, bindings) = self
+                .svc
+                .lookup(convert::table(&r.table), &r.aor, deadline)
+                .await?;
             let now = self.svc.now();
             Ok(pb::LookupResponse {
                 bindings: bindings.iter().map(|b| convert::binding(b, now)).collect(),
@@ -150,13 +170,15 @@ impl Location for LocationApi {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Remove", async {
+        self.call("Remove", deadline, async {
             convert::remove_contact(&r.contact)?;
             let svc = self.svc.clone();
             let (group, removed) = tokio::spawn(async move {
                 let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
-                svc.remove(convert::table(&r.table), &r.aor, contact).await
+                svc.remove(convert::table(&r.table), &r.aor, contact, deadline)
+                    .await
             })
             .await
             .map_err(|_| status::internal("remove task failed"))??;
@@ -174,6 +196,7 @@ impl Location for LocationApi {
         &self,
         req: Request<pb::DumpRequest>,
     ) -> Result<Response<Self::DumpStream>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
         let page = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -182,7 +205,7 @@ impl Location for LocationApi {
         let group = (r.group != 0).then_some(r.group);
         let svc = self.svc.clone();
         let rx = self
-            .call("Dump", async {
+            .call("Dump", deadline, async {
                 Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?)
             })
             .await?
@@ -208,9 +231,10 @@ impl Location for LocationApi {
         &self,
         req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Stats", async {
-            let groups = self.svc.stats(convert::table(&r.table)).await?;
+        self.call("Stats", deadline, async {
+            let groups = self.svc.stats(convert::table(&r.table), deadline).await?;
             Ok(pb::StatsResponse {
                 contacts: groups.iter().map(|g| g.stats.contacts).sum(),
                 aors: groups.iter().map(|g| g.stats.aors).sum(),

@@ -67,6 +67,19 @@ pub fn deadline() -> Status {
     )
 }
 
+/// DEADLINE_EXCEEDED naming the group none of whose members answered in time.
+fn deadline_in(group: u32) -> Status {
+    status(
+        Code::DeadlineExceeded,
+        format!("no member of group {group} answered before the request's deadline"),
+        "DEADLINE_EXCEEDED",
+        HashMap::from([
+            ("group".to_string(), group.to_string()),
+            ("retry_after".to_string(), RETRY_AFTER_SECS.to_string()),
+        ]),
+    )
+}
+
 /// INTERNAL without details (they go to the log).
 pub fn internal(what: &str) -> Status {
     status(
@@ -132,6 +145,7 @@ fn route(r: RouteError) -> Status {
             error: StoreError::Backlog(_),
             ..
         } => unavailable(e.to_string(), "OVERLOADED", group),
+        RouteError::Deadline { group } => deadline_in(group),
         RouteError::AllFailed { group, error } if !error.is_transport() => {
             tracing::error!(group, %error, "storage refused an operation on every member");
             internal(&format!("storage error in group {group}"))

@@ -116,6 +116,13 @@ pub trait LocationStore: Send + Sync + 'static {
     /// An indexed query on `table`: proves the member answers real queries,
     /// not just connections (p_usrloc re-admits on connect alone and flaps).
     async fn probe(&self, table: &str) -> Result<(), StoreError>;
+    /// A bare connection attempt to the server, bounded by the query
+    /// deadline: a refused port is an error at once (the pool would retry
+    /// it until its acquire timeout). Embedded databases are always
+    /// reachable.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The SQL implementation of `LocationStore` for one database.
@@ -915,6 +922,22 @@ impl LocationStore for SqlStore {
             }
             Ok(self.timed(q.fetch_all(p)).await?)
         })
+    }
+
+    async fn reachable(&self) -> Result<(), StoreError> {
+        let Some((host, port)) = self.url.tcp_endpoint() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("connect: {e}"))),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
     }
 
     async fn probe(&self, table: &str) -> Result<(), StoreError> {

@@ -60,6 +60,25 @@ impl DbUrl {
         self.dialect
     }
 
+    /// Host and port of a networked server (default ports filled in); None
+    /// for SQLite and for servers reached over a Unix socket.
+    pub fn tcp_endpoint(&self) -> Option<(String, u16)> {
+        let default_port = match self.dialect {
+            Dialect::MySql => 3306,
+            Dialect::Postgres => 5432,
+            Dialect::Sqlite => return None,
+        };
+        let u = url::Url::parse(&self.raw).ok()?;
+        let over_socket = u
+            .query_pairs()
+            .any(|(k, v)| k == "socket" || (k == "host" && v.starts_with('/')));
+        if over_socket {
+            return None;
+        }
+        let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_string(), u.port().unwrap_or(default_port)))
+    }
+
     /// The URL with its password, for connecting only; never log it.
     pub fn expose(&self) -> &str {
         &self.raw
@@ -110,6 +129,17 @@ mod tests {
         assert!(!format!("{u} {u:?}").contains("s3cret"));
         assert_eq!(u.redacted(), "mysql://locsvc:***@10.0.0.1:3306/loc");
         assert!(u.expose().contains("s3cret"));
+    }
+
+    #[test]
+    fn tcp_endpoints_fill_in_default_ports_and_skip_sockets() {
+        let ep = |u: &str| DbUrl::parse(u).unwrap().tcp_endpoint();
+        assert_eq!(ep("mysql://a:b@db1/x"), Some(("db1".into(), 3306)));
+        assert_eq!(ep("postgres://h:6432/x"), Some(("h".into(), 6432)));
+        assert_eq!(ep("postgres://[::1]/x"), Some(("::1".into(), 5432)));
+        assert_eq!(ep("mysql://u@localhost/x?socket=/run/m.sock"), None);
+        assert_eq!(ep("postgres://u@h/x?host=/run/postgresql"), None);
+        assert_eq!(ep("sqlite:///tmp/x.db"), None);
     }
 
     #[test]
