@@ -49,7 +49,8 @@
 #   INV_RATES ["500 1000 1500 2000 3000 4000 5000 6000"]
 #   STEP_SECS [5]  USERS [10000]  PRE_RATE [500]  WARMUP [500 calls at 250/s]
 #   CALL_TIMEOUT_MS [1000] (warm-up and pre-registration: 10000)
-#   LOCSVC [/work/main/target/release/locsvc]  SHIM [/work/main/target/release/proxy-shim]
+#   LOCSVC [${CARGO_TARGET_DIR:-<repo>/target}/release/locsvc]
+#   SHIM [${CARGO_TARGET_DIR:-<repo>/target}/release/proxy-shim]
 #   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
 #   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
 #   BENCH_DB_DIR (layout.sh's state dir)  KEEP_WORK=1 (keep sipp's files)
@@ -57,6 +58,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 OUT=${1:-$(mktemp -d /tmp/sip-compare.XXXXXX)}
 TARGETS=${TARGETS:-"kamailio shim-proxy shim-redirect"}
 RUNS=${RUNS:-3}
@@ -68,8 +70,9 @@ PRE_RATE=${PRE_RATE:-500}
 WARMUP=${WARMUP:-500}
 WARMUP_RATE=${WARMUP_RATE:-250}
 CALL_TIMEOUT_MS=${CALL_TIMEOUT_MS:-1000}
-LOCSVC=${LOCSVC:-/work/main/target/release/locsvc}
-SHIM=${SHIM:-/work/main/target/release/proxy-shim}
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+LOCSVC=${LOCSVC:-$BIN/locsvc}
+SHIM=${SHIM:-$BIN/proxy-shim}
 LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_SHM_MB=${KAM_SHM_MB:-512}
@@ -79,11 +82,10 @@ LAYOUT=$HERE/layout.sh
 SCEN=$HERE/scenarios
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-die() {
-    echo "compare: error: $*" >&2
-    exit 2
-}
-say() { echo "compare: $*" >&2; }
+# shellcheck disable=SC2034 # LOG_TAG: read by die and say (lib/common.sh)
+LOG_TAG=compare
+# shellcheck source=SCRIPTDIR/../lib/common.sh
+source "$HERE/../lib/common.sh"
 
 for t in $TARGETS; do
     case $t in
@@ -113,13 +115,7 @@ LAYOUT_STARTED=
 
 # Ends only the processes this script started, by pid.
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    end_all_pids
     if [[ -n $LAYOUT_STARTED ]]; then
         "$LAYOUT" down || true
     fi
@@ -134,108 +130,13 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ layout
 
-if ! "$LAYOUT" status 2>/dev/null | awk '$4 != "up" { bad = 1 } END { exit bad }'; then
-    LAYOUT_STARTED=1
-fi
-eval "$("$LAYOUT" up)"
-[[ -n ${BENCH_MASTER_URL:-} ]] || die "layout.sh up printed no BENCH_MASTER_URL"
+layout_up
 if [[ -n ${NEED_KAM:-} ]]; then
     command -v kamailio >/dev/null || die "kamailio not found (layout.sh up installs it)"
 fi
 command -v "$SIPP" >/dev/null || die "sipp not found (layout.sh up installs sip-tester)"
 
-# ------------------------------------------------------------------ helpers
-
-# A loopback port free on both UDP and TCP right now (the shim binds both).
-free_port() {
-    python3 - <<'PY'
-import socket
-for _ in range(100):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", port))
-        print(port)
-        break
-    except OSError:
-        pass
-    finally:
-        t.close()
-        u.close()
-PY
-}
-
-# Waits (bounded) until something accepts TCP on 127.0.0.1:$1.
-wait_tcp() {
-    local _
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1 after 10 s"
-}
-
-# Waits (bounded, 20 s) until a SIP server answers an OPTIONS on UDP $1.
-wait_sip() {
-    python3 - "$1" <<'PY' || die "no SIP answer on udp 127.0.0.1:$1 after 20 s"
-import socket, sys, time
-port = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 0))
-me = s.getsockname()[1]
-s.settimeout(0.5)
-deadline = time.time() + 20
-n = 0
-while time.time() < deadline:
-    n += 1
-    msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-           f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK-probe-{n}\r\n"
-           "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=probe\r\n"
-           f"To: <sip:127.0.0.1:{port}>\r\nCall-ID: probe-{n}@127.0.0.1\r\n"
-           "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
-    try:
-        s.sendto(msg.encode(), ("127.0.0.1", port))
-        if s.recv(65535).startswith(b"SIP/2.0 "):
-            sys.exit(0)
-    except OSError:
-        time.sleep(0.2)
-sys.exit(1)
-PY
-}
-
-# Stops pids (TERM, then KILL after 15 s) and waits for them.
-stop_pids() {
-    local pid deadline
-    for pid in "$@"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    deadline=$((SECONDS + 15))
-    for pid in "$@"; do
-        while kill -0 "$pid" 2>/dev/null && [[ $(ps -o stat= -p "$pid" 2>/dev/null) != Z* ]]; do
-            if ((SECONDS >= deadline)); then
-                say "pid $pid ignores TERM; sending KILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                break
-            fi
-            sleep 0.1
-        done
-        wait "$pid" 2>/dev/null || true
-    done
-}
-
-forget_pids() {
-    local keep=() p q drop
-    for p in "${PIDS[@]}"; do
-        drop=
-        for q in "$@"; do [[ $p == "$q" ]] && drop=1; done
-        [[ -n $drop ]] || keep+=("$p")
-    done
-    PIDS=("${keep[@]}")
-}
+# ------------------------------------------------------------------ helpers (more in ../lib/common.sh)
 
 kind_of() {
     case $1 in
@@ -307,7 +208,6 @@ stop_target() {
     local rev=()
     for ((p = ${#TARGET_PIDS[@]} - 1; p >= 0; p--)); do rev+=("${TARGET_PIDS[p]}"); done
     stop_pids "${rev[@]}"
-    forget_pids "${TARGET_PIDS[@]}"
     for p in "${kids[@]}"; do
         kill -0 "$p" 2>/dev/null && stop_pids "$p"
     done
@@ -329,7 +229,8 @@ printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
 run_sipp() {
     local target=$1 run=$2 kind=$3 scenario=$4 rate=$5 calls=$6 prefix=$7 lport=$8
     local call_timeout=${9:-$CALL_TIMEOUT_MS}
-    local dir=$WORK/$target-$run-$kind-$rate started ended
+    local dir=$WORK/$target-$run-$kind-$rate started ended result
+    local ok failed retrans timed_out unexpected cps p50 p99 secs
     mkdir -p "$dir"
     started=$(date +%s.%N)
     # Exit 1 = some calls failed: counted below.
@@ -340,27 +241,10 @@ run_sipp() {
         -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
         "127.0.0.1:$TARGET_PORT" >sipp.out 2>&1) || true
     ended=$(date +%s.%N)
-    python3 - "$dir" "$target" "$run" "$kind" "$rate" "$calls" "$started" "$ended" >>"$OUT/steps.tsv" <<'PY'
-import glob, sys
-d, target, run, kind, rate, calls, t0, t1 = sys.argv[1:]
-try:
-    rows = [l.rstrip("\n").split(";") for l in open(f"{d}/stats.csv") if l.strip()]
-    head, last = rows[0], rows[-1]
-    col = lambda name: last[head.index(name)]
-    ok, failed, retrans = int(col("SuccessfulCall(C)")), int(col("FailedCall(C)")), col("Retransmissions(C)")
-    # Why calls failed: no final answer in time, or another answer (e.g. 503).
-    timed_out = int(col("FailedTimeoutOnRecv(C)")) + int(col("FailedMaxUDPRetrans(C)"))
-    unexpected = int(col("FailedUnexpectedMessage(C)")) + int(col("FailedCallRejected(C)"))
-except (OSError, IndexError, ValueError):
-    ok, failed, retrans, timed_out, unexpected = 0, int(calls), "nan", 0, 0   # sipp did not run
-# Every response time sipp measured (1 ms resolution).
-rtt = sorted(float(l.split(";")[1]) for f in glob.glob(f"{d}/*_rtt.csv")
-             for l in list(open(f))[1:] if l.strip())
-pct = lambda p: rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")
-secs = float(t1) - float(t0)
-print(f"{target}\t{run}\t{kind}\t{rate}\t{calls}\t{ok}\t{failed}\t{retrans}\t"
-      f"{ok / secs:.0f}\t{pct(0.5):.0f}\t{pct(0.99):.0f}\t{secs:.2f}\t{timed_out}\t{unexpected}")
-PY
+    result=$(sipp_result "$dir" "$calls" "$started" "$ended")
+    IFS=$'\t' read -r ok failed retrans timed_out unexpected cps p50 p99 secs <<<"$result"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$calls" \
+        "$ok" "$failed" "$retrans" "$cps" "$p50" "$p99" "$secs" "$timed_out" "$unexpected" >>"$OUT/steps.tsv"
     tail -n1 "$OUT/steps.tsv" >&2
 }
 
@@ -433,7 +317,6 @@ invite_ladder() {
     done
     if [[ -n $uas_pid ]]; then
         stop_pids "$uas_pid"
-        forget_pids "$uas_pid"
     fi
     stop_target "$target" "$tag"
 }

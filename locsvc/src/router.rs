@@ -441,7 +441,7 @@ impl Router {
                 .into_iter()
                 .max_by_key(|e| e.is_transport())
                 .unwrap_or_else(|| {
-                    StoreError::Unavailable("every member's circuit is open".into())
+                    StoreError::Unavailable("no member could be sent the write".into())
                 });
             return Err(RouteError::AllFailed {
                 group: group.id,
@@ -474,9 +474,13 @@ impl Router {
                 outcome.settle(self, m, false);
                 continue;
             }
-            running[i] = true;
             // Enqueued here, in dispatch order: that order is the member's.
-            let (ticket, earlier) = m.health.unconfirmed.enqueue(key);
+            let Some((ticket, earlier)) = m.health.unconfirmed.enqueue(key) else {
+                tracing::debug!(member = %m.label(), "too many unfinished writes of one AoR: skipped");
+                outcome.settle(self, m, false);
+                continue;
+            };
+            running[i] = true;
             let write = op(m.store.clone());
             let (this, m, outcome, tx) = (self.clone(), m.clone(), outcome.clone(), tx.clone());
             self.background.spawn(async move {

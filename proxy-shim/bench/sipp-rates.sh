@@ -30,25 +30,23 @@ USERS=${USERS:-10000}
 RUNS=${RUNS:-3}
 PRE_RATE=${PRE_RATE:-1000}
 SIPP=${SIPP:-sipp}
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034 # LOG_TAG: read by die and say (lib/common.sh)
+LOG_TAG=sipp-rates
+# shellcheck source=SCRIPTDIR/../../benches/lib/common.sh
+source "$HERE/../../benches/lib/common.sh"
 
 for bin in "$LOCSVC" "$SHIM"; do
-    [[ -x $bin ]] || { echo "not executable: $bin" >&2; exit 2; }
+    [[ -x $bin ]] || die "not executable: $bin"
 done
-command -v "$SIPP" >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
-command -v python3 >/dev/null || { echo "python3 is needed to pick ports and summarise" >&2; exit 2; }
+command -v "$SIPP" >/dev/null || die "sipp not found (apt-get install sip-tester)"
+command -v python3 >/dev/null || die "python3 is needed to pick ports and summarise"
 
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/sipp-rates-work.XXXXXX)
 PIDS=()
 cleanup() {
-    # Only the processes this script started, by pid.
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    end_all_pids # only the processes this script started, by pid
     if [[ -n ${KEEP_WORK:-} ]]; then
         echo "sipp logs kept in $WORK" >&2
     else
@@ -56,39 +54,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT INT TERM
-
-# A loopback port free on both UDP and TCP right now (the shim binds both).
-free_port() {
-    python3 - <<'PY'
-import socket
-for _ in range(100):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", port))
-        print(port)
-        break
-    except OSError:
-        pass
-    finally:
-        t.close()
-        u.close()
-PY
-}
-
-# Waits (bounded) until something accepts TCP on 127.0.0.1:$1.
-wait_port() {
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1 after 10 s" >&2
-    exit 1
-}
 
 # start_stack TAG: a fresh locsvc (new data dir) and shim, on free ports.
 # Each run gets its own, so an overloaded step cannot degrade the next run.
@@ -101,21 +66,20 @@ start_stack() {
         --metrics-listen off >"$OUT/locsvc-$tag.log" 2>&1 &
     LOCSVC_PID=$!
     PIDS+=("$LOCSVC_PID")
-    wait_port "$LOCSVC_PORT"
+    wait_tcp "$LOCSVC_PORT"
     RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$SHIM_PORT" --locsvc "http://127.0.0.1:$LOCSVC_PORT" \
         --domain example.com --mode redirect --metrics-listen "127.0.0.1:$METRICS_PORT" \
         >"$OUT/shim-$tag.log" 2>&1 &
     SHIM_PID=$!
     PIDS+=("$SHIM_PID")
-    wait_port "$SHIM_PORT"
-    wait_port "$METRICS_PORT"
+    wait_tcp "$SHIM_PORT"
+    wait_tcp "$METRICS_PORT"
 }
 
 stop_stack() {
     local tag=$1
     curl -s "http://127.0.0.1:$METRICS_PORT/metrics" >"$OUT/shim-metrics-$tag.txt" || true
-    kill -TERM "$SHIM_PID" "$LOCSVC_PID" 2>/dev/null || true
-    wait "$SHIM_PID" "$LOCSVC_PID" 2>/dev/null || true
+    stop_pids "$SHIM_PID" "$LOCSVC_PID"
 }
 
 {
@@ -132,7 +96,7 @@ run_sipp() {
     ((calls > USERS)) && calls=$USERS
     local dir="$WORK/$kind-$rate-$run"
     mkdir -p "$dir"
-    local started ended
+    local started ended result ok failed retrans cps p50 p99 secs
     started=$(date +%s.%N)
     (cd "$dir" && "$SIPP" -sf "$HERE/$scenario" -inf "$WORK/users.csv" -key prefix "$prefix" \
         -i 127.0.0.1 -p "$(free_port)" -nostdin -r "$rate" -m "$calls" \
@@ -141,21 +105,10 @@ run_sipp() {
         -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
         "127.0.0.1:$SHIM_PORT" >sipp.out 2>&1) || true  # exit 1 = some calls failed: counted below
     ended=$(date +%s.%N)
-    python3 - "$dir" "$kind" "$rate" "$run" "$calls" "$started" "$ended" >>"$OUT/steps.tsv" <<'PY'
-import glob, sys
-d, kind, rate, run, calls, t0, t1 = sys.argv[1:]
-rows = [l.rstrip("\n").split(";") for l in open(f"{d}/stats.csv") if l.strip()]
-head, last = rows[0], rows[-1]
-col = lambda name: last[head.index(name)]
-ok, failed = int(col("SuccessfulCall(C)")), int(col("FailedCall(C)"))
-# sipp's response times have a resolution of 1 ms.
-rtt = sorted(float(l.split(";")[1]) for f in glob.glob(f"{d}/*_rtt.csv")
-             for l in list(open(f))[1:] if l.strip())
-pct = lambda p: rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")
-secs = float(t1) - float(t0)
-print(f"{kind}\t{rate}\t{run}\t{calls}\t{ok}\t{failed}\t{col('Retransmissions(C)')}\t"
-      f"{secs:.2f}\t{ok / secs:.0f}\t{pct(0.5):.0f}\t{pct(0.99):.0f}")
-PY
+    result=$(sipp_result "$dir" "$calls" "$started" "$ended")
+    IFS=$'\t' read -r ok failed retrans _ _ cps p50 p99 secs <<<"$result"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$rate" "$run" "$calls" \
+        "$ok" "$failed" "$retrans" "$secs" "$cps" "$p50" "$p99" >>"$OUT/steps.tsv"
     tail -n1 "$OUT/steps.tsv" >&2
 }
 

@@ -27,12 +27,19 @@ use tokio::sync::oneshot;
 
 const SHARDS: usize = 32;
 
+/// Most unfinished writes of one AoR a member may have queued: a member
+/// slower than one AoR's writes is skipped (it misses them, and is marked)
+/// rather than accumulating a chain of waiting writes without end.
+pub const MAX_QUEUED_PER_AOR: u32 = 8;
+
 /// Resolves when a write has finished on the member (either way).
 pub type Done = Shared<BoxFuture<'static, ()>>;
 
 struct Slot {
     /// Id of the newest write of this AoR on the member.
     tail: u64,
+    /// Unfinished writes of this AoR on the member.
+    queued: u32,
     done: Done,
     /// A caller was told a write of this AoR succeeded before this member
     /// confirmed it.
@@ -74,15 +81,18 @@ impl Unconfirmed {
     /// Registers a new write of `key`; returns its ticket and, when an
     /// earlier write of the same AoR is still unfinished here, what to wait
     /// for before sending it. Call in dispatch order (it fixes the order).
-    pub fn enqueue(&self, key: u64) -> (Ticket, Option<Done>) {
+    /// None when `MAX_QUEUED_PER_AOR` writes of the AoR are already waiting.
+    pub fn enqueue(&self, key: u64) -> Option<(Ticket, Option<Done>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel::<()>();
         let done: Done = rx.map(|_| ()).boxed().shared();
         let prev = {
             let mut shard = self.shard(key);
             match shard.get_mut(&key) {
+                Some(slot) if slot.queued >= MAX_QUEUED_PER_AOR => return None,
                 Some(slot) => {
                     slot.tail = id;
+                    slot.queued += 1;
                     Some(std::mem::replace(&mut slot.done, done))
                 }
                 None => {
@@ -90,6 +100,7 @@ impl Unconfirmed {
                         key,
                         Slot {
                             tail: id,
+                            queued: 1,
                             done,
                             behind: false,
                         },
@@ -98,7 +109,7 @@ impl Unconfirmed {
                 }
             }
         };
-        (Ticket { key, id, done: tx }, prev)
+        Some((Ticket { key, id, done: tx }, prev))
     }
 
     /// A caller was acknowledged while this member had not confirmed the
@@ -139,11 +150,16 @@ impl Unconfirmed {
     /// the AoR when this was the newest.
     pub fn finish(&self, t: Ticket) {
         let mut shard = self.shard(t.key);
-        if shard.get(&t.key).is_some_and(|s| s.tail == t.id)
-            && let Some(slot) = shard.remove(&t.key)
-            && slot.behind
-        {
-            self.behind.fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = shard.get_mut(&t.key) {
+            slot.queued = slot.queued.saturating_sub(1);
+            // Writes of an AoR finish in their order, so the newest one
+            // finishing means none is left.
+            if slot.tail == t.id
+                && let Some(slot) = shard.remove(&t.key)
+                && slot.behind
+            {
+                self.behind.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         drop(shard);
         let _ = t.done.send(());
@@ -157,11 +173,11 @@ mod tests {
     #[tokio::test]
     async fn a_later_write_of_an_aor_waits_for_the_earlier_one() {
         let u = Unconfirmed::default();
-        let (first, none) = u.enqueue(7);
+        let (first, none) = u.enqueue(7).unwrap();
         assert!(none.is_none());
-        let (second, prev) = u.enqueue(7);
+        let (second, prev) = u.enqueue(7).unwrap();
         let prev = prev.expect("waits for the first write");
-        let (_other, unrelated) = u.enqueue(8);
+        let (_other, unrelated) = u.enqueue(8).unwrap();
         assert!(unrelated.is_none(), "other AoRs do not wait");
         assert!(prev.clone().now_or_never().is_none());
         u.finish(first);
@@ -172,17 +188,29 @@ mod tests {
     #[test]
     fn behind_lasts_until_the_newest_write_of_the_aor_finishes() {
         let u = Unconfirmed::default();
-        let (a, _) = u.enqueue(1);
+        let (a, _) = u.enqueue(1).unwrap();
         assert!(!u.is_behind(1), "in flight is not behind");
         assert!(u.mark_behind(1));
         assert!(u.is_behind(1));
         assert_eq!(u.behind_aors(), 1);
-        let (b, _) = u.enqueue(1);
+        let (b, _) = u.enqueue(1).unwrap();
         u.finish(a);
         assert!(u.is_behind(1), "a newer write is still unfinished");
         u.finish(b);
         assert!(!u.is_behind(1));
         assert_eq!(u.behind_aors(), 0);
         assert!(!u.mark_behind(1), "finished: nothing to mark");
+    }
+
+    #[test]
+    fn a_member_slower_than_one_aors_writes_gets_no_endless_queue() {
+        let u = Unconfirmed::default();
+        let mut held: Vec<Ticket> = (0..MAX_QUEUED_PER_AOR)
+            .map(|_| u.enqueue(3).unwrap().0)
+            .collect();
+        assert!(u.enqueue(3).is_none(), "full");
+        assert!(u.enqueue(4).is_some(), "per AoR");
+        u.finish(held.remove(0));
+        assert!(u.enqueue(3).is_some(), "room again");
     }
 }

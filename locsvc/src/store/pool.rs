@@ -1,9 +1,18 @@
 //! One connection pool per member URL, for whichever driver the URL names.
 //! Pools connect lazily so an unreachable member never blocks start-up, and
 //! every acquire is bounded so a hung server cannot hold a request forever.
+//!
+//! An idle connection is handed out without sqlx's default ping unless it
+//! sat unused for `IDLE_PING`: under load that ping is one more round trip
+//! per statement, and on a killed server the statement itself fails at once
+//! (the socket is closed), whereas the ping's failure sends the pool into
+//! reconnecting, which on a refused port retries until the acquire timeout.
 
 use std::str::FromStr;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnectionMetadata;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -51,6 +60,22 @@ impl Default for PoolSettings {
     }
 }
 
+/// An idle connection older than this is pinged before use.
+pub const IDLE_PING: Duration = Duration::from_secs(30);
+
+/// `before_acquire`: pings only connections idle for `IDLE_PING` or more.
+fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= IDLE_PING {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
+
 /// A pool of one of the three drivers.
 #[derive(Debug, Clone)]
 pub enum DbPool {
@@ -82,6 +107,8 @@ impl DbPool {
                 Self::MySql(
                     MySqlPoolOptions::new()
                         .max_connections(s.max_connections)
+                        .test_before_acquire(false)
+                        .before_acquire(ping_if_idle)
                         .acquire_timeout(s.acquire_timeout)
                         .idle_timeout(s.idle_timeout)
                         .connect_lazy_with(o),
@@ -92,6 +119,8 @@ impl DbPool {
                 Self::Postgres(
                     PgPoolOptions::new()
                         .max_connections(s.max_connections)
+                        .test_before_acquire(false)
+                        .before_acquire(ping_if_idle)
                         .acquire_timeout(s.acquire_timeout)
                         .idle_timeout(s.idle_timeout)
                         .connect_lazy_with(o),
@@ -108,6 +137,8 @@ impl DbPool {
                 Self::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(s.max_connections.min(8))
+                        .test_before_acquire(false)
+                        .before_acquire(ping_if_idle)
                         .acquire_timeout(s.acquire_timeout)
                         .idle_timeout(s.idle_timeout)
                         .connect_lazy_with(o),
