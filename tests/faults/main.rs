@@ -572,3 +572,75 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_member_hung_locsvc_still_answers_within_the_callers_deadline() {
+    let _one = FAULT.lock().await;
+    let layout = Layout::create(
+        Backend::Postgres,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        1,
+    )
+    .await;
+    let app = TestApp::spawn(fault_settings(&layout)).await;
+    let mut c = app.client().await;
+    let aor = "sip:deadline@example.com";
+    c.save(with_deadline(register(
+        aor,
+        "sip:d@192.0.2.1",
+        Some(600),
+        "d",
+        1,
+    )))
+    .await
+    .expect("a healthy pair answers");
+    let (_back1, _back2) = (Restore("m1"), Restore("m2"));
+    signal("m1", "-STOP");
+    signal("m2", "-STOP");
+    let answer_of = |s: &tonic::Status| {
+        use tonic_types::StatusExt;
+        (s.code(), s.get_details_error_info().map(|i| i.reason))
+    };
+    let start = Instant::now();
+    let e = c
+        .save(with_deadline(register(
+            aor,
+            "sip:d@192.0.2.1",
+            Some(600),
+            "d",
+            2,
+        )))
+        .await
+        .unwrap_err();
+    let save_took = start.elapsed();
+    let start = Instant::now();
+    let l = c
+        .lookup(with_deadline(pb::LookupRequest {
+            table: String::new(),
+            aor: aor.into(),
+        }))
+        .await
+        .unwrap_err();
+    let lookup_took = start.elapsed();
+    signal("m1", "-CONT");
+    signal("m2", "-CONT");
+    eprintln!(
+        "FAULT deadline: Save answered in {:.0} ms, Lookup in {:.0} ms (client deadline {} ms)",
+        save_took.as_secs_f64() * 1000.0,
+        lookup_took.as_secs_f64() * 1000.0,
+        CLIENT_DEADLINE.as_millis()
+    );
+    // locsvc's own typed answer (the client's timer would give no ErrorInfo).
+    for s in [&e, &l] {
+        assert_eq!(
+            answer_of(s),
+            (
+                tonic::Code::DeadlineExceeded,
+                Some("DEADLINE_EXCEEDED".to_string())
+            ),
+            "{s:?}"
+        );
+    }
+    assert!(save_took < CLIENT_DEADLINE && lookup_took < CLIENT_DEADLINE);
+    app.stop().await;
+}

@@ -4,5 +4,6 @@
 mod cluster_admin;
 mod e2e;
 mod harness;
+mod read_your_writes;
 mod reload;
 mod store_suite;

@@ -199,6 +199,16 @@ mod tests {
     }
 
     #[test]
+    fn members_too_slow_for_the_callers_deadline_is_deadline_exceeded_with_retry_after() {
+        let s = route(RouteError::Deadline { group: 3 });
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "DEADLINE_EXCEEDED");
+        assert_eq!(meta["group"], "3");
+        assert!(meta.contains_key("retry_after"));
+    }
+
+    #[test]
     fn transport_failures_are_unavailable_and_refusals_internal() {
         let s = route(RouteError::AllFailed {
             group: 2,
