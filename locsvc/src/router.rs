@@ -322,7 +322,7 @@ impl Router {
             match done {
                 Some((m, Ok(t))) => return Ok((t, m.config.no)),
                 Some((m, Err(e))) => {
-                    self.record_error(&m, &e, "read");
+                    self.record_error(&m, &e, "read", false);
                     last_err = Some(e);
                 }
                 None => break,
@@ -488,12 +488,12 @@ impl Router {
                     earlier.await;
                 }
                 let r = write.await;
-                if let Err(e) = &r {
-                    this.record_error(&m, e, "write");
-                }
                 // Marks come before the ticket ends: a failed member never
                 // looks complete in between.
-                outcome.settle(&this, &m, r.is_ok());
+                let partner_took_it = outcome.settle(&this, &m, r.is_ok());
+                if let Err(e) = &r {
+                    this.record_error(&m, e, "write", partner_took_it);
+                }
                 m.health.unconfirmed.finish(ticket);
                 let _ = tx.send((i, r));
             });
@@ -501,11 +501,17 @@ impl Router {
         Dispatched { running, results }
     }
 
-    fn record_error(&self, m: &Arc<Member>, e: &StoreError, op: &str) {
+    /// Counts a failed operation on `m`. The circuit opens on a broken
+    /// connection, and on a timeout only when the partner took the same
+    /// write (`partner_took_it`): a member slower than its partner by the
+    /// whole statement deadline is hung; every member timing out is
+    /// overload, and opening circuits then would only shift the load.
+    fn record_error(&self, m: &Arc<Member>, e: &StoreError, op: &str, partner_took_it: bool) {
         let (group, no) = (m.config.group.to_string(), m.config.no.to_string());
         let kind = if e.is_transport() {
             m.health.count_transport_error((self.clock)());
-            if m.health.circuit.open() {
+            let broken = matches!(e, StoreError::Unavailable(_)) || partner_took_it;
+            if broken && m.health.circuit.open() {
                 self.metrics
                     .circuit_opened
                     .with_label_values(&[&group, &no])
@@ -599,8 +605,9 @@ impl Outcome {
         }
     }
 
-    fn settle(&self, router: &Router, m: &Arc<Member>, ok: bool) {
-        let (behind, spread) = {
+    /// Records `m`'s answer; true when some member of the write succeeded.
+    fn settle(&self, router: &Router, m: &Arc<Member>, ok: bool) -> bool {
+        let (behind, spread, succeeded) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             s.left = s.left.saturating_sub(1);
             s.all_ok &= ok;
@@ -617,7 +624,7 @@ impl Outcome {
             let spread = (s.left == 0 && s.all_ok && s.pair)
                 .then(|| s.first_ok.map(|t| t.elapsed()))
                 .flatten();
-            (behind, spread)
+            (behind, spread, s.succeeded)
         };
         for m in &behind {
             router.missed_write(m);
@@ -625,6 +632,7 @@ impl Outcome {
         if let Some(d) = spread {
             router.metrics.write_confirm_spread.observe(d.as_secs_f64());
         }
+        succeeded
     }
 }
 
