@@ -10,7 +10,7 @@
 # fault of FAULT:
 #   1. layout.sh truncate (empty location tables, pristine locdb); start
 #      `locsvc serve --master-url` (partition.hash LOCSVC_HASH) and
-#      `proxy-shim --mode redirect --domain example.com`.
+#      `proxy-shim --mode redirect --domain example.com --rate-limit 0`.
 #   2. Pre-register USERS users f-1..f-USERS at PRE_RATE from port P (scenario
 #      faults/register.xml; contact = sip:f-<i>@127.0.0.1:P).
 #   3. For DURATION s, at once: sipp re-REGISTERs the same users, cycling, at
@@ -189,7 +189,7 @@ one_run() {
     wait_tcp "$lport"
     wait_tcp "$mport"
     RUST_LOG=${RUST_LOG:-warn} "$SHIM" --listen "127.0.0.1:$SIP_PORT" --locsvc "http://127.0.0.1:$lport" \
-        --domain example.com --mode redirect --metrics-listen "127.0.0.1:$sport" >"$dir/shim.log" 2>&1 &
+        --domain example.com --rate-limit 0 --mode redirect --metrics-listen "127.0.0.1:$sport" >"$dir/shim.log" 2>&1 &
     shim_pid=$!
     PIDS+=("$shim_pid")
     wait_sip "$SIP_PORT"

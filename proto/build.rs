@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    let protos = ["locsvc/v1/location.proto", "locsvc/v1/cluster.proto"];
+    let protos = [
+        "locsvc/v1/location.proto",
+        "locsvc/v1/cluster.proto",
+        "locsvc/v1/subscriber.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

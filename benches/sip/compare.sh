@@ -181,8 +181,12 @@ start_target() {
         TARGET_PIDS+=($!)
         PIDS+=($!)
         wait_tcp "$lport"
+        # sipp stands for many phones on one address (no per-source rate
+        # limit) and, in proxy mode, for a trusted edge: the shim does not
+        # Record-Route, so its ACKs through the shim are in-dialog relays.
         RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
             --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
+            --rate-limit 0 --trusted 127.0.0.1 \
             >"$OUT/logs/$tag.shim.log" 2>&1 &
         TARGET_PIDS+=($!)
         PIDS+=($!)

@@ -10,20 +10,22 @@ use std::time::Duration;
 
 use locsvc_proto::v1::cluster_server::ClusterServer;
 use locsvc_proto::v1::location_server::LocationServer;
+use locsvc_proto::v1::subscribers_server::SubscribersServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::clock::{self, Clock};
 use crate::cluster::{ClusterWatcher, StoreOptions};
 use crate::expiry::Sweeper;
 use crate::failover::Failover;
-use crate::grpc::{BearerAuth, ClusterApi, LocationApi};
+use crate::grpc::{ClusterApi, Level, LocationApi, SubscribersApi, Tokens};
 use crate::location::LocationService;
 use crate::metrics::{self, Metrics};
 use crate::router::{Router, TableMode};
 use crate::settings::Settings;
 use crate::store::migrate::Scope;
+use crate::store::subscriber::SubscriberStore;
 use crate::store::{DbUrl, LocdbRow, SqlStore, StoreError};
 
 /// How long in-flight requests may run after shutdown starts.
@@ -41,6 +43,8 @@ pub enum AppError {
     Master { url: String, source: StoreError },
     #[error("member database {url}: {source}")]
     Member { url: String, source: StoreError },
+    #[error("subscriber database {url}: {source}")]
+    Subscribers { url: String, source: StoreError },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +65,9 @@ pub struct App {
     sweeper: Sweeper,
     failover: Arc<Failover>,
     cluster_api: ClusterApi,
+    /// kamctl's `subscriber` table; its own pool only with `subscribers.url`.
+    subscribers: SubscriberStore,
+    own_subscriber_pool: bool,
     topology: tokio::sync::watch::Receiver<Arc<crate::cluster::Topology>>,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
@@ -218,6 +225,20 @@ impl App {
             query_timeout: settings.cluster.query_timeout,
         };
         let master = Arc::new(master);
+        let (subscribers, own_subscriber_pool) = match &settings.subscribers_url {
+            Some(u) => (
+                SubscriberStore::open(u, &settings.cluster.pool, settings.cluster.query_timeout)
+                    .map_err(|source| AppError::Subscribers {
+                        url: u.redacted(),
+                        source,
+                    })?,
+                true,
+            ),
+            None => (
+                SubscriberStore::new(master.pool().clone(), settings.cluster.query_timeout),
+                false,
+            ),
+        };
         let (mut watcher, topology) = ClusterWatcher::new(
             master.clone(),
             opts,
@@ -282,6 +303,8 @@ impl App {
             sweeper,
             failover,
             cluster_api,
+            subscribers,
+            own_subscriber_pool,
             topology,
             grpc,
             grpc_addr,
@@ -327,6 +350,9 @@ impl App {
         let token = CancellationToken::new();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<LocationServer<LocationApi>>().await;
+        reporter
+            .set_serving::<SubscribersServer<SubscribersApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(locsvc_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -343,18 +369,32 @@ impl App {
                 std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())))
             };
             let identity = Identity::from_pem(read(cert)?, read(key)?);
+            let mut tls = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &s.grpc.tls_client_ca {
+                // mTLS: the handshake fails without a certificate it signed.
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+            }
             builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
+                .tls_config(tls)
                 .map_err(|e| AppError::Tls(e.to_string()))?;
         }
-        let auth = BearerAuth::new(s.grpc.token.as_deref());
+        let tokens = Tokens::new(s.grpc.token.as_deref(), s.grpc.admin_token.as_deref());
+        let subscribers = SubscribersApi::new(self.subscribers.clone(), tokens.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let router = builder
             .add_service(health)
             .add_service(reflection)
-            .add_service(LocationServer::with_interceptor(api, auth.clone()))
-            .add_service(ClusterServer::with_interceptor(self.cluster_api, auth));
+            .add_service(LocationServer::with_interceptor(
+                api,
+                tokens.interceptor(Level::Data),
+            ))
+            .add_service(ClusterServer::with_interceptor(
+                self.cluster_api,
+                tokens.interceptor(Level::Admin),
+            ))
+            // Checks per call: GetCredentials is data plane, the rest admin.
+            .add_service(SubscribersServer::new(subscribers));
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -383,12 +423,17 @@ impl App {
             metrics = %metrics::describe(self.metrics_addr),
             tls = s.grpc.tls_cert.is_some(),
             auth = s.grpc.token.is_some(),
+            admin_auth = s.grpc.admin_token.is_some(),
+            client_certs = s.grpc.tls_client_ca.is_some(),
             "locsvc serving"
         );
         shutdown.await;
         tracing::info!("shutting down: draining requests");
         reporter
             .set_not_serving::<LocationServer<LocationApi>>()
+            .await;
+        reporter
+            .set_not_serving::<SubscribersServer<SubscribersApi>>()
             .await;
         let _ = stop_tx.send(());
         let served = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
@@ -412,6 +457,9 @@ impl App {
         token.cancel();
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
+        }
+        if self.own_subscriber_pool {
+            self.subscribers.close().await;
         }
         tracing::info!("locsvc stopped");
         served

@@ -1,13 +1,19 @@
-//! `locsvc ul ...`: kamctl-like commands that talk to a running locsvc over
-//! gRPC. Output is for people; `--json` prints one JSON document for scripts.
+//! `locsvc ul|groups|subscriber ...`: kamctl-like commands that talk to a
+//! running locsvc over gRPC (TLS with `--ca`, a client certificate with
+//! `--cert`/`--key`). Output is for people; `--json` prints one JSON
+//! document for scripts. `groups` and `subscriber` are administration and
+//! send `--admin-token`.
 
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::cluster_client::ClusterClient;
 use locsvc_proto::v1::location_client::LocationClient;
+use locsvc_proto::v1::subscribers_client::SubscribersClient;
 use serde_json::{Value, json};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::credentials::split_aor;
 
 /// One `ul` command.
 #[derive(Debug, Clone, PartialEq, clap::Subcommand)]
@@ -51,6 +57,26 @@ pub enum GroupsCommand {
         no: u32,
         #[arg(value_parser = ["on", "off", "maintenance"])]
         status: String,
+        /// Also take out the last readable member of its group (its
+        /// subscribers fail until another member is read again).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// One `subscriber` command (kamctl's `add`, `passwd`, `rm`).
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum SubscriberCommand {
+    /// Add a subscriber: `sip:user@domain` or `user@domain`, and a password.
+    Add { aor: String, password: String },
+    /// Change a subscriber's password.
+    Passwd { aor: String, password: String },
+    /// Remove a subscriber.
+    Rm { aor: String },
+    /// List subscribers (of one domain with --domain).
+    List {
+        #[arg(long)]
+        domain: Option<String>,
     },
 }
 
@@ -68,6 +94,24 @@ pub struct ClientArgs {
     /// Bearer token, when the server requires one.
     #[arg(long, global = true, env = "LOCSVC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Admin bearer token (grpc.admin_token), sent by `groups` and
+    /// `subscriber` commands.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCSVC_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// PEM CA certificate to trust for the server; connects over TLS.
+    #[arg(long, global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (with --key), for a server that requires one.
+    #[arg(long, global = true, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Location table.
     #[arg(long, global = true, default_value = "location")]
     pub table: String,
@@ -81,18 +125,52 @@ type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> +
 type Client = LocationClient<tonic::service::interceptor::InterceptedService<Channel, AuthFn>>;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    let (channel, auth) = channel(args).await?;
+    let (channel, auth) = channel(args, false).await?;
     Ok(LocationClient::with_interceptor(channel, auth))
 }
 
-async fn channel(args: &ClientArgs) -> anyhow::Result<(Channel, AuthFn)> {
-    let channel = Endpoint::from_shared(args.server.clone())?
+fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))
+}
+
+/// A channel to the server and the interceptor that adds the token: the
+/// admin token for administration (`admin`), else the data-plane one (the
+/// other when only one is given).
+async fn channel(args: &ClientArgs, admin: bool) -> anyhow::Result<(Channel, AuthFn)> {
+    let mut server = args.server.clone();
+    let mut tls = None;
+    if let Some(ca) = &args.ca {
+        if let Some(rest) = server.strip_prefix("http://") {
+            server = format!("https://{rest}");
+        }
+        let mut c =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("--ca", ca)?));
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            c = c.identity(Identity::from_pem(
+                read_pem("--cert", cert)?,
+                read_pem("--key", key)?,
+            ));
+        }
+        tls = Some(c);
+    } else if args.cert.is_some() {
+        anyhow::bail!("--cert and --key need --ca (the CA that signed the server's certificate)");
+    }
+    let mut endpoint = Endpoint::from_shared(server.clone())?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(c) = tls {
+        endpoint = endpoint.tls_config(c)?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach locsvc at {}: {e}", args.server))?;
-    let header: Option<MetadataValue<_>> = match &args.token {
+        .map_err(|e| anyhow::anyhow!("cannot reach locsvc at {server}: {e}"))?;
+    let token = if admin {
+        args.admin_token.as_ref().or(args.token.as_ref())
+    } else {
+        args.token.as_ref().or(args.admin_token.as_ref())
+    };
+    let header: Option<MetadataValue<_>> = match token {
         Some(t) => Some(format!("Bearer {t}").parse()?),
         None => None,
     };
@@ -286,7 +364,7 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
 
 /// Runs one `groups` command against the server.
 pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Result<()> {
-    let (channel, auth) = channel(args).await?;
+    let (channel, auth) = channel(args, true).await?;
     let mut c = ClusterClient::with_interceptor(channel, auth);
     match cmd {
         GroupsCommand::List => {
@@ -360,7 +438,12 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
                 println!("problem: {p}");
             }
         }
-        GroupsCommand::SetStatus { group, no, status } => {
+        GroupsCommand::SetStatus {
+            group,
+            no,
+            status,
+            force,
+        } => {
             let s = match status.as_str() {
                 "on" => pb::MemberStatus::On,
                 "off" => pb::MemberStatus::Off,
@@ -370,6 +453,7 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
                 group: *group,
                 no: *no,
                 status: s as i32,
+                force: *force,
             })
             .await
             .map_err(rpc_error)?;
@@ -377,6 +461,113 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
                 println!("{}", json!({"group": group, "no": no, "status": status}));
             } else {
                 println!("member {group}/{no} set to {status} in locdb");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one `subscriber` command against the server.
+pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyhow::Result<()> {
+    let (channel, auth) = channel(args, true).await?;
+    let mut c = SubscribersClient::with_interceptor(channel, auth);
+    let account = |aor: &str| -> anyhow::Result<(String, String)> {
+        let (u, d) = split_aor(aor).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((u.to_string(), d.to_string()))
+    };
+    match cmd {
+        SubscriberCommand::Add { aor, password } => {
+            let (username, domain) = account(aor)?;
+            c.add(pb::AddSubscriberRequest {
+                username: username.clone(),
+                domain: domain.clone(),
+                password: password.clone(),
+            })
+            .await
+            .map_err(rpc_error)?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"username": username, "domain": domain, "added": true})
+                );
+            } else {
+                println!("subscriber {username}@{domain} added");
+            }
+        }
+        SubscriberCommand::Passwd { aor, password } => {
+            let (username, domain) = account(aor)?;
+            c.set_password(pb::SetPasswordRequest {
+                username: username.clone(),
+                domain: domain.clone(),
+                password: password.clone(),
+            })
+            .await
+            .map_err(rpc_error)?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"username": username, "domain": domain, "password_set": true})
+                );
+            } else {
+                println!("password of {username}@{domain} changed");
+            }
+        }
+        SubscriberCommand::Rm { aor } => {
+            let (username, domain) = account(aor)?;
+            let r = c
+                .remove(pb::RemoveSubscriberRequest {
+                    username: username.clone(),
+                    domain: domain.clone(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"username": username, "domain": domain, "removed": r.removed})
+                );
+            } else if r.removed {
+                println!("subscriber {username}@{domain} removed");
+            } else {
+                println!("no subscriber {username}@{domain}");
+            }
+        }
+        SubscriberCommand::List { domain } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list(pb::ListSubscribersRequest {
+                        domain: domain.clone().unwrap_or_default(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                all.extend(r.subscribers);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            if args.json {
+                let v: Vec<Value> = all
+                    .iter()
+                    .map(|s| json!({"username": s.username, "domain": s.domain, "has_password": s.has_password}))
+                    .collect();
+                println!("{}", Value::Array(v));
+            } else {
+                for s in &all {
+                    let kind = if s.has_password {
+                        "password"
+                    } else {
+                        "ha1 only"
+                    };
+                    println!("{}@{}  ({kind})", s.username, s.domain);
+                }
+                println!("{} subscriber(s)", all.len());
             }
         }
     }

@@ -6,12 +6,14 @@
 //! (`router`) writes every change to all active members of the group and
 //! reads from one member that is known to be up to date; `store` speaks SQL to
 //! MySQL/MariaDB, PostgreSQL and SQLite; `expiry` removes expired bindings;
+//! `credentials` and `store::subscriber` hold SIP digest credentials;
 //! `grpc` is the API edge.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod credentials;
 pub mod domain;
 pub mod expiry;
 pub mod failover;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use locsvc::app::{self, App};
-use locsvc::cli::{ClientArgs, GroupsCommand, UlCommand};
+use locsvc::cli::{ClientArgs, GroupsCommand, SubscriberCommand, UlCommand};
 use locsvc::settings::{LogFormat, Settings};
 
 /// Partitioned SIP location service.
@@ -46,6 +46,10 @@ enum Command {
         /// Allow a non-loopback listener without token or TLS.
         #[arg(long)]
         insecure: bool,
+        /// Admin bearer token (grpc.admin_token): Cluster calls and
+        /// subscriber administration.
+        #[arg(long)]
+        admin_token: Option<String>,
     },
     /// Create or upgrade the schema on the master and every member.
     Migrate {
@@ -65,6 +69,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: GroupsCommand,
+    },
+    /// SIP digest credentials: add, passwd, rm, list (talks to a running locsvc).
+    Subscriber {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SubscriberCommand,
     },
 }
 
@@ -130,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             insecure,
+            admin_token,
         } => {
             let mut o = overrides(&db);
             if let Some(l) = listen {
@@ -140,6 +152,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if insecure {
                 o.push(("grpc.insecure", "true".into()));
+            }
+            if let Some(t) = admin_token {
+                o.push(("grpc.admin_token", t));
             }
             let settings = Settings::load(cli.config.as_deref(), &o)?;
             init_tracing(&settings);
@@ -155,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ul { client, command } => locsvc::cli::run(&client, &command).await?,
         Command::Groups { client, command } => locsvc::cli::run_groups(&client, &command).await?,
+        Command::Subscriber { client, command } => {
+            locsvc::cli::run_subscriber(&client, &command).await?
+        }
     }
     Ok(())
 }

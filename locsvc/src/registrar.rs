@@ -348,7 +348,7 @@ fn new_binding(
         call_id: input.call_id.clone(),
         cseq: input.cseq,
         path: input.path.clone(),
-        received: input.received.clone(),
+        received: contact.received.clone().or_else(|| input.received.clone()),
         user_agent: input.user_agent.clone(),
         socket: input.socket.clone(),
         instance: contact.instance.clone(),
@@ -659,6 +659,7 @@ mod tests {
                 instance: Some("<urn:uuid:1>".to_owned()),
                 reg_id: 1,
                 methods: Some(0x3f),
+                received: None,
             }],
             wildcard: false,
             expires_header: None,
@@ -693,6 +694,20 @@ mod tests {
         assert_eq!(plan.upserts, vec![expected.clone()]);
         assert!(plan.deletes.is_empty());
         assert_eq!(plan.bindings, vec![expected]);
+    }
+
+    #[test]
+    fn a_contacts_own_received_wins_over_the_requests() {
+        let natted = ContactInput {
+            received: Some("sip:198.51.100.7:40123".to_owned()),
+            ..contact("sip:a@10.0.0.5:5060")
+        };
+        let third_party = contact("sip:a@203.0.113.9:5060");
+        let input = register(vec![natted, third_party]);
+        let plan = accepted(&input, &[]);
+        let received: Vec<Option<&str>> =
+            plan.upserts.iter().map(|b| b.received.as_deref()).collect();
+        assert_eq!(received, [Some("sip:198.51.100.7:40123"), None]);
     }
 
     #[test]

@@ -33,8 +33,13 @@ pub struct GrpcSettings {
     pub listen: SocketAddr,
     /// Bearer token every Location call must carry; None = no auth.
     pub token: Option<String>,
+    /// Bearer token of Cluster calls and subscriber administration; None
+    /// with `token` set disables them.
+    pub admin_token: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    pub tls_client_ca: Option<PathBuf>,
     /// Allow a non-loopback listener without token or TLS.
     pub insecure: bool,
     /// Requests served at once; more are refused with UNAVAILABLE.
@@ -72,6 +77,8 @@ pub struct Settings {
     pub expiry: SweepSettings,
     pub failover: FailoverSettings,
     pub tables: BTreeMap<String, TableMode>,
+    /// Database holding kamctl's `subscriber` table; None = the master.
+    pub subscribers_url: Option<DbUrl>,
 }
 
 impl Default for Settings {
@@ -82,8 +89,10 @@ impl Default for Settings {
             grpc: GrpcSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
                 token: None,
+                admin_token: None,
                 tls_cert: None,
                 tls_key: None,
+                tls_client_ca: None,
                 insecure: false,
                 max_in_flight: 2048,
                 request_timeout: Duration::from_secs(2),
@@ -103,6 +112,7 @@ impl Default for Settings {
             expiry: SweepSettings::default(),
             failover: FailoverSettings::default(),
             tables: BTreeMap::from([("location".to_string(), TableMode::Cluster)]),
+            subscribers_url: None,
         }
     }
 }
@@ -118,6 +128,15 @@ pub struct Sourced {
     pub value: String,
     pub source: String,
 }
+
+/// `LOCSVC_*` variables that are flags of the binary (`--config`) or of the
+/// client commands (`--server`, `--token`, …), not settings of the service.
+pub const CLIENT_ONLY_ENV: &[&str] = &[
+    "LOCSVC_CONFIG",
+    "LOCSVC_SERVER",
+    "LOCSVC_TOKEN",
+    "LOCSVC_ADMIN_TOKEN",
+];
 
 /// Flat `key -> value` layers, later layers win.
 #[derive(Debug, Clone, Default)]
@@ -164,6 +183,9 @@ impl Layers {
     /// Adds `LOCSVC_*` variables from `vars`.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
         for (name, value) in vars {
+            if CLIENT_ONLY_ENV.contains(&name.as_str()) {
+                continue;
+            }
             if let Some(rest) = name.strip_prefix("LOCSVC_") {
                 let key = rest.to_ascii_lowercase().replace("__", ".");
                 self.set(&key, value, &format!("env {name}"));
@@ -256,6 +278,15 @@ fn apply(
         }
         "grpc.listen" => s.grpc.listen = parse(v)?,
         "grpc.token" => s.grpc.token = opt_string(v),
+        "grpc.admin_token" => s.grpc.admin_token = opt_string(v),
+        "grpc.tls_client_ca" => s.grpc.tls_client_ca = opt_string(v).map(PathBuf::from),
+        "subscribers.url" => {
+            s.subscribers_url = if v.is_empty() {
+                None
+            } else {
+                Some(DbUrl::parse(v).map_err(|e| e.to_string())?)
+            }
+        }
         "grpc.tls_cert" => s.grpc.tls_cert = opt_string(v).map(PathBuf::from),
         "grpc.tls_key" => s.grpc.tls_key = opt_string(v).map(PathBuf::from),
         "grpc.insecure" => s.grpc.insecure = parse(v)?,
@@ -389,6 +420,9 @@ fn check(s: &Settings) -> Vec<String> {
     }
     if s.grpc.tls_cert.is_some() != s.grpc.tls_key.is_some() {
         e.push("grpc.tls_cert and grpc.tls_key: set both or neither".into());
+    }
+    if s.grpc.tls_client_ca.is_some() && s.grpc.tls_cert.is_none() {
+        e.push("grpc.tls_client_ca: needs grpc.tls_cert and grpc.tls_key (client certificates need TLS)".into());
     }
     let tls = s.grpc.tls_cert.is_some();
     if !s.grpc.listen.ip().is_loopback() && s.grpc.token.is_none() && !tls && !s.grpc.insecure {
@@ -534,6 +568,36 @@ mod tests {
         assert!(public(&[("grpc.token", "t0k")]).is_ok());
         assert!(public(&[("grpc.insecure", "true")]).is_ok());
         assert!(public(&[("grpc.tls_cert", "c.pem"), ("grpc.tls_key", "k.pem")]).is_ok());
+    }
+
+    #[test]
+    fn admin_token_subscriber_database_and_client_ca_are_read() {
+        let mut l = Layers::default();
+        l.env([
+            ("LOCSVC_GRPC__ADMIN_TOKEN".to_string(), "adm1n".to_string()),
+            ("LOCSVC_ADMIN_TOKEN".into(), "client-side only".into()),
+            ("LOCSVC_TOKEN".into(), "client-side only".into()),
+        ]);
+        l.set("subscribers.url", "mysql://k:pw@db/kamailio".into(), "t");
+        l.set("grpc.tls_client_ca", "ca.pem".into(), "t");
+        let text = l.clone().resolve().unwrap_err().to_string();
+        assert!(text.contains("grpc.tls_client_ca"), "{text}");
+        l.set("grpc.tls_cert", "c.pem".into(), "t");
+        l.set("grpc.tls_key", "k.pem".into(), "t");
+        let s = l.resolve().unwrap();
+        assert_eq!(s.grpc.admin_token.as_deref(), Some("adm1n"));
+        assert_eq!(
+            s.subscribers_url.unwrap().redacted(),
+            "mysql://k:***@db/kamailio"
+        );
+        let mut l = Layers::default();
+        l.set("grpc.admin_token", "hunter2".into(), "t");
+        l.set("subscribers.url", "oracle://u:hunter2@h/db".into(), "t");
+        let text = l.resolve().unwrap_err().to_string();
+        assert!(
+            text.contains("subscribers.url") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Generated types of the `locsvc.v1` gRPC API, plus the encoded file
 //! descriptor set that the server publishes through gRPC reflection.
 
-/// `locsvc.v1`: location (registrar) and cluster administration services.
+/// `locsvc.v1`: location (registrar), cluster administration and subscriber
+/// credential services.
 pub mod v1 {
     tonic::include_proto!("locsvc.v1");
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handler::Core;
+use crate::limits::Limits;
 use crate::locsvc_client::{ClientError, LocsvcClient};
 use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
@@ -32,6 +33,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("invalid configuration: {0}")]
+    Settings(String),
 }
 
 /// A built, not yet running, shim.
@@ -64,6 +67,7 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), AppErro
 
 impl App {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        settings.check().map_err(AppError::Settings)?;
         let client = LocsvcClient::new(
             &settings.locsvc,
             settings.locsvc_timeout,
@@ -125,6 +129,7 @@ impl App {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.core.settings.max_in_flight));
+        let limits = Arc::new(Limits::new(&self.core.settings, self.core.metrics.clone()));
         let outbox = Outbox::new(self.udp.clone());
         // Stopped last, so the drain itself can be watched.
         let metrics_stop = CancellationToken::new();
@@ -150,6 +155,7 @@ impl App {
             self.core.clone(),
             outbox.clone(),
             limit.clone(),
+            limits.clone(),
             tasks.clone(),
             stop.clone(),
         ));
@@ -158,6 +164,7 @@ impl App {
             self.core.clone(),
             outbox,
             limit,
+            limits,
             tasks.clone(),
             stop.clone(),
         ));

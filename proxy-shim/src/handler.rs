@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::hop_mac::{Hop, HopKey};
 use crate::locsvc_client::LocsvcClient;
 use crate::metrics::Metrics;
+use crate::netaddr::LocalAddrs;
 use crate::settings::{Mode, Settings};
 use crate::sip::{self, Request, Response, ViaView};
 
@@ -62,6 +64,10 @@ pub struct Core {
     /// Host and port we put in our Via: the `advertise` setting, else the
     /// bound address. Both this and `local` name us in Routes and URIs.
     pub advertised: (String, u16),
+    /// Keys the MAC in our Via branches (`hop_mac`).
+    pub hop_key: HopKey,
+    /// Which addresses are this host's (a 0.0.0.0 bind answers on all).
+    pub local_addrs: LocalAddrs,
 }
 
 impl Core {
@@ -81,6 +87,8 @@ impl Core {
             metrics,
             local,
             advertised,
+            hop_key: HopKey::random(),
+            local_addrs: LocalAddrs::default(),
         }
     }
 
@@ -100,7 +108,8 @@ impl Core {
     }
 
     /// Relays a response back along its Via path (RFC 3261 §16.7 steps 3
-    /// and 9; a stateless proxy keeps no transaction to match it against).
+    /// and 9; a stateless proxy keeps no transaction to match it against),
+    /// only when our Via's MAC vouches for the hop it goes back to.
     pub async fn handle_response(&self, mut resp: Response, src: Inbound) -> Option<Outbound> {
         let top = resp.top_via().ok()?;
         if !self.is_our_via(&top) {
@@ -113,7 +122,22 @@ impl Core {
             self.metrics.dropped("response_no_next_via");
             return None;
         };
-        let dest = via_destination(&next).await?;
+        let (transport, host, port) = return_hop(&next);
+        let hop = Hop {
+            transport: &transport,
+            host: &host,
+            port,
+        };
+        if !top
+            .branch
+            .as_deref()
+            .is_some_and(|b| self.hop_key.verify(b, &hop))
+        {
+            tracing::debug!(peer = %src.peer, status = resp.status(), "response whose return hop we did not seal; dropped");
+            self.metrics.dropped("response_forged");
+            return None;
+        }
+        let dest = resolve(&host, port).await?;
         self.metrics.relayed(resp.status());
         Some(Outbound {
             transport: via_transport(&next),
@@ -122,14 +146,16 @@ impl Core {
         })
     }
 
-    fn is_our_via(&self, v: &ViaView) -> bool {
+    /// Whether `v` is a Via we added: our branch prefix and our address.
+    pub fn is_our_via(&self, v: &ViaView) -> bool {
         v.branch
             .as_deref()
             .is_some_and(|b| b.starts_with(BRANCH_PREFIX))
             && self.is_local(&v.host, v.port)
     }
 
-    /// Whether host:port names this shim.
+    /// Whether host:port names this shim: the advertised name, the bound
+    /// address, or, when bound to 0.0.0.0 / [::], any address of this host.
     pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
         let host = host.trim_matches(['[', ']']);
         let port = port.unwrap_or(5060);
@@ -143,9 +169,21 @@ impl Core {
         let Ok(ip) = host.parse::<IpAddr>() else {
             return advertised;
         };
-        let same_ip = ip == self.local.ip()
-            || (self.local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
-        advertised || (same_ip && port == self.local.port())
+        advertised || (port == self.local.port() && self.answers_on(ip))
+    }
+
+    /// Whether a datagram to `dest` would reach this shim.
+    pub fn is_self(&self, dest: SocketAddr) -> bool {
+        dest.port() == self.local.port() && self.answers_on(dest.ip())
+    }
+
+    fn answers_on(&self, ip: IpAddr) -> bool {
+        let ip = crate::netaddr::canonical(ip);
+        if self.local.ip().is_unspecified() {
+            self.local_addrs.is_local(ip)
+        } else {
+            ip == crate::netaddr::canonical(self.local.ip()) || ip.is_unspecified()
+        }
     }
 
     /// A response generated here, sent back where the request came from.
@@ -203,17 +241,12 @@ fn to_tag(req: &Request) -> String {
     )
 }
 
-/// RFC 3261 §18.2.2 (with RFC 3581): a reliable transport answers on the
-/// connection; UDP answers to the source IP, at `rport` when asked for,
-/// else at the Via's port.
-fn reply_destination(req: &Request, src: Inbound) -> SocketAddr {
-    if src.transport == Transport::Tcp {
-        return src.peer;
-    }
-    match req.top_via() {
-        Ok(v) if v.rport.is_none() => SocketAddr::new(src.peer.ip(), v.port.unwrap_or(5060)),
-        _ => src.peer,
-    }
+/// Where a generated response goes: on the connection for TCP, and to the
+/// packet's source address *and port* for UDP, as if every request had
+/// asked for `rport` (RFC 3581). The Via port of a request without `rport`
+/// would let a sender aim our answers at any port.
+fn reply_destination(_req: &Request, src: Inbound) -> SocketAddr {
+    src.peer
 }
 
 fn via_transport(v: &ViaView) -> Transport {
@@ -224,15 +257,15 @@ fn via_transport(v: &ViaView) -> Transport {
     }
 }
 
-/// Where a relayed response goes: `received` (or sent-by host), at `rport`
-/// (or sent-by port, or 5060).
-async fn via_destination(v: &ViaView) -> Option<SocketAddr> {
+/// Where a relayed response goes (transport, host, port): `received` (or
+/// sent-by host), at `rport` (or sent-by port, or 5060).
+pub fn return_hop(v: &ViaView) -> (String, String, u16) {
     let host = v.received.clone().unwrap_or_else(|| v.host.clone());
     let port = match v.rport {
         Some(Some(p)) => p,
         _ => v.port.unwrap_or(5060),
     };
-    resolve(&host, port).await
+    (v.transport.clone(), host, port)
 }
 
 /// Resolves a host to one address, bounded in time: DNS must never hold a

@@ -3,16 +3,29 @@
 //! `Lookup` and are forwarded statelessly (or redirected). Registrar rules
 //! live in locsvc, not here.
 //!
-//! Layers, bottom up: `sip` (the parser facade) → `transport` (sockets,
-//! framing) → `handler` (one message in, messages out) → `register` /
-//! `forward` → `locsvc_client` (gRPC with deadlines and failover).
+//! A request's path, each step its own module, the decisions pure where
+//! possible: `transport` (sockets, framing) → `limits` (per-source rate,
+//! bans, connection caps) → `sip` (the parser facade) → `sanity` (headers
+//! present and consistent, Max-Forwards capped) → `route` (not a relay: what
+//! may go where) → `register` (REGISTER → Save, with `nat` deciding each
+//! contact's next hop) or `forward` (Lookup, then 302 or a stateless forward
+//! whose Via branch carries a `hop_mac`) → `locsvc_client` (gRPC with
+//! deadlines and failover); `handler` ties them together and relays
+//! responses; `netaddr` knows which addresses are ours, private or trusted.
 
 pub mod app;
+pub mod digest;
 pub mod forward;
 pub mod handler;
+pub mod hop_mac;
+pub mod limits;
 pub mod locsvc_client;
 pub mod metrics;
+pub mod nat;
+pub mod netaddr;
 pub mod register;
+pub mod route;
+pub mod sanity;
 pub mod settings;
 pub mod sip;
 pub mod transport;

@@ -27,12 +27,39 @@ struct Cli {
     /// locsvc gRPC endpoint; repeat for failover [default: http://127.0.0.1:50051].
     #[arg(long)]
     locsvc: Vec<String>,
-    /// Domain served; repeat; none = every domain.
+    /// Domain served; repeat. Required: `*` serves every domain.
     #[arg(long)]
     domain: Vec<String>,
+    /// When a contact is reached through the REGISTER's source: auto (NAT detected per contact), always, never [default: auto].
+    #[arg(long)]
+    nat: Option<String>,
+    /// Highest Max-Forwards let through [default: 70].
+    #[arg(long)]
+    max_forwards: Option<String>,
     /// proxy (forward statelessly) or redirect (answer 302) [default: proxy].
     #[arg(long)]
     mode: Option<String>,
+    /// Trusted source (edge proxy, SBC) as an address or CIDR; repeat. Exempt from the flood limits.
+    #[arg(long)]
+    trusted: Vec<String>,
+    /// Messages per second per source (IPv4 address, IPv6 /64), 0 = no limit [default: 50].
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Messages a quiet source may send at once [default: 100].
+    #[arg(long)]
+    rate_burst: Option<String>,
+    /// Seconds a source over the rate is ignored, 0 = drop only what is over [default: 60].
+    #[arg(long)]
+    ban_secs: Option<String>,
+    /// Open TCP connections at most; beyond, new ones are closed at once [default: 1024].
+    #[arg(long)]
+    tcp_max_connections: Option<String>,
+    /// Open TCP connections per source at most [default: 32].
+    #[arg(long)]
+    tcp_max_per_source: Option<String>,
+    /// Milliseconds from the first byte of a TCP message to its last [default: 10000].
+    #[arg(long)]
+    tcp_message_timeout_ms: Option<String>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed here, before
@@ -75,6 +102,27 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(m) = cli.mode {
         overrides.push(("mode", vec![m]));
+    }
+    if let Some(n) = cli.nat {
+        overrides.push(("nat", vec![n]));
+    }
+    if let Some(m) = cli.max_forwards {
+        overrides.push(("max_forwards", vec![m]));
+    }
+    if !cli.trusted.is_empty() {
+        overrides.push(("trusted", cli.trusted));
+    }
+    for (key, value) in [
+        ("rate_limit", cli.rate_limit),
+        ("rate_burst", cli.rate_burst),
+        ("ban_secs", cli.ban_secs),
+        ("tcp_max_connections", cli.tcp_max_connections),
+        ("tcp_max_per_source", cli.tcp_max_per_source),
+        ("tcp_message_timeout_ms", cli.tcp_message_timeout_ms),
+    ] {
+        if let Some(v) = value {
+            overrides.push((key, vec![v]));
+        }
     }
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -147,8 +147,20 @@ impl Metrics {
         self.dropped.with_label_values(&[reason]).inc();
     }
 
+    /// Requests forwarded with `method` so far (tests).
+    pub fn forwarded_count(&self, method: &str) -> u64 {
+        self.forwarded
+            .with_label_values(&[method_label(method)])
+            .get()
+    }
+
     pub fn dropped_count(&self, reason: &str) -> u64 {
         self.dropped.with_label_values(&[reason]).get()
+    }
+
+    /// The registry, for series defined next to what they count (`limits`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn overloaded(&self) {

@@ -8,6 +8,8 @@ use std::time::Instant;
 use locsvc_proto::v1::{Binding, ContactSpec, SaveRequest};
 
 use crate::handler::{Core, Inbound, Outbound, Transport};
+use crate::nat;
+use crate::sanity::{self, Refusal};
 use crate::sip::{ContactEntry, Contacts, HeaderProblem, Request};
 
 /// Handles one REGISTER.
@@ -42,33 +44,15 @@ pub async fn handle(core: &Core, req: &Request, src: Inbound) -> Vec<Outbound> {
     }
 }
 
-/// A REGISTER refused before reaching locsvc.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u16,
-    pub reason: String,
-}
-
-impl From<HeaderProblem> for Refusal {
-    fn from(p: HeaderProblem) -> Self {
-        Refusal {
-            code: 400,
-            reason: p.to_string(),
-        }
-    }
-}
-
-/// Builds the Save request: AoR from To, every Contact, Expires, Call-ID,
-/// CSeq, Path (only with `Supported: path`, RFC 3327 §5.3), User-Agent,
-/// `received` when the source differs from the Contact (NAT), the socket.
+/// Builds the Save request: AoR from To, every Contact with its own NAT
+/// verdict (`nat`), Expires, Call-ID, CSeq, Path (only from a trusted source
+/// and with `Supported: path`, RFC 3327 §5.3), User-Agent, the socket.
 pub fn to_save(core: &Core, req: &Request, src: Inbound) -> Result<SaveRequest, Refusal> {
-    let (to, _) = req.to()?;
+    let checked = sanity::check(req, core.settings.max_forwards, |h, p| core.is_local(h, p))?;
+    let to = &checked.to;
     let aor = to.aor().ok_or(HeaderProblem::Bad("To"))?;
     if !core.settings.serves(&to.host) {
-        return Err(Refusal {
-            code: 403,
-            reason: "Domain Not Served".into(),
-        });
+        return Err(Refusal::new(403, "Domain Not Served"));
     }
     let (wildcard, contacts) = match req.contacts()? {
         Contacts::Absent => (false, Vec::new()),
@@ -76,19 +60,29 @@ pub fn to_save(core: &Core, req: &Request, src: Inbound) -> Result<SaveRequest, 
         Contacts::List(l) => (false, l),
     };
     let (cseq, _) = req.cseq()?;
-    let path = if req.lists_token("Supported", "path") {
+    // A Path steers every later call to this AoR: only an edge we trust
+    // may set one.
+    let trusted = core.settings.trusts(src.peer.ip());
+    let path = if trusted && req.lists_token("Supported", "path") {
         req.path()?
     } else {
         Vec::new()
     };
+    let via = req.top_via()?;
+    let tcp = src.transport == Transport::Tcp;
+    let contacts = contacts
+        .into_iter()
+        .map(|c| {
+            let received =
+                nat::received_for(core.settings.nat, c.view.as_ref(), &via, src.peer, tcp);
+            spec(c, received)
+        })
+        .collect();
     Ok(SaveRequest {
         table: String::new(),
         aor,
-        received: contacts
-            .first()
-            .and_then(|c| received(c, src))
-            .unwrap_or_default(),
-        contacts: contacts.into_iter().map(spec).collect(),
+        received: String::new(),
+        contacts,
         wildcard,
         expires: req.expires()?.map(i64::from),
         call_id: req.call_id()?,
@@ -106,7 +100,7 @@ pub fn to_save(core: &Core, req: &Request, src: Inbound) -> Result<SaveRequest, 
     })
 }
 
-fn spec(c: ContactEntry) -> ContactSpec {
+fn spec(c: ContactEntry, received: Option<String>) -> ContactSpec {
     ContactSpec {
         uri: c.uri,
         expires: c.expires,
@@ -114,28 +108,8 @@ fn spec(c: ContactEntry) -> ContactSpec {
         instance: c.instance,
         reg_id: c.reg_id,
         methods: None,
+        received: received.unwrap_or_default(),
     }
-}
-
-/// `sip:ip:port` of the packet source when it is not where the Contact says
-/// (the phone is behind NAT); None when they agree.
-fn received(c: &ContactEntry, src: Inbound) -> Option<String> {
-    let view = c.view.as_ref()?;
-    let default_port = if view.scheme == "sips" { 5061 } else { 5060 };
-    let same =
-        view.ip == Some(src.peer.ip()) && view.port.unwrap_or(default_port) == src.peer.port();
-    if same {
-        return None;
-    }
-    let mut r = format!(
-        "sip:{}:{}",
-        crate::sip::bracket(&src.peer.ip().to_string()),
-        src.peer.port()
-    );
-    if src.transport == Transport::Tcp {
-        r.push_str(";transport=tcp");
-    }
-    Some(r)
 }
 
 /// One Contact row of the 200 OK: the binding with its remaining seconds
@@ -180,28 +154,6 @@ mod tests {
         assert_eq!(
             contact_value(&b),
             "<sip:a@192.0.2.1:5060>;expires=599;q=0.50;+sip.instance=\"<urn:uuid:1>\";reg-id=2"
-        );
-    }
-
-    #[test]
-    fn received_is_set_only_when_the_source_differs_from_the_contact() {
-        let src = Inbound {
-            transport: Transport::Udp,
-            peer: "198.51.100.7:40123".parse().unwrap(),
-            local: "127.0.0.1:5060".parse().unwrap(),
-        };
-        let entry = |uri: &str| ContactEntry {
-            uri: uri.into(),
-            expires: None,
-            q: None,
-            instance: String::new(),
-            reg_id: 0,
-            view: crate::sip::UriView::parse(uri),
-        };
-        assert_eq!(received(&entry("sip:a@198.51.100.7:40123"), src), None);
-        assert_eq!(
-            received(&entry("sip:a@10.0.0.5:5060"), src).as_deref(),
-            Some("sip:198.51.100.7:40123")
         );
     }
 }

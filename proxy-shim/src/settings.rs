@@ -3,9 +3,13 @@
 //! layer is flattened to key → value strings so one parser per key serves
 //! them all, and every bad or unknown setting is reported at once, by name.
 //!
-//! Keys: `listen`, `advertise`, `locsvc` (list), `domains` (list), `mode`,
-//! `table`, `locsvc_timeout_ms`, `max_in_flight`, `locsvc_token`,
-//! `metrics_listen` (an ip:port, or `off`), `log_level`.
+//! Keys: `listen`, `advertise`, `locsvc` (list), `domains` (list, required;
+//! `*` = every domain), `mode`, `table`, `locsvc_timeout_ms`,
+//! `max_in_flight`, `locsvc_token`, `metrics_listen` (an ip:port, or `off`),
+//! `log_level`, `trusted` (list of CIDRs), `nat` (`auto`, `always`, `never`),
+//! `max_forwards`; the flood limits (see `limits`): `rate_limit`,
+//! `rate_burst`, `ban_secs`, `tcp_max_connections`, `tcp_max_per_source`,
+//! `tcp_message_timeout_ms`.
 //! Environment: `PROXY_SHIM_` + the key upper-cased; lists are comma-separated.
 
 use std::collections::BTreeMap;
@@ -31,7 +35,8 @@ pub struct Settings {
     pub advertise: Option<Advertise>,
     /// locsvc gRPC endpoints, tried in order with failover.
     pub locsvc: Vec<String>,
-    /// Domains served; empty = every domain.
+    /// Domains served, lower-case; `*` serves every domain. Required: a
+    /// shim that serves every domain by accident registers anything.
     pub domains: Vec<String>,
     pub mode: Mode,
     /// Location table (empty = locsvc's default `location`).
@@ -45,7 +50,44 @@ pub struct Settings {
     /// Where Prometheus metrics are served over HTTP; None = not served.
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
+    /// Sources that may relay through us and bring Path (edge proxies
+    /// that authenticate their users themselves).
+    pub trusted: Vec<Cidr>,
+    /// When a contact's next hop is the REGISTER's source instead of the
+    /// Contact address.
+    pub nat: NatMode,
+    /// Max-Forwards of a forwarded request is at most this (a request
+    /// arriving with 255 would otherwise bounce that many times).
+    pub max_forwards: u32,
+    /// Messages per second a source (IPv4 address, IPv6 /64) may send
+    /// sustained; 0 = no limit. `trusted` sources are exempt.
+    pub rate_limit: u32,
+    /// Messages a quiet source may send at once.
+    pub rate_burst: u32,
+    /// How long a source over `rate_limit` is ignored (`ban_secs`); zero =
+    /// only the messages over the rate are dropped.
+    pub ban: Duration,
+    /// Open TCP connections at most; a new one beyond it is closed at once.
+    pub tcp_max_connections: usize,
+    /// Open TCP connections per source at most (not for `trusted` ones).
+    pub tcp_max_per_source: usize,
+    /// From the first byte of a TCP message to its last
+    /// (`tcp_message_timeout_ms`); a slower sender is disconnected.
+    pub tcp_message_timeout: Duration,
 }
+
+/// When to store the REGISTER's source as a contact's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatMode {
+    /// Per contact, when NAT is detected (see `register`).
+    Auto,
+    /// Always (every contact is reached through the REGISTER's source).
+    Always,
+    /// Never (contacts are reached at their own address).
+    Never,
+}
+
+pub use crate::netaddr::Cidr;
 
 /// The `advertise` setting: a host (IP address or name) and an optional
 /// port (None = the bound port).
@@ -109,6 +151,15 @@ impl Default for Settings {
             locsvc_token: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             log_level: "info".into(),
+            trusted: Vec::new(),
+            nat: NatMode::Auto,
+            max_forwards: 70,
+            rate_limit: 50,
+            rate_burst: 100,
+            ban: Duration::from_secs(60),
+            tcp_max_connections: 1024,
+            tcp_max_per_source: 32,
+            tcp_message_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +181,15 @@ const KEYS: &[&str] = &[
     "locsvc_token",
     "metrics_listen",
     "log_level",
+    "trusted",
+    "nat",
+    "max_forwards",
+    "rate_limit",
+    "rate_burst",
+    "ban_secs",
+    "tcp_max_connections",
+    "tcp_max_per_source",
+    "tcp_message_timeout_ms",
 ];
 
 /// Raw values by key, with where each came from (for error messages).
@@ -250,8 +310,58 @@ impl Layers {
                     },
                 },
                 "log_level" => s.log_level = one,
+                "rate_limit" => match one.parse::<u32>() {
+                    Ok(n) if n <= 1_000_000 => s.rate_limit = n,
+                    _ => bad(format!(
+                        "must be 0..=1000000 messages per second (0 = off), not {one:?}"
+                    )),
+                },
+                "rate_burst" => match one.parse::<u32>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => s.rate_burst = n,
+                    _ => bad(format!("must be 1..=1000000 messages, not {one:?}")),
+                },
+                "ban_secs" => match one.parse::<u64>() {
+                    Ok(n) if n <= 86_400 => s.ban = Duration::from_secs(n),
+                    _ => bad(format!("must be 0..=86400 seconds, not {one:?}")),
+                },
+                "tcp_max_connections" => match one.parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => s.tcp_max_connections = n,
+                    _ => bad(format!("must be 1..=1000000, not {one:?}")),
+                },
+                "tcp_max_per_source" => match one.parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => s.tcp_max_per_source = n,
+                    _ => bad(format!("must be 1..=1000000, not {one:?}")),
+                },
+                "tcp_message_timeout_ms" => match one.parse::<u64>() {
+                    Ok(ms) if (1..=300_000).contains(&ms) => {
+                        s.tcp_message_timeout = Duration::from_millis(ms)
+                    }
+                    _ => bad(format!("must be 1..=300000 milliseconds, not {one:?}")),
+                },
+                "trusted" => {
+                    s.trusted.clear();
+                    for v in &vals {
+                        match v.parse::<Cidr>() {
+                            Ok(c) => s.trusted.push(c),
+                            Err(()) => bad(format!("must be an address or CIDR, not {v:?}")),
+                        }
+                    }
+                }
+                "nat" => match one.as_str() {
+                    "auto" => s.nat = NatMode::Auto,
+                    "always" => s.nat = NatMode::Always,
+                    "never" => s.nat = NatMode::Never,
+                    _ => bad(format!("must be auto, always or never, not {one:?}")),
+                },
+                "max_forwards" => match one.parse::<u32>() {
+                    Ok(n) if (1..=255).contains(&n) => s.max_forwards = n,
+                    _ => bad(format!("must be 1..=255, not {one:?}")),
+                },
                 _ => {}
             }
+        }
+        if let Err(e) = s.check() {
+            self.errors.push(e);
         }
         if self.errors.is_empty() {
             Ok(s)
@@ -284,9 +394,27 @@ impl Settings {
         layers.resolve()
     }
 
-    /// Whether `domain` is served (case-insensitive; no list = all).
+    /// Whether `domain` is served (case-insensitive; `*` = all).
     pub fn serves(&self, domain: &str) -> bool {
-        self.domains.is_empty() || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.domains
+            .iter()
+            .any(|d| d == "*" || d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether `ip` is a trusted source.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// Rules that involve the whole configuration (also checked when an
+    /// app is built from settings made in code).
+    pub fn check(&self) -> Result<(), String> {
+        if self.domains.is_empty() {
+            return Err("`domains` is required: the domains this shim serves \
+                 (--domain example.com, repeatable), or `*` for every domain"
+                .into());
+        }
+        Ok(())
     }
 }
 
@@ -294,9 +422,49 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// Layers with the one required setting.
+    fn served() -> Layers {
+        let mut l = Layers::default();
+        l.set("domains", vec!["example.com".into()]);
+        l
+    }
+
+    #[test]
+    fn domains_are_required_and_star_serves_every_domain() {
+        let e = Layers::default().resolve().unwrap_err().to_string();
+        assert!(e.contains("domains") && e.contains('*'), "{e}");
+        let mut l = Layers::default();
+        l.set("domains", vec!["*".into()]);
+        let s = l.resolve().unwrap();
+        assert!(s.serves("anything.example") && s.serves("example.com"));
+        let s = served().resolve().unwrap();
+        assert!(s.serves("EXAMPLE.com") && !s.serves("evil.test"));
+    }
+
+    #[test]
+    fn trusted_nat_and_max_forwards_parse_or_are_reported() {
+        let mut l = served();
+        l.set("trusted", vec!["10.0.0.0/8".into(), "192.0.2.7".into()]);
+        l.set("nat", vec!["never".into()]);
+        l.set("max_forwards", vec!["30".into()]);
+        let s = l.resolve().unwrap();
+        assert!(s.trusts("10.1.2.3".parse().unwrap()));
+        assert!(s.trusts("192.0.2.7".parse().unwrap()));
+        assert!(!s.trusts("192.0.2.8".parse().unwrap()));
+        assert_eq!((s.nat, s.max_forwards), (NatMode::Never, 30));
+        assert_eq!(Settings::default().nat, NatMode::Auto);
+        assert_eq!(Settings::default().max_forwards, 70);
+        let mut l = served();
+        l.set("trusted", vec!["10.0.0.0/40".into()]);
+        l.set("nat", vec!["sometimes".into()]);
+        l.set("max_forwards", vec!["256".into()]);
+        let e = l.resolve().unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+
     #[test]
     fn file_then_env_then_flags_win_in_that_order() {
-        let mut l = Layers::default();
+        let mut l = served();
         l.toml(
             "listen = \"127.0.0.1:5070\"\nlocsvc = [\"http://a:1\", \"http://b:2\"]\nmode = \"redirect\"",
             "f.toml",
@@ -312,7 +480,7 @@ mod tests {
 
     #[test]
     fn every_bad_or_unknown_setting_is_reported_at_once() {
-        let mut l = Layers::default();
+        let mut l = served();
         l.toml("listen = \"nope\"\nmode = \"x\"\ncolour = 1", "f.toml");
         let e = l.resolve().unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
@@ -325,16 +493,16 @@ mod tests {
             Settings::default().metrics_listen,
             Some("127.0.0.1:9465".parse().unwrap())
         );
-        let mut l = Layers::default();
+        let mut l = served();
         l.set("metrics_listen", vec!["off".into()]);
         assert_eq!(l.resolve().unwrap().metrics_listen, None);
-        let mut l = Layers::default();
+        let mut l = served();
         l.toml("metrics_listen = \"127.0.0.1:0\"", "f.toml");
         assert_eq!(
             l.resolve().unwrap().metrics_listen,
             Some("127.0.0.1:0".parse().unwrap())
         );
-        let mut l = Layers::default();
+        let mut l = served();
         l.set("metrics_listen", vec!["9465".into()]);
         assert!(
             l.resolve()
@@ -365,7 +533,7 @@ mod tests {
         for bad in ["", "a b", "host:x", "host:0", "host:70000", "[::1"] {
             assert_eq!(parse(bad), Err(()), "{bad:?}");
         }
-        let mut l = Layers::default();
+        let mut l = served();
         l.set("advertise", vec!["not a host".into()]);
         assert!(l.resolve().unwrap_err().to_string().contains("advertise"));
     }

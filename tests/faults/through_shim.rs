@@ -215,6 +215,8 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
         domains: vec!["example.com".into()],
         mode: Mode::Redirect,
         metrics_listen: None,
+        // Each sipp stands for thousands of phones on one address.
+        rate_limit: 0,
         ..ShimSettings::default()
     })
     .await

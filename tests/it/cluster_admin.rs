@@ -61,6 +61,7 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
             group: 1,
             no: 2,
             status: pb::MemberStatus::Maintenance as i32,
+            force: false,
         })
         .await
         .unwrap();
@@ -113,6 +114,7 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
             group: 1,
             no: 2,
             status: pb::MemberStatus::On as i32,
+            force: false,
         })
         .await
         .unwrap();
@@ -149,6 +151,7 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
             group: 9,
             no: 9,
             status: pb::MemberStatus::On as i32,
+            force: false,
         })
         .await
         .unwrap_err();
@@ -158,6 +161,7 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
             group: 1,
             no: 2,
             status: 0,
+            force: false,
         })
         .await
         .unwrap_err();
@@ -224,5 +228,53 @@ async fn a_group_with_no_complete_member_is_merged_and_read_again() {
         let aor = format!("sip:{user}@example.com");
         assert_eq!(lookup_contacts(&mut c, &aor).await.len(), 1, "{aor}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn set_status_keeps_the_last_readable_member_unless_forced() {
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 1).await;
+    let app = TestApp::spawn(layout.settings()).await;
+    let mut admin = ClusterClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap();
+    let set = |no: u32, status: pb::MemberStatus, force: bool| pb::SetStatusRequest {
+        group: 1,
+        no,
+        status: status as i32,
+        force,
+    };
+    admin
+        .set_status(set(2, pb::MemberStatus::Maintenance, false))
+        .await
+        .expect("member 1 stays readable");
+    wait_for(&app, "member 2 in maintenance", |a| {
+        status_of(a, 2) == locsvc::cluster::MemberStatus::Maintenance && readable(a) == 1
+    })
+    .await;
+    for status in [pb::MemberStatus::Off, pb::MemberStatus::Maintenance] {
+        let e = admin.set_status(set(1, status, false)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let info = tonic_types::StatusExt::get_details_error_info(&e).unwrap();
+        assert_eq!(info.reason, "LAST_READABLE_MEMBER");
+        assert_eq!(info.metadata["group"], "1");
+    }
+    let rows = layout.master().load_locdb().await.unwrap();
+    assert_eq!(
+        rows.iter().find(|r| r.no == 1).unwrap().status,
+        1,
+        "unchanged"
+    );
+    // Setting it on again is always allowed; force takes it out anyway.
+    admin
+        .set_status(set(1, pb::MemberStatus::On, false))
+        .await
+        .unwrap();
+    admin
+        .set_status(set(1, pb::MemberStatus::Maintenance, true))
+        .await
+        .expect("forced");
+    let rows = layout.master().load_locdb().await.unwrap();
+    assert_eq!(rows.iter().find(|r| r.no == 1).unwrap().status, 2);
     app.stop().await;
 }

@@ -52,6 +52,9 @@ pub struct ContactInput {
     pub instance: Option<String>,
     pub reg_id: u32,
     pub methods: Option<u32>,
+    /// Where this contact is reached when it is not its own address (NAT
+    /// detected for it by the SIP front); overrides the request's.
+    pub received: Option<String>,
 }
 
 /// Everything one REGISTER says about an AoR's bindings.

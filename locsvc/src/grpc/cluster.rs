@@ -1,5 +1,6 @@
 //! The `locsvc.v1.Cluster` admin service: lists members with their state and
 //! sets a member's status in `locdb`, then has this instance apply it at once.
+//! Taking the last readable member of a group out needs `force`.
 
 use std::sync::Arc;
 
@@ -33,6 +34,13 @@ impl ClusterApi {
             window,
         }
     }
+}
+
+/// Whether setting member `no` to `to` takes out the only member of its
+/// group that is read now (`readable`): every subscriber of the group would
+/// then fail until another member is resynced.
+pub fn leaves_group_unreadable(readable: &[u32], no: u32, to: Option<MemberStatus>) -> bool {
+    to != Some(MemberStatus::On) && readable == [no]
 }
 
 fn to_pb(s: MemberStatus) -> pb::MemberStatus {
@@ -102,6 +110,25 @@ impl Cluster for ClusterApi {
         }
         .code();
         let now = (self.clock)();
+        let to = MemberStatus::from_code(code);
+        if let Some(g) = self.router.topology().groups.get(&r.group) {
+            let readable: Vec<u32> = self
+                .router
+                .readable_members(g)
+                .iter()
+                .map(|m| m.config.no)
+                .collect();
+            if leaves_group_unreadable(&readable, r.no, to) {
+                if !r.force {
+                    return Err(status::last_readable_member(r.group, r.no));
+                }
+                tracing::warn!(
+                    group = r.group,
+                    no = r.no,
+                    "forced: the group's last readable member is taken out"
+                );
+            }
+        }
         let n = self
             .router
             .master()
@@ -125,5 +152,25 @@ impl Cluster for ClusterApi {
         );
         self.reload.notify_one();
         Ok(Response::new(pb::SetStatusResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_taking_out_the_last_readable_member_is_guarded() {
+        let (off, maint, on) = (
+            Some(MemberStatus::Off),
+            Some(MemberStatus::Maintenance),
+            Some(MemberStatus::On),
+        );
+        assert!(leaves_group_unreadable(&[2], 2, off));
+        assert!(leaves_group_unreadable(&[2], 2, maint));
+        assert!(!leaves_group_unreadable(&[2], 2, on));
+        assert!(!leaves_group_unreadable(&[1, 2], 2, off));
+        assert!(!leaves_group_unreadable(&[1], 2, maint));
+        assert!(!leaves_group_unreadable(&[], 2, off));
     }
 }

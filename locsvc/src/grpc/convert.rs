@@ -131,6 +131,7 @@ pub fn save_input(r: &pb::SaveRequest) -> Result<SaveInput, FieldError> {
         if c.reg_id > i32::MAX as u32 {
             return Err(FieldError::new(f("reg_id"), "must be below 2^31"));
         }
+        check_len(&f("received"), &c.received, 128)?;
         contacts.push(ContactInput {
             uri: c.uri.clone(),
             expires: c.expires,
@@ -138,6 +139,7 @@ pub fn save_input(r: &pb::SaveRequest) -> Result<SaveInput, FieldError> {
             instance: opt(&c.instance),
             reg_id: c.reg_id,
             methods: c.methods,
+            received: opt(&c.received),
         });
     }
     Ok(SaveInput {

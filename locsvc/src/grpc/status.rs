@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::FieldError;
+use crate::credentials::InvalidField;
 use crate::location::LocationError;
 use crate::registrar::RegistrarError;
 use crate::router::RouteError;
@@ -88,6 +89,61 @@ pub fn internal(what: &str) -> Status {
         "INTERNAL",
         HashMap::new(),
     )
+}
+
+impl From<InvalidField> for Status {
+    fn from(e: InvalidField) -> Self {
+        invalid(e.field, &e.reason)
+    }
+}
+
+/// UNAUTHENTICATED: no token, or one the server does not know.
+pub fn unauthenticated() -> Status {
+    Status::unauthenticated("missing or wrong bearer token")
+}
+
+/// PERMISSION_DENIED for an administration call without the admin token.
+pub fn admin_required(msg: &str) -> Status {
+    status(
+        Code::PermissionDenied,
+        msg.to_string(),
+        "ADMIN_TOKEN_REQUIRED",
+        HashMap::new(),
+    )
+}
+
+/// FAILED_PRECONDITION: the change would leave `group` with no readable
+/// member (`force` overrides).
+pub fn last_readable_member(group: u32, no: u32) -> Status {
+    status(
+        Code::FailedPrecondition,
+        format!(
+            "member {group}/{no} is the last readable member of group {group}; \
+             its subscribers would fail until another is read again (force to do it anyway)"
+        ),
+        "LAST_READABLE_MEMBER",
+        HashMap::from([
+            ("group".to_string(), group.to_string()),
+            ("no".to_string(), no.to_string()),
+        ]),
+    )
+}
+
+/// A failure of the credential database: UNAVAILABLE when it is
+/// unreachable or slow, INTERNAL (details logged) when it refused.
+pub fn credential_store(e: StoreError) -> Status {
+    if e.is_transport() {
+        tracing::warn!(error = %e, "credential database unavailable");
+        let meta = HashMap::from([("retry_after".to_string(), RETRY_AFTER_SECS.to_string())]);
+        return status(
+            Code::Unavailable,
+            "credential database unavailable, retry later".into(),
+            "CREDENTIALS_UNAVAILABLE",
+            meta,
+        );
+    }
+    tracing::error!(error = %e, "credential database refused an operation");
+    internal("credential storage error")
 }
 
 impl From<LocationError> for Status {
@@ -184,6 +240,18 @@ mod tests {
         let (reason, meta) = info(&s);
         assert_eq!(reason, "INTERVAL_TOO_BRIEF");
         assert_eq!(meta["min_expires"], "60");
+    }
+
+    #[test]
+    fn a_guarded_status_change_names_the_group_and_member() {
+        let s = last_readable_member(2, 1);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "LAST_READABLE_MEMBER");
+        assert_eq!((meta["group"].as_str(), meta["no"].as_str()), ("2", "1"));
+        let s = credential_store(StoreError::Rejected("secret detail".into()));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret detail"));
     }
 
     #[test]

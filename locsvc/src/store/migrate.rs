@@ -1,6 +1,7 @@
 //! Schema migrations, per dialect, embedded in the binary.
 //!
-//! Two scopes: `master` (the `locdb` table) and one scope per location table
+//! Two scopes: `master` (the `locdb` table, and kamctl's `subscriber` and
+//! `version` tables) and one scope per location table
 //! (`table:<name>`), whose files carry a `{table}` placeholder so extra
 //! tables (p_usrloc's `domain_db`) get the same schema. Applied versions are
 //! recorded in `locsvc_schema`; every statement is idempotent so two
@@ -28,9 +29,18 @@ macro_rules! migration {
     };
 }
 
-const MYSQL_MASTER: &[Migration] = &[migration!(1, "locdb", "mysql/master/0001_locdb.sql")];
-const POSTGRES_MASTER: &[Migration] = &[migration!(1, "locdb", "postgres/master/0001_locdb.sql")];
-const SQLITE_MASTER: &[Migration] = &[migration!(1, "locdb", "sqlite/master/0001_locdb.sql")];
+const MYSQL_MASTER: &[Migration] = &[
+    migration!(1, "locdb", "mysql/master/0001_locdb.sql"),
+    migration!(2, "subscriber", "mysql/master/0002_subscriber.sql"),
+];
+const POSTGRES_MASTER: &[Migration] = &[
+    migration!(1, "locdb", "postgres/master/0001_locdb.sql"),
+    migration!(2, "subscriber", "postgres/master/0002_subscriber.sql"),
+];
+const SQLITE_MASTER: &[Migration] = &[
+    migration!(1, "locdb", "sqlite/master/0001_locdb.sql"),
+    migration!(2, "subscriber", "sqlite/master/0002_subscriber.sql"),
+];
 const MYSQL_LOCATION: &[Migration] = &[migration!(
     1,
     "location",
@@ -77,6 +87,8 @@ pub fn valid_table_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.eq_ignore_ascii_case("locdb")
         && !name.eq_ignore_ascii_case("locsvc_schema")
+        && !name.eq_ignore_ascii_case("subscriber")
+        && !name.eq_ignore_ascii_case("version")
 }
 
 /// Splits a migration file into statements (comment lines dropped first, so

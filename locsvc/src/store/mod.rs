@@ -3,8 +3,9 @@
 //! Owns: the `LocationStore` trait the router talks to, its SQL
 //! implementation for MySQL/MariaDB, PostgreSQL and SQLite (dialect
 //! differences live in `dialect`; shared logic is written once and run per
-//! driver through `with_pool!`), the master's `locdb` reads and writes, and
-//! migrations. Does not own: which member to use (router), health (failover),
+//! driver through `with_pool!`), the master's `locdb` reads and writes,
+//! kamctl's `subscriber` table (`subscriber`), and migrations. Does not
+//! own: which member to use (router), health (failover),
 //! or registrar rules.
 
 mod batch;
@@ -13,6 +14,7 @@ mod error;
 pub mod migrate;
 mod pool;
 pub mod rows;
+pub mod subscriber;
 mod url;
 
 use std::collections::HashMap;

@@ -397,6 +397,18 @@ impl Request {
         Ok(ViaView::of(&v))
     }
 
+    /// Every Via hop, top first (loop detection, RFC 3261 §16.3 step 4).
+    pub fn vias(&self) -> Result<Vec<ViaView>, HeaderProblem> {
+        self.0
+            .headers
+            .typed_all::<Via>()
+            .map(|v| {
+                v.map(|v| ViaView::of(&v))
+                    .map_err(|_| HeaderProblem::Bad("Via"))
+            })
+            .collect()
+    }
+
     // ---- edits a stateless proxy makes (RFC 3261 §16.6) ----
 
     /// Retargets the request (§16.6 step 2 / §16.5).
