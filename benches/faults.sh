@@ -10,7 +10,7 @@
 # fault of FAULT:
 #   1. layout.sh truncate (empty location tables, pristine locdb); start
 #      `locsvc serve --master-url` (partition.hash LOCSVC_HASH) and
-#      `proxy-shim --mode redirect --domain example.com --rate-limit 0`.
+#      `proxy-shim --mode redirect --domain example.com $SHIM_ARGS`.
 #   2. Pre-register USERS users f-1..f-USERS at PRE_RATE from port P (scenario
 #      faults/register.xml; contact = sip:f-<i>@127.0.0.1:P).
 #   3. For DURATION s, at once: sipp re-REGISTERs the same users, cycling, at
@@ -43,6 +43,8 @@
 #   SHIM [${CARGO_TARGET_DIR:-<repo>/target}/release/proxy-shim]
 #   LOCSVC_HASH [crc32-mod]  RUST_LOG [info for locsvc, warn for the shim]
 #   SIPP [sipp]  BENCH_DB_DIR (layout.sh's state dir)
+#   SHIM_ARGS [--rate-limit 0 --auth off]: each sipp stands for thousands of phones on
+#             one address; empty for a shim built before those flags existed
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -64,6 +66,8 @@ LOCSVC=${LOCSVC:-$BIN/locsvc}
 SHIM=${SHIM:-$BIN/proxy-shim}
 LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 SIPP=${SIPP:-sipp}
+SHIM_ARGS=${SHIM_ARGS---rate-limit 0 --auth off}
+read -ra SHIM_ARGV <<<"$SHIM_ARGS"
 LAYOUT=$HERE/sip/layout.sh
 PREFIX=f-
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -189,7 +193,7 @@ one_run() {
     wait_tcp "$lport"
     wait_tcp "$mport"
     RUST_LOG=${RUST_LOG:-warn} "$SHIM" --listen "127.0.0.1:$SIP_PORT" --locsvc "http://127.0.0.1:$lport" \
-        --domain example.com --rate-limit 0 --mode redirect --metrics-listen "127.0.0.1:$sport" >"$dir/shim.log" 2>&1 &
+        --domain example.com "${SHIM_ARGV[@]}" --mode redirect --metrics-listen "127.0.0.1:$sport" >"$dir/shim.log" 2>&1 &
     shim_pid=$!
     PIDS+=("$shim_pid")
     wait_sip "$SIP_PORT"

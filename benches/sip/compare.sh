@@ -186,7 +186,7 @@ start_target() {
         # Record-Route, so its ACKs through the shim are in-dialog relays.
         RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
             --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
-            --rate-limit 0 --trusted 127.0.0.1 \
+            --rate-limit 0 --trusted 127.0.0.1 --auth off \
             >"$OUT/logs/$tag.shim.log" 2>&1 &
         TARGET_PIDS+=($!)
         PIDS+=($!)

@@ -68,7 +68,7 @@ start_stack() {
     PIDS+=("$LOCSVC_PID")
     wait_tcp "$LOCSVC_PORT"
     RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$SHIM_PORT" --locsvc "http://127.0.0.1:$LOCSVC_PORT" \
-        --domain example.com --rate-limit 0 --mode redirect --metrics-listen "127.0.0.1:$METRICS_PORT" \
+        --domain example.com --rate-limit 0 --auth off --mode redirect --metrics-listen "127.0.0.1:$METRICS_PORT" \
         >"$OUT/shim-$tag.log" 2>&1 &
     SHIM_PID=$!
     PIDS+=("$SHIM_PID")

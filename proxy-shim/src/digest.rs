@@ -13,8 +13,8 @@
 //!   last count per nonce is kept in a bounded table for the nonce's life.
 //!   Without the table's entry (another instance issued the nonce, or it
 //!   was evicted) the first count seen is accepted.
-//! - **Algorithms**: SHA-256 and MD5; the challenge offers both, SHA-256
-//!   first (RFC 8760 §2.4). `qop=auth` is required.
+//! - **Algorithms**: SHA-256 and MD5; the challenge offers the configured
+//!   ones in order of preference (RFC 8760 §2.4). `qop=auth` is required.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,7 +41,8 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses `MD5` / `SHA-256` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Some(Self::Md5),
             "SHA-256" => Some(Self::Sha256),
@@ -226,10 +227,17 @@ impl Digest {
         format!("{now:x}.{salt}.{}", self.mac(now, &salt, realm))
     }
 
-    /// The challenge header values (one per algorithm, SHA-256 first).
-    pub fn challenges(&self, realm: &str, now: u64, stale: bool) -> Vec<String> {
+    /// The challenge header values, one per algorithm of `algorithms` (in
+    /// that order: most preferred first), sharing one nonce.
+    pub fn challenges(
+        &self,
+        realm: &str,
+        algorithms: &[Algorithm],
+        now: u64,
+        stale: bool,
+    ) -> Vec<String> {
         let nonce = self.nonce(realm, now);
-        [Algorithm::Sha256, Algorithm::Md5]
+        algorithms
             .iter()
             .map(|a| {
                 let mut v = format!(
@@ -509,9 +517,14 @@ mod tests {
     }
 
     #[test]
-    fn the_challenge_offers_sha256_first_then_md5() {
+    fn the_challenge_offers_each_algorithm_in_the_order_given() {
         let d = digest();
-        let ch = d.challenges("example.com", NOW, true);
+        let ch = d.challenges(
+            "example.com",
+            &[Algorithm::Sha256, Algorithm::Md5],
+            NOW,
+            true,
+        );
         assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
         assert!(
             ch.iter()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::{Authenticator, Gate};
 use crate::hop_mac::{Hop, HopKey};
 use crate::locsvc_client::LocsvcClient;
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ pub struct Core {
     pub hop_key: HopKey,
     /// Which addresses are this host's (a 0.0.0.0 bind answers on all).
     pub local_addrs: LocalAddrs,
+    /// Digest authentication (`auth`).
+    pub auth: Authenticator,
 }
 
 impl Core {
@@ -81,6 +84,7 @@ impl Core {
             Some(a) => (a.host.clone(), a.port.unwrap_or(local.port())),
             None => (local.ip().to_string(), local.port()),
         };
+        let auth = Authenticator::new(&settings);
         Self {
             settings,
             client,
@@ -89,6 +93,7 @@ impl Core {
             advertised,
             hop_key: HopKey::random(),
             local_addrs: LocalAddrs::default(),
+            auth,
         }
     }
 
@@ -96,10 +101,29 @@ impl Core {
         self.settings.mode
     }
 
-    /// Handles one request: REGISTER goes to the registrar, the rest is routed.
+    /// Handles one request: sanity, authentication, then REGISTER goes to
+    /// the registrar and the rest is routed.
     pub async fn handle_request(&self, req: Request, src: Inbound) -> Vec<Outbound> {
         let method = req.method();
         self.metrics.request(&method);
+        let is_ack = method == "ACK";
+        if let Err(r) =
+            crate::sanity::check(&req, self.settings.max_forwards, |h, p| self.is_local(h, p))
+        {
+            return if is_ack {
+                Vec::new()
+            } else {
+                self.reply(&req, src, r.code, &r.reason, &[])
+            };
+        }
+        let trusted = self.settings.trusts(src.peer.ip());
+        if let Gate::Answer(code, reason, headers) = self
+            .auth
+            .check(&self.settings, &self.client, &req, trusted)
+            .await
+        {
+            return self.reply(&req, src, code, reason, &headers);
+        }
         if method == "REGISTER" {
             crate::register::handle(self, &req, src).await
         } else {

@@ -14,6 +14,7 @@
 //! responses; `netaddr` knows which addresses are ours, private or trusted.
 
 pub mod app;
+pub mod auth;
 pub mod digest;
 pub mod forward;
 pub mod handler;

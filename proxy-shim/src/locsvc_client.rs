@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use locsvc_proto::v1::location_client::LocationClient;
-use locsvc_proto::v1::{Binding, LookupRequest, SaveRequest};
+use locsvc_proto::v1::subscribers_client::SubscribersClient;
+use locsvc_proto::v1::{Binding, GetCredentialsRequest, LookupRequest, SaveRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -143,6 +144,8 @@ fn one_line(s: &str) -> String {
 struct Instance {
     uri: String,
     client: LocationClient<Channel>,
+    /// Digest credentials (same connection).
+    subscribers: SubscribersClient<Channel>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -187,9 +190,11 @@ impl LocsvcClient {
                 .connect_timeout(budget)
                 .timeout(budget)
                 .tcp_nodelay(true);
+            let channel = ep.connect_lazy();
             instances.push(Instance {
                 uri: uri.clone(),
-                client: LocationClient::new(ep.connect_lazy()),
+                client: LocationClient::new(channel.clone()),
+                subscribers: SubscribersClient::new(channel),
                 down_until: Mutex::new(None),
             });
         }
@@ -230,7 +235,7 @@ impl LocsvcClient {
     /// whole budget (not per instance: the UAC's T1 does not restart).
     async fn with_failover<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, LocsvcError>
     where
-        F: Fn(LocationClient<Channel>, Duration) -> Fut,
+        F: Fn(&Instance, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.budget;
@@ -240,7 +245,7 @@ impl LocsvcClient {
             if remaining.is_zero() {
                 break;
             }
-            match tokio::time::timeout(remaining, call(inst.client.clone(), remaining)).await {
+            match tokio::time::timeout(remaining, call(inst, remaining)).await {
                 Ok(Ok(resp)) => {
                     if let Ok(mut d) = inst.down_until.lock() {
                         *d = None;
@@ -273,8 +278,8 @@ impl LocsvcClient {
     /// Save (one REGISTER); returns every current binding.
     pub async fn save(&self, mut req: SaveRequest) -> Result<Vec<Binding>, LocsvcError> {
         req.table = self.table.clone();
-        self.with_failover("save", |mut c, t| {
-            let r = self.request(req.clone(), t);
+        self.with_failover("save", |inst, t| {
+            let (mut c, r) = (inst.client.clone(), self.request(req.clone(), t));
             async move { c.save(r).await }
         })
         .await
@@ -287,12 +292,36 @@ impl LocsvcClient {
             table: self.table.clone(),
             aor: aor.to_string(),
         };
-        self.with_failover("lookup", |mut c, t| {
-            let r = self.request(req.clone(), t);
+        self.with_failover("lookup", |inst, t| {
+            let (mut c, r) = (inst.client.clone(), self.request(req.clone(), t));
             async move { c.lookup(r).await }
         })
         .await
         .map(|r| r.bindings)
+    }
+
+    /// The HA1s of `username@domain` for `realm` (None: no such subscriber).
+    pub async fn credentials(
+        &self,
+        username: &str,
+        domain: &str,
+        realm: &str,
+    ) -> Result<Option<crate::digest::Ha1>, LocsvcError> {
+        let req = GetCredentialsRequest {
+            username: username.to_string(),
+            domain: domain.to_string(),
+            realm: realm.to_string(),
+        };
+        let r = self
+            .with_failover("credentials", |inst, t| {
+                let (mut c, r) = (inst.subscribers.clone(), self.request(req.clone(), t));
+                async move { c.get_credentials(r).await }
+            })
+            .await?;
+        Ok(r.found.then_some(crate::digest::Ha1 {
+            md5: r.ha1_md5,
+            sha256: r.ha1_sha256,
+        }))
     }
 }
 

@@ -36,6 +36,15 @@ struct Cli {
     /// Highest Max-Forwards let through [default: 70].
     #[arg(long)]
     max_forwards: Option<String>,
+    /// digest (challenge REGISTER and calls from our domains) or off [default: digest].
+    #[arg(long)]
+    auth: Option<String>,
+    /// Digest realm [default: the To (REGISTER) or From domain].
+    #[arg(long)]
+    realm: Option<String>,
+    /// Key of the digest nonces; give every shim behind one name the same [default: random per process].
+    #[arg(long)]
+    auth_secret: Option<String>,
     /// proxy (forward statelessly) or redirect (answer 302) [default: proxy].
     #[arg(long)]
     mode: Option<String>,
@@ -108,6 +117,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(m) = cli.max_forwards {
         overrides.push(("max_forwards", vec![m]));
+    }
+    for (key, value) in [
+        ("auth", cli.auth),
+        ("realm", cli.realm),
+        ("auth_secret", cli.auth_secret),
+    ] {
+        if let Some(v) = value {
+            overrides.push((key, vec![v]));
+        }
     }
     if !cli.trusted.is_empty() {
         overrides.push(("trusted", cli.trusted));

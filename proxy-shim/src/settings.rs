@@ -59,6 +59,20 @@ pub struct Settings {
     /// Max-Forwards of a forwarded request is at most this (a request
     /// arriving with 255 would otherwise bounce that many times).
     pub max_forwards: u32,
+    /// Digest authentication of REGISTER and of requests from our domains.
+    pub auth: AuthMode,
+    /// Digest realm; None = the To (REGISTER) or From domain.
+    pub realm: Option<String>,
+    /// Key of the stateless nonces; shims behind one name share it so any
+    /// of them verifies the others' nonces. None = random per process.
+    pub auth_secret: Option<String>,
+    /// Seconds a nonce is accepted before `stale=true`.
+    pub nonce_secs: u64,
+    /// Seconds credentials are cached (a changed password is picked up at
+    /// the first failed answer, whatever this says).
+    pub credentials_cache_secs: u64,
+    /// Digest algorithms offered, most preferred first.
+    pub auth_algorithms: Vec<crate::digest::Algorithm>,
     /// Messages per second a source (IPv4 address, IPv6 /64) may send
     /// sustained; 0 = no limit. `trusted` sources are exempt.
     pub rate_limit: u32,
@@ -74,6 +88,15 @@ pub struct Settings {
     /// From the first byte of a TCP message to its last
     /// (`tcp_message_timeout_ms`); a slower sender is disconnected.
     pub tcp_message_timeout: Duration,
+}
+
+/// Whether requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// HTTP Digest (RFC 3261 §22) against locsvc's `subscriber` table.
+    Digest,
+    /// None (a trusted network, or an edge in front that authenticates).
+    Off,
 }
 
 /// When to store the REGISTER's source as a contact's next hop.
@@ -154,6 +177,17 @@ impl Default for Settings {
             trusted: Vec::new(),
             nat: NatMode::Auto,
             max_forwards: 70,
+            auth: AuthMode::Digest,
+            realm: None,
+            auth_secret: None,
+            nonce_secs: 300,
+            credentials_cache_secs: 30,
+            // MD5 first: many phones read only the first challenge and
+            // know no other; SHA-256-capable ones find theirs second.
+            auth_algorithms: vec![
+                crate::digest::Algorithm::Md5,
+                crate::digest::Algorithm::Sha256,
+            ],
             rate_limit: 50,
             rate_burst: 100,
             ban: Duration::from_secs(60),
@@ -353,6 +387,36 @@ impl Layers {
                     "never" => s.nat = NatMode::Never,
                     _ => bad(format!("must be auto, always or never, not {one:?}")),
                 },
+                "auth" => match one.as_str() {
+                    "digest" => s.auth = AuthMode::Digest,
+                    "off" => s.auth = AuthMode::Off,
+                    _ => bad(format!("must be digest or off, not {one:?}")),
+                },
+                "realm" => s.realm = Some(one.to_ascii_lowercase()).filter(|r| !r.is_empty()),
+                "auth_secret" => s.auth_secret = Some(one).filter(|t| !t.is_empty()),
+                "nonce_secs" => match one.parse::<u64>() {
+                    Ok(n) if (10..=86_400).contains(&n) => s.nonce_secs = n,
+                    _ => bad(format!("must be 10..=86400 seconds, not {one:?}")),
+                },
+                "credentials_cache_secs" => match one.parse::<u64>() {
+                    Ok(n) if n <= 3600 => s.credentials_cache_secs = n,
+                    _ => bad(format!("must be 0..=3600 seconds, not {one:?}")),
+                },
+                "auth_algorithms" => {
+                    let mut algs = Vec::new();
+                    for v in &vals {
+                        match crate::digest::Algorithm::parse(v) {
+                            Some(a) if !algs.contains(&a) => algs.push(a),
+                            Some(_) => {}
+                            None => bad(format!("must be md5 or sha-256, not {v:?}")),
+                        }
+                    }
+                    if algs.is_empty() {
+                        bad("needs at least one algorithm".into());
+                    } else {
+                        s.auth_algorithms = algs;
+                    }
+                }
                 "max_forwards" => match one.parse::<u32>() {
                     Ok(n) if (1..=255).contains(&n) => s.max_forwards = n,
                     _ => bad(format!("must be 1..=255, not {one:?}")),

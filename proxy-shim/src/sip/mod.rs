@@ -255,6 +255,27 @@ impl Request {
         Ok((view, to.tag().map(text)))
     }
 
+    /// The From URI.
+    pub fn from_uri(&self) -> Result<UriView, HeaderProblem> {
+        let from = self
+            .0
+            .headers
+            .typed::<sipx_sip::headers::address::From>()
+            .ok_or(HeaderProblem::Missing("From"))?
+            .map_err(|_| HeaderProblem::Bad("From"))?;
+        UriView::of(&from.uri).ok_or(HeaderProblem::Bad("From"))
+    }
+
+    /// Every row of header `name`, as written (e.g. several Authorization
+    /// rows for different realms).
+    pub fn header_rows(&self, name: &str) -> Vec<String> {
+        self.0
+            .headers
+            .get_all(&header_name(name))
+            .map(|h| text(&h.value()))
+            .collect()
+    }
+
     /// The From tag, if any.
     pub fn from_tag(&self) -> Option<String> {
         let from = self

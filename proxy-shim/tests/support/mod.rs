@@ -79,6 +79,35 @@ impl Locsvc {
             .bindings
     }
 
+    /// Adds a subscriber through the admin API (the test locsvc has no
+    /// tokens).
+    pub async fn add_subscriber(&self, username: &str, domain: &str, password: &str) {
+        locsvc_proto::v1::subscribers_client::SubscribersClient::connect(self.url.clone())
+            .await
+            .expect("connect to locsvc")
+            .add(locsvc_proto::v1::AddSubscriberRequest {
+                username: username.into(),
+                domain: domain.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("add subscriber");
+    }
+
+    /// Changes a subscriber's password through the admin API.
+    pub async fn set_password(&self, username: &str, domain: &str, password: &str) {
+        locsvc_proto::v1::subscribers_client::SubscribersClient::connect(self.url.clone())
+            .await
+            .expect("connect to locsvc")
+            .set_password(locsvc_proto::v1::SetPasswordRequest {
+                username: username.into(),
+                domain: domain.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("set password");
+    }
+
     pub async fn save(&self, aor: &str, contacts: &[(&str, f32)]) {
         self.client()
             .await
@@ -129,6 +158,8 @@ impl RunningShim {
             domains: vec!["example.com".into()],
             mode,
             metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            // Tests of routing and limits; tests/auth.rs turns it on.
+            auth: proxy_shim::settings::AuthMode::Off,
             ..ShimSettings::default()
         };
         tweak(&mut settings);
