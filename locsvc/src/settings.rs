@@ -412,8 +412,11 @@ fn check(s: &Settings) -> Vec<String> {
         e.push("tables: at least one location table is needed".into());
     }
     let f = &s.failover.monitor;
-    if s.failover.resync.batch == 0 {
-        e.push("failover.resync_batch: must be at least 1".into());
+    if s.failover.resync.batch == 0 || s.failover.resync.batch > 10_000 {
+        e.push(
+            "failover.resync_batch: must be between 1 and 10000 (rows per page held in memory)"
+                .into(),
+        );
     }
     if f.error_threshold == 0 || f.down_after == 0 || f.up_after == 0 {
         e.push("failover.error_threshold, failover.down_after and failover.up_after: must be at least 1".into());

@@ -3,7 +3,7 @@
 
 use locsvc::domain::{Aor, Binding, KeyPolicy};
 use locsvc::store::migrate::Scope;
-use locsvc::store::{LocationStore, SqlStore};
+use locsvc::store::{LocationStore, SqlStore, StoredBinding};
 
 use crate::harness::{Backend, fresh_db, locdb_row, open_store};
 
@@ -671,6 +671,29 @@ async fn unconfigured_tables_are_refused_before_any_sql(b: Backend) {
     assert!(!err.is_transport(), "{err}");
 }
 
+/// A resync batch far above any placeholder limit (18 binds a row).
+async fn bulk_copies_and_deletes_are_cut_below_placeholder_limits(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let rows: Vec<StoredBinding> = (0..5000)
+        .map(|i| StoredBinding {
+            row_id: 0,
+            aor: aor(&format!("sip:bulk{i}@example.com")),
+            binding: binding(
+                &format!("bulk-{i}"),
+                &format!("sip:bulk{i}@192.0.2.1"),
+                T0 + 3600,
+            ),
+        })
+        .collect();
+    s.copy_in("location", &rows).await.unwrap();
+    let mut ruids: Vec<String> = rows.iter().map(|r| r.binding.ruid.clone()).collect();
+    ruids.extend((0..4000).map(|i| format!("absent-{i}")));
+    let present = s.existing_ruids("location", &ruids).await.unwrap();
+    assert_eq!(present.len(), 5000);
+    s.delete_ruids("location", &ruids).await.unwrap();
+    assert_eq!(s.stats("location", T0).await.unwrap().contacts, 0);
+}
+
 macro_rules! store_suite {
     ($($backend:ident => $variant:expr),* $(,)?) => {
         $(
@@ -697,6 +720,7 @@ macro_rules! store_suite {
                 #[tokio::test] async fn concurrent_registers_are_group_committed_and_all_land() { super::concurrent_registers_are_group_committed_and_all_land(B).await }
                                 #[tokio::test] async fn a_refused_register_fails_alone_not_its_batch() { super::a_refused_register_fails_alone_not_its_batch(B).await }
                 #[tokio::test] async fn concurrent_reads_are_coalesced_and_each_gets_its_own_rows() { super::concurrent_reads_are_coalesced_and_each_gets_its_own_rows(B).await }
+                #[tokio::test] async fn bulk_copies_and_deletes_are_cut_below_placeholder_limits() { super::bulk_copies_and_deletes_are_cut_below_placeholder_limits(B).await }
             }
         )*
     };

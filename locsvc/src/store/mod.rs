@@ -674,6 +674,14 @@ struct Change<'a> {
     deletes: &'a [String],
 }
 
+/// Rows per statement of a bulk copy: 18 binds a row stays far below every
+/// dialect's limit on placeholders (SQLite 32,766; MySQL and PostgreSQL
+/// 65,535), whatever batch a resync asks for.
+const BULK_ROWS: usize = 500;
+
+/// Keys per statement of a bulk delete or existence check (one bind each).
+const BULK_KEYS: usize = 4000;
+
 /// Runs `f` under `timeout`.
 async fn timed<T>(
     timeout: Duration,
@@ -879,32 +887,32 @@ impl LocationStore for SqlStore {
     }
 
     async fn copy_in(&self, table: &str, rows: &[StoredBinding]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
+        let sql = self.sql(table)?;
+        for part in rows.chunks(BULK_ROWS) {
+            let stmt = sql.upsert_if_newer(part.len());
+            with_pool!(&self.pool, p => {
+                let mut q = sqlx::query(&stmt);
+                for r in part {
+                    q = bind_binding!(q, r.aor, r.binding);
+                }
+                self.timed(q.execute(p)).await?;
+            });
         }
-        let sql = self.sql(table)?.upsert_if_newer(rows.len());
-        with_pool!(&self.pool, p => {
-            let mut q = sqlx::query(&sql);
-            for r in rows {
-                q = bind_binding!(q, r.aor, r.binding);
-            }
-            self.timed(q.execute(p)).await?;
-        });
         Ok(())
     }
 
     async fn delete_ruids(&self, table: &str, ruids: &[String]) -> Result<(), StoreError> {
-        if ruids.is_empty() {
-            return Ok(());
+        let sql = self.sql(table)?;
+        for part in ruids.chunks(BULK_KEYS) {
+            let stmt = sql.delete_ruids(part.len());
+            with_pool!(&self.pool, p => {
+                let mut q = sqlx::query(&stmt);
+                for r in part {
+                    q = q.bind(r);
+                }
+                self.timed(q.execute(p)).await?;
+            });
         }
-        let sql = self.sql(table)?.delete_ruids(ruids.len());
-        with_pool!(&self.pool, p => {
-            let mut q = sqlx::query(&sql);
-            for r in ruids {
-                q = q.bind(r);
-            }
-            self.timed(q.execute(p)).await?;
-        });
         Ok(())
     }
 
@@ -913,17 +921,20 @@ impl LocationStore for SqlStore {
         table: &str,
         ruids: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        if ruids.is_empty() {
-            return Ok(Vec::new());
+        let sql = self.sql(table)?;
+        let mut found = Vec::new();
+        for part in ruids.chunks(BULK_KEYS) {
+            let stmt = sql.existing_ruids(part.len());
+            let mut got: Vec<String> = with_pool!(&self.pool, p => {
+                let mut q = sqlx::query_scalar(&stmt);
+                for r in part {
+                    q = q.bind(r);
+                }
+                self.timed(q.fetch_all(p)).await?
+            });
+            found.append(&mut got);
         }
-        let sql = self.sql(table)?.existing_ruids(ruids.len());
-        with_pool!(&self.pool, p => {
-            let mut q = sqlx::query_scalar(&sql);
-            for r in ruids {
-                q = q.bind(r);
-            }
-            Ok(self.timed(q.fetch_all(p)).await?)
-        })
+        Ok(found)
     }
 
     async fn reachable(&self) -> Result<(), StoreError> {
