@@ -381,7 +381,20 @@ impl App {
         let tokens = Tokens::new(s.grpc.token.as_deref(), s.grpc.admin_token.as_deref());
         let subscribers = SubscribersApi::new(self.subscribers.clone(), tokens.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        // Nagle's algorithm on the server side delays the second small
+        // write of a response (HTTP/2 DATA after HEADERS) until the
+        // client's delayed ACK, ~40 ms: every connection gets TCP_NODELAY.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
+            |conn| {
+                if let Ok(c) = &conn
+                    && let Err(e) = c.set_nodelay(true)
+                {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                conn
+            },
+        );
         let router = builder
             .add_service(health)
             .add_service(reflection)
