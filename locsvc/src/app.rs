@@ -13,6 +13,7 @@ use locsvc_proto::v1::location_server::LocationServer;
 use locsvc_proto::v1::subscribers_server::SubscribersServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::clock::{self, Clock};
@@ -73,6 +74,9 @@ pub struct App {
     grpc_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
     metrics_addr: Option<SocketAddr>,
+    /// Detached work of the watcher and failover (decisions, resyncs,
+    /// probes, pool closes), awaited at shutdown.
+    tasks: TaskTracker,
 }
 
 /// The master URL of the embedded SQLite layout under `data_dir`.
@@ -239,12 +243,14 @@ impl App {
                 false,
             ),
         };
+        let tasks = TaskTracker::new();
         let (mut watcher, topology) = ClusterWatcher::new(
             master.clone(),
             opts,
             settings.cluster.hash,
             clock.clone(),
             metrics.clone(),
+            tasks.clone(),
         );
         watcher.reload().await.map_err(|source| AppError::Master {
             url: url.redacted(),
@@ -257,6 +263,7 @@ impl App {
             clock.clone(),
             watcher.reload_handle(),
             metrics.clone(),
+            tasks.clone(),
         ));
         let router = Router::new(
             topology.clone(),
@@ -310,6 +317,7 @@ impl App {
             grpc_addr,
             metrics_listener,
             metrics_addr,
+            tasks,
         })
     }
 
@@ -468,6 +476,13 @@ impl App {
             tracing::warn!("member writes still running after the grace period");
         }
         token.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("failover work still running after the grace period; stopping anyway");
+        }
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }

@@ -254,12 +254,14 @@ impl LocationService {
         };
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
-        tokio::spawn(async move {
+        // Ends when the pages are out or the client is gone; shutdown
+        // awaits it with the other background work.
+        self.router.background().spawn(async move {
             for target in targets {
                 let gid = target.group_id();
                 let store: Arc<dyn LocationStore> = match &target {
                     Target::Single(m) => m.clone(),
-                    Target::Group(g) => match this.router.readable_members(g).first() {
+                    Target::Group(g) => match this.router.whole_group_member(g) {
                         Some(m) => m.store.clone(),
                         None => {
                             let _ = tx

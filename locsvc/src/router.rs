@@ -27,6 +27,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
@@ -223,6 +224,14 @@ impl Router {
             .ok_or(RouteError::GroupMissing(gid))
     }
 
+    /// The readable member of `group` to read it whole from (a Dump): the
+    /// one lacking fewest acknowledged writes.
+    pub fn whole_group_member(&self, group: &Group) -> Option<Arc<Member>> {
+        self.readable_members(group)
+            .into_iter()
+            .min_by_key(|m| m.health.unconfirmed.behind_aors())
+    }
+
     /// Members of `group` that may be read now, in `no` order.
     pub fn readable_members(&self, group: &Group) -> Vec<Arc<Member>> {
         let now = (self.clock)();
@@ -277,6 +286,7 @@ impl Router {
             }
             Target::Group(g) => g,
         };
+        tracing::Span::current().record("group", group.id);
         let mut order = self.readable_without_pending(group, key).await?;
         let start = (spread % order.len() as u64) as usize;
         order.rotate_left(start);
@@ -290,9 +300,13 @@ impl Router {
             )
         });
         let hedge = self.settings.hedge_delay;
-        let run = |m: Arc<Member>| async move {
-            let r = op(m.store.clone()).await;
-            (m, r)
+        let run = |m: Arc<Member>| {
+            let span = member_span(&m, "read");
+            async move {
+                let r = op(m.store.clone()).await;
+                (m, r)
+            }
+            .instrument(span)
         };
         let mut pending = FuturesUnordered::new();
         let mut next = 0;
@@ -350,6 +364,10 @@ impl Router {
                 return Err(RouteError::NoReadableMember { group: group.id });
             }
             let Some(k) = key else {
+                // Whole-group reads (Stats, Dump) cannot know which AoRs
+                // they need: the members lacking fewest acknowledged writes
+                // go first (stable: keeps the spread among equals).
+                members.sort_by_key(|m| m.health.unconfirmed.behind_aors());
                 return Ok(members);
             };
             let owing: Vec<_> = members
@@ -407,6 +425,7 @@ impl Router {
         if writable.is_empty() {
             return Err(RouteError::NoWritableMember { group: group.id });
         }
+        tracing::Span::current().record("group", group.id);
         let sent = self.dispatch(&writable, key, &op);
         let mut rx = sent.results;
         let mut answered = vec![false; writable.len()];
@@ -483,20 +502,24 @@ impl Router {
             running[i] = true;
             let write = op(m.store.clone());
             let (this, m, outcome, tx) = (self.clone(), m.clone(), outcome.clone(), tx.clone());
-            self.background.spawn(async move {
-                if let Some(earlier) = earlier {
-                    earlier.await;
+            let span = member_span(&m, "write");
+            self.background.spawn(
+                async move {
+                    if let Some(earlier) = earlier {
+                        earlier.await;
+                    }
+                    let r = write.await;
+                    // Marks come before the ticket ends: a failed member never
+                    // looks complete in between.
+                    let partner_took_it = outcome.settle(&this, &m, r.is_ok());
+                    if let Err(e) = &r {
+                        this.record_error(&m, e, "write", partner_took_it);
+                    }
+                    m.health.unconfirmed.finish(ticket);
+                    let _ = tx.send((i, r));
                 }
-                let r = write.await;
-                // Marks come before the ticket ends: a failed member never
-                // looks complete in between.
-                let partner_took_it = outcome.settle(&this, &m, r.is_ok());
-                if let Err(e) = &r {
-                    this.record_error(&m, e, "write", partner_took_it);
-                }
-                m.health.unconfirmed.finish(ticket);
-                let _ = tx.send((i, r));
-            });
+                .instrument(span),
+            );
         }
         Dispatched { running, results }
     }
@@ -634,6 +657,12 @@ impl Outcome {
         }
         succeeded
     }
+}
+
+/// The span of one operation on one member (inside the RPC's span, so a
+/// member's error is logged with its AoR and group).
+fn member_span(m: &Member, op: &'static str) -> tracing::Span {
+    tracing::debug_span!("member", group = m.config.group, no = m.config.no, op)
 }
 
 /// The key of `aor` in `table` for write order and read-your-writes.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::model::{self, ClusterConfig, ConfigProblem, MemberStatus};
 use super::{Group, Member, MemberHealth, Topology};
@@ -46,6 +47,8 @@ pub struct ClusterWatcher {
     problems: Vec<ConfigProblem>,
     tx: watch::Sender<Arc<Topology>>,
     reload_now: Arc<Notify>,
+    /// Closing pools of members that left; shutdown awaits them.
+    tasks: TaskTracker,
 }
 
 impl ClusterWatcher {
@@ -56,6 +59,7 @@ impl ClusterWatcher {
         hash_mode: HashMode,
         clock: Clock,
         metrics: Arc<Metrics>,
+        tasks: TaskTracker,
     ) -> (Self, watch::Receiver<Arc<Topology>>) {
         let (tx, rx) = watch::channel(Arc::new(Topology::empty(Partitioner::new(hash_mode, []))));
         let w = Self {
@@ -70,6 +74,7 @@ impl ClusterWatcher {
             problems: Vec::new(),
             tx,
             reload_now: Arc::new(Notify::new()),
+            tasks,
         };
         (w, rx)
     }
@@ -201,7 +206,7 @@ impl ClusterWatcher {
             .collect();
         for u in gone {
             if let Some(s) = self.stores.remove(&u) {
-                tokio::spawn(async move { s.close().await });
+                self.tasks.spawn(async move { s.close().await });
             }
         }
         self.health.retain(|k, _| live_keys.contains(k));

@@ -24,6 +24,7 @@ use chrono::NaiveDateTime;
 use futures::future::join_all;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::cluster::{Member, MemberStatus, Topology};
@@ -121,6 +122,9 @@ pub struct Failover {
     fast_probing: Mutex<std::collections::HashSet<MemberKey>>,
     /// Cancelled when `run` ends: stops those probes.
     stop: CancellationToken,
+    /// Decisions, resyncs and probes running in the background; shutdown
+    /// awaits them.
+    tasks: TaskTracker,
 }
 
 impl Failover {
@@ -133,6 +137,7 @@ impl Failover {
         clock: Clock,
         reload: Arc<Notify>,
         metrics: Arc<Metrics>,
+        tasks: TaskTracker,
     ) -> Self {
         Self {
             settings,
@@ -148,6 +153,7 @@ impl Failover {
             resumable: Mutex::new(HashMap::new()),
             fast_probing: Mutex::new(std::collections::HashSet::new()),
             stop: CancellationToken::new(),
+            tasks,
         }
     }
 
@@ -175,7 +181,8 @@ impl Failover {
         if let (d @ (Decision::Deactivate | Decision::Readmit), errors) = decision {
             let this = self.clone();
             let member = member.clone();
-            tokio::spawn(async move { this.act(&member, d, errors).await });
+            self.tasks
+                .spawn(async move { this.act(&member, d, errors).await });
         }
     }
 
@@ -401,7 +408,7 @@ impl Failover {
             return;
         }
         let (this, m) = (self.clone(), member.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(this.settings.circuit_probe_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -466,7 +473,7 @@ impl Failover {
             match stuck {
                 Some(members) => {
                     let this = self.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         this.merge_members(&members).await;
                         this.resyncing.store(false, Ordering::Release);
                     });
@@ -476,7 +483,7 @@ impl Failover {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             this.resync_member(&source, &target).await;
             this.resyncing.store(false, Ordering::Release);
         });
@@ -566,7 +573,7 @@ impl Failover {
             }
             let (master, m) = (self.master.clone(), m.clone());
             let at = m.health.missed_write_at();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let c = &m.config;
                 if let Err(e) = master.mark_failover(c.group, c.no, at).await {
                     tracing::debug!(member = %m.label(), error = %e, "missed write still not recorded in locdb");

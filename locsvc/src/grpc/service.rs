@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{convert, deadline, status};
 use crate::location::LocationService;
@@ -58,10 +59,24 @@ impl LocationApi {
         deadline::answer_by(Instant::now(), header, self.timeout)
     }
 
-    /// Runs one unary call: load shedding (answer at once rather than queue),
-    /// `deadline` as the last guard (the work itself answers by then),
-    /// metrics.
+    /// Runs one unary call in a span naming the method and AoR (the router
+    /// adds the group, member operations their own spans below it): load
+    /// shedding (answer at once rather than queue), `deadline` as the last
+    /// guard (the work itself answers by then), metrics.
     async fn call<T>(
+        &self,
+        method: &'static str,
+        aor: &str,
+        deadline: Instant,
+        f: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        // Debug-formatted: the AoR is not validated yet, and escaping keeps a
+        // crafted one from forging log lines.
+        let span = tracing::info_span!("rpc", method, aor = ?aor, group = tracing::field::Empty);
+        self.call_in(method, deadline, f).instrument(span).await
+    }
+
+    async fn call_in<T>(
         &self,
         method: &'static str,
         deadline: Instant,
@@ -123,17 +138,19 @@ impl Location for LocationApi {
     ) -> Result<Response<pb::SaveResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Save", deadline, async {
+        let aor = r.aor.clone();
+        self.call("Save", &aor, deadline, async {
             let input = convert::save_input(&r)?;
             let table = convert::table(&r.table).to_string();
             let svc = self.svc.clone();
             // Runs in its own task so a caller that goes away cannot cut the
             // Save between its read and its write (the member writes
             // themselves always run to the end, in the router's tasks).
-            let saved =
-                tokio::spawn(async move { svc.save(&table, &r.aor, &input, deadline).await })
-                    .await
-                    .map_err(|_| status::internal("save task failed"))??;
+            let saved = tokio::spawn(
+                async move { svc.save(&table, &r.aor, &input, deadline).await }.in_current_span(),
+            )
+            .await
+            .map_err(|_| status::internal("save task failed"))??;
             Ok(pb::SaveResponse {
                 bindings: saved
                     .bindings
@@ -152,7 +169,7 @@ impl Location for LocationApi {
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Lookup", deadline, async {
+        self.call("Lookup", &r.aor, deadline, async {
             let (group, bindings) = self
                 .svc
                 .lookup(convert::table(&r.table), &r.aor, deadline)
@@ -172,14 +189,18 @@ impl Location for LocationApi {
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Remove", deadline, async {
+        let aor = r.aor.clone();
+        self.call("Remove", &aor, deadline, async {
             convert::remove_contact(&r.contact)?;
             let svc = self.svc.clone();
-            let (group, removed) = tokio::spawn(async move {
-                let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
-                svc.remove(convert::table(&r.table), &r.aor, contact, deadline)
-                    .await
-            })
+            let (group, removed) = tokio::spawn(
+                async move {
+                    let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
+                    svc.remove(convert::table(&r.table), &r.aor, contact, deadline)
+                        .await
+                }
+                .in_current_span(),
+            )
             .await
             .map_err(|_| status::internal("remove task failed"))??;
             Ok(pb::RemoveResponse {
@@ -205,7 +226,7 @@ impl Location for LocationApi {
         let group = (r.group != 0).then_some(r.group);
         let svc = self.svc.clone();
         let rx = self
-            .call("Dump", deadline, async {
+            .call("Dump", "", deadline, async {
                 Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?)
             })
             .await?
@@ -233,7 +254,7 @@ impl Location for LocationApi {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
-        self.call("Stats", deadline, async {
+        self.call("Stats", "", deadline, async {
             let groups = self.svc.stats(convert::table(&r.table), deadline).await?;
             Ok(pb::StatsResponse {
                 contacts: groups.iter().map(|g| g.stats.contacts).sum(),

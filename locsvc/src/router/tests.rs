@@ -438,3 +438,18 @@ async fn a_write_only_an_unreadable_member_confirmed_makes_reads_wait_for_a_read
     let (rows, served_by) = read.await.unwrap();
     assert_eq!((rows.len(), served_by), (1, 1));
 }
+
+#[tokio::test]
+async fn whole_group_reads_prefer_the_member_lacking_no_acknowledged_write() {
+    let f = Fixture::new(Duration::from_millis(5));
+    let alice = aor("sip:alice@example.com");
+    assert_eq!(f.router.whole_group_member(&f.group).unwrap().config.no, 1);
+    f.stores[0].hang();
+    f.save(&alice, "sip:a@192.0.2.1").await.unwrap();
+    // Member 1 (first by number) still lacks alice's write: a Dump or Stats
+    // reads member 2, which has it.
+    assert_eq!(f.router.whole_group_member(&f.group).unwrap().config.no, 2);
+    f.stores[0].release(Release::Apply);
+    f.settle().await;
+    assert_eq!(f.router.whole_group_member(&f.group).unwrap().config.no, 1);
+}
