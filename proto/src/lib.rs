@@ -9,3 +9,63 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("locsvc_descriptor");
+
+/// The `reason` of the `google.rpc.ErrorInfo` (domain [`reason::DOMAIN`])
+/// every failed call carries; the error model at the top of
+/// `locsvc/v1/location.proto` says which gRPC code and SIP answer each goes
+/// with. The server sends only these; fronts match on them.
+pub mod reason {
+    /// ErrorInfo domain.
+    pub const DOMAIN: &str = "locsvc.v1";
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+    pub const INTERVAL_TOO_BRIEF: &str = "INTERVAL_TOO_BRIEF";
+    pub const CSEQ_OUT_OF_ORDER: &str = "CSEQ_OUT_OF_ORDER";
+    pub const TOO_MANY_CONTACTS: &str = "TOO_MANY_CONTACTS";
+    pub const NO_HEALTHY_MEMBER: &str = "NO_HEALTHY_MEMBER";
+    pub const OVERLOADED: &str = "OVERLOADED";
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
+    pub const UNKNOWN_TABLE: &str = "UNKNOWN_TABLE";
+    pub const BAD_TOKEN: &str = "BAD_TOKEN";
+    pub const ADMIN_TOKEN_REQUIRED: &str = "ADMIN_TOKEN_REQUIRED";
+    pub const LAST_READABLE_MEMBER: &str = "LAST_READABLE_MEMBER";
+    pub const UNKNOWN_MEMBER: &str = "UNKNOWN_MEMBER";
+    pub const CREDENTIALS_UNAVAILABLE: &str = "CREDENTIALS_UNAVAILABLE";
+    pub const INTERNAL: &str = "INTERNAL";
+
+    /// Every reason, for tests that walk them all.
+    pub const ALL: &[&str] = &[
+        BAD_REQUEST,
+        INTERVAL_TOO_BRIEF,
+        CSEQ_OUT_OF_ORDER,
+        TOO_MANY_CONTACTS,
+        NO_HEALTHY_MEMBER,
+        OVERLOADED,
+        DEADLINE_EXCEEDED,
+        UNKNOWN_TABLE,
+        BAD_TOKEN,
+        ADMIN_TOKEN_REQUIRED,
+        LAST_READABLE_MEMBER,
+        UNKNOWN_MEMBER,
+        CREDENTIALS_UNAVAILABLE,
+        INTERNAL,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_reason_is_documented_in_the_error_model() {
+        let proto = include_str!("../locsvc/v1/location.proto");
+        let model: String = proto
+            .lines()
+            .take_while(|l| !l.starts_with("package"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for r in super::reason::ALL {
+            assert!(
+                model.contains(&format!("reason {r} ")) || model.contains(&format!("reason {r}\n")),
+                "{r} is not in location.proto's error model"
+            );
+        }
+    }
+}

@@ -136,13 +136,10 @@ impl Cluster for ClusterApi {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot set member status in locdb");
-                Status::unavailable("the master database did not take the change; retry")
+                status::master_unavailable("the change")
             })?;
         if n == 0 {
-            return Err(Status::not_found(format!(
-                "no locdb row with id={} and no={}",
-                r.group, r.no
-            )));
+            return Err(status::unknown_member(r.group, r.no));
         }
         tracing::warn!(
             group = r.group,

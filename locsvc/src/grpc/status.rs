@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use locsvc_proto::reason;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -16,7 +17,7 @@ use crate::router::RouteError;
 use crate::store::StoreError;
 
 /// ErrorInfo domain.
-pub const DOMAIN: &str = "locsvc.v1";
+pub const DOMAIN: &str = reason::DOMAIN;
 
 /// Seconds a client should wait before retrying an UNAVAILABLE answer.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -31,7 +32,7 @@ fn status(code: Code, msg: String, reason: &str, meta: HashMap<String, String>) 
 pub fn invalid(field: &str, reason: &str) -> Status {
     let mut d = ErrorDetails::new();
     d.set_error_info(
-        "BAD_REQUEST",
+        reason::BAD_REQUEST,
         DOMAIN,
         HashMap::from([("field".to_string(), field.to_string())]),
     );
@@ -55,7 +56,11 @@ fn unavailable(msg: String, reason: &str, group: Option<u32>) -> Status {
 
 /// UNAVAILABLE for load shedding.
 pub fn overloaded() -> Status {
-    unavailable("server overloaded, retry later".into(), "OVERLOADED", None)
+    unavailable(
+        "server overloaded, retry later".into(),
+        reason::OVERLOADED,
+        None,
+    )
 }
 
 /// DEADLINE_EXCEEDED for a request that ran past its deadline.
@@ -63,7 +68,7 @@ pub fn deadline() -> Status {
     status(
         Code::DeadlineExceeded,
         "request deadline exceeded".into(),
-        "DEADLINE_EXCEEDED",
+        reason::DEADLINE_EXCEEDED,
         HashMap::new(),
     )
 }
@@ -73,7 +78,7 @@ fn deadline_in(group: u32) -> Status {
     status(
         Code::DeadlineExceeded,
         format!("no member of group {group} answered before the request's deadline"),
-        "DEADLINE_EXCEEDED",
+        reason::DEADLINE_EXCEEDED,
         HashMap::from([
             ("group".to_string(), group.to_string()),
             ("retry_after".to_string(), RETRY_AFTER_SECS.to_string()),
@@ -86,7 +91,7 @@ pub fn internal(what: &str) -> Status {
     status(
         Code::Internal,
         format!("internal error: {what}"),
-        "INTERNAL",
+        reason::INTERNAL,
         HashMap::new(),
     )
 }
@@ -99,7 +104,12 @@ impl From<InvalidField> for Status {
 
 /// UNAUTHENTICATED: no token, or one the server does not know.
 pub fn unauthenticated() -> Status {
-    Status::unauthenticated("missing or wrong bearer token")
+    status(
+        Code::Unauthenticated,
+        "missing or wrong bearer token".into(),
+        reason::BAD_TOKEN,
+        HashMap::new(),
+    )
 }
 
 /// PERMISSION_DENIED for an administration call without the admin token.
@@ -107,8 +117,30 @@ pub fn admin_required(msg: &str) -> Status {
     status(
         Code::PermissionDenied,
         msg.to_string(),
-        "ADMIN_TOKEN_REQUIRED",
+        reason::ADMIN_TOKEN_REQUIRED,
         HashMap::new(),
+    )
+}
+
+/// NOT_FOUND: `locdb` has no row (`group`, `no`).
+pub fn unknown_member(group: u32, no: u32) -> Status {
+    status(
+        Code::NotFound,
+        format!("no locdb row with id={group} and no={no}"),
+        reason::UNKNOWN_MEMBER,
+        HashMap::from([
+            ("group".to_string(), group.to_string()),
+            ("no".to_string(), no.to_string()),
+        ]),
+    )
+}
+
+/// UNAVAILABLE: the master database did not take an administration change.
+pub fn master_unavailable(what: &str) -> Status {
+    unavailable(
+        format!("the master database did not take {what}; retry"),
+        reason::NO_HEALTHY_MEMBER,
+        None,
     )
 }
 
@@ -121,7 +153,7 @@ pub fn last_readable_member(group: u32, no: u32) -> Status {
             "member {group}/{no} is the last readable member of group {group}; \
              its subscribers would fail until another is read again (force to do it anyway)"
         ),
-        "LAST_READABLE_MEMBER",
+        reason::LAST_READABLE_MEMBER,
         HashMap::from([
             ("group".to_string(), group.to_string()),
             ("no".to_string(), no.to_string()),
@@ -138,7 +170,7 @@ pub fn credential_store(e: StoreError) -> Status {
         return status(
             Code::Unavailable,
             "credential database unavailable, retry later".into(),
-            "CREDENTIALS_UNAVAILABLE",
+            reason::CREDENTIALS_UNAVAILABLE,
             meta,
         );
     }
@@ -155,7 +187,7 @@ impl From<LocationError> for Status {
                 RegistrarError::IntervalTooBrief { min_expires } => status(
                     Code::FailedPrecondition,
                     format!("interval too brief; Min-Expires: {min_expires}"),
-                    "INTERVAL_TOO_BRIEF",
+                    reason::INTERVAL_TOO_BRIEF,
                     HashMap::from([("min_expires".to_string(), min_expires.to_string())]),
                 ),
                 RegistrarError::CseqOutOfOrder {
@@ -165,13 +197,13 @@ impl From<LocationError> for Status {
                 } => status(
                     Code::FailedPrecondition,
                     format!("CSeq {received} is not above {stored} for contact {contact}"),
-                    "CSEQ_OUT_OF_ORDER",
+                    reason::CSEQ_OUT_OF_ORDER,
                     HashMap::from([("stored_cseq".to_string(), stored.to_string())]),
                 ),
                 RegistrarError::TooManyContacts { max } => status(
                     Code::ResourceExhausted,
                     format!("more than {max} contacts for this AoR"),
-                    "TOO_MANY_CONTACTS",
+                    reason::TOO_MANY_CONTACTS,
                     HashMap::from([("max_contacts".to_string(), max.to_string())]),
                 ),
             },
@@ -186,7 +218,7 @@ fn route(r: RouteError) -> Status {
         RouteError::UnknownTable(t) => {
             let mut d = ErrorDetails::new();
             d.set_error_info(
-                "UNKNOWN_TABLE",
+                reason::UNKNOWN_TABLE,
                 DOMAIN,
                 HashMap::from([("table".to_string(), t.clone())]),
             );
@@ -197,16 +229,29 @@ fn route(r: RouteError) -> Status {
                 d,
             )
         }
-        e @ RouteError::AllFailed {
+        RouteError::AllFailed {
             error: StoreError::Backlog(_),
             ..
-        } => unavailable(e.to_string(), "OVERLOADED", group),
+        } => unavailable(
+            "writes are queued beyond their deadline: overloaded, retry later".into(),
+            reason::OVERLOADED,
+            group,
+        ),
         RouteError::Deadline { group } => deadline_in(group),
         RouteError::AllFailed { group, error } if !error.is_transport() => {
             tracing::error!(group, %error, "storage refused an operation on every member");
             internal(&format!("storage error in group {group}"))
         }
-        other => unavailable(other.to_string(), "NO_HEALTHY_MEMBER", group),
+        RouteError::AllFailed { group, error } => {
+            // The driver's text (hosts, ports, SQL) stays in the log.
+            tracing::warn!(group, %error, "every member of the group failed");
+            unavailable(
+                format!("every member of group {group} failed; retry later"),
+                reason::NO_HEALTHY_MEMBER,
+                Some(group),
+            )
+        }
+        other => unavailable(other.to_string(), reason::NO_HEALTHY_MEMBER, group),
     }
 }
 
@@ -274,6 +319,42 @@ mod tests {
         assert_eq!(reason, "DEADLINE_EXCEEDED");
         assert_eq!(meta["group"], "3");
         assert!(meta.contains_key("retry_after"));
+    }
+
+    #[test]
+    fn no_status_carries_the_drivers_text() {
+        let s = route(RouteError::AllFailed {
+            group: 1,
+            error: StoreError::Unavailable("connect to 10.1.2.3:3306 refused".into()),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("10.1.2.3"), "{}", s.message());
+        assert_eq!(info(&s).0, reason::NO_HEALTHY_MEMBER);
+    }
+
+    #[test]
+    fn every_status_built_here_uses_a_documented_reason() {
+        let statuses = [
+            invalid("aor", "bad"),
+            overloaded(),
+            deadline(),
+            internal("x"),
+            unauthenticated(),
+            master_unavailable("the change"),
+            unknown_member(1, 2),
+            route(RouteError::Deadline { group: 1 }),
+            route(RouteError::UnknownTable("t".into())),
+            route(RouteError::NoReadableMember { group: 1 }),
+            LocationError::Registrar(RegistrarError::TooManyContacts { max: 1 }).into(),
+            LocationError::Registrar(RegistrarError::IntervalTooBrief { min_expires: 60 }).into(),
+        ];
+        for s in statuses {
+            let (r, _) = info(&s);
+            assert!(
+                reason::ALL.contains(&r.as_str()),
+                "{r} is not in reason::ALL"
+            );
+        }
     }
 
     #[test]
