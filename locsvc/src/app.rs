@@ -102,9 +102,6 @@ async fn seed_embedded(master: &SqlStore, data_dir: &Path) -> Result<(), StoreEr
         return Ok(());
     }
     let dir = std::path::absolute(data_dir).map_err(|e| StoreError::Config(e.to_string()))?;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 1))
-        .unwrap_or_default();
     for id in 1..=2 {
         for no in 1..=2 {
             let file = dir.join(format!("group{id}-member{no}.db"));
@@ -115,7 +112,7 @@ async fn seed_embedded(master: &SqlStore, data_dir: &Path) -> Result<(), StoreEr
                     url: format!("sqlite://{}", file.display()),
                     status: 1,
                     errors: 0,
-                    failover: epoch,
+                    failover: crate::store::FAILOVER_RESET,
                     spare: 0,
                     rg: no,
                 })

@@ -93,10 +93,7 @@ pub fn locdb_row(id: i64, no: i64, url: &str) -> LocdbRow {
         url: url.to_string(),
         status: 1,
         errors: 0,
-        failover: chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
-            .unwrap()
-            .and_hms_opt(0, 0, 1)
-            .unwrap(),
+        failover: locsvc::store::FAILOVER_RESET,
         spare: 0,
         rg: no,
     }

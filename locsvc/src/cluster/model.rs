@@ -223,10 +223,7 @@ mod tests {
             url: url.into(),
             status,
             errors: 0,
-            failover: chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
-                .unwrap()
-                .and_hms_opt(0, 0, 1)
-                .unwrap(),
+            failover: crate::store::FAILOVER_RESET,
             spare: 0,
             rg: 0,
         }

@@ -1,0 +1,338 @@
+//! The master's `locdb` table: reading the layout, and the conditional
+//! updates failover and administration make (mark a missed write,
+//! deactivate, re-admit, clear after a resync, promote a spare, set a
+//! status). Each update is one statement (or one transaction) whose
+//! conditions make concurrent instances agree: only one of them lands.
+
+use chrono::NaiveDateTime;
+use sqlx::Row;
+
+use super::rows::to_db_time;
+use super::{Dialect, SqlStore, StoreError, redact, with_pool};
+use crate::domain::UnixTime;
+
+/// One row of the master's `locdb` table, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocdbRow {
+    pub id: i64,
+    pub no: i64,
+    pub url: String,
+    pub status: i64,
+    pub errors: i64,
+    pub failover: NaiveDateTime,
+    pub spare: i64,
+    pub rg: i64,
+}
+
+/// What a spare promotion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promotion {
+    /// The spare at this (redacted) URL replaced the broken member.
+    Promoted { spare: String },
+    /// Another instance already replaced or switched off the member.
+    AlreadyDone,
+    /// No spare outside the group's risk groups is available.
+    NoSpare,
+}
+
+/// `locdb.failover` of a member that holds everything: p_usrloc's shipped
+/// default, "long ago".
+pub const FAILOVER_RESET: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(d) => match d.and_hms_opt(0, 0, 1) {
+        Some(t) => t,
+        None => NaiveDateTime::MIN,
+    },
+    None => NaiveDateTime::MIN,
+};
+
+/// A bind value of a `locdb` update.
+enum Arg {
+    Time(UnixTime),
+    Naive(NaiveDateTime),
+    Int(i64),
+}
+
+impl SqlStore {
+    /// Every `locdb` row, ordered by id and no.
+    pub async fn load_locdb(&self) -> Result<Vec<LocdbRow>, StoreError> {
+        let sql = &self.locdb.select_all;
+        let rows = with_pool!(&self.pool, p => {
+            let rows = self.timed(sqlx::query(sql).fetch_all(p)).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LocdbRow {
+                        id: r.try_get("id")?,
+                        no: r.try_get("no")?,
+                        url: r.try_get("url")?,
+                        status: r.try_get("status")?,
+                        errors: r.try_get("errors")?,
+                        failover: r.try_get("failover")?,
+                        spare: r.try_get("spare")?,
+                        rg: r.try_get("rg")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Adds one `locdb` row (used to seed the embedded layout and by tests).
+    pub async fn insert_locdb(&self, row: &LocdbRow) -> Result<(), StoreError> {
+        let sql = self.dialect().finish(
+            "INSERT INTO locdb (id, no, url, status, errors, failover, spare, rg) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        with_pool!(&self.pool, p => {
+            let q = sqlx::query(&sql)
+                .bind(row.id as i32)
+                .bind(row.no as i32)
+                .bind(&row.url)
+                .bind(row.status as i32)
+                .bind(row.errors as i32)
+                .bind(row.failover)
+                .bind(row.spare as i32)
+                .bind(row.rg as i32);
+            self.timed(q.execute(p)).await?;
+        });
+        Ok(())
+    }
+
+    /// Records in `locdb` that the member in slot (`id`, `no`) missed
+    /// writes at `at`, so every instance keeps reads off it (p_usrloc's
+    /// "recent failover").
+    pub async fn mark_failover(&self, id: u32, no: u32, at: UnixTime) -> Result<u64, StoreError> {
+        let sql = &self.locdb.mark_failover;
+        let done = with_pool!(&self.pool, p => self
+            .timed(
+                sqlx::query(sql)
+                    .bind(to_db_time(at))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .execute(p),
+            )
+            .await?
+            .rows_affected());
+        Ok(done)
+    }
+
+    /// Switches an `on` member off (failover level 1), adding `errors` to
+    /// its counter. Returns 0 when another instance already did, or when no
+    /// other member of the group is on.
+    pub async fn deactivate(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(
+            &self.locdb.deactivate,
+            &[Arg::Time(at), Arg::Int(i64::from(errors))],
+            id,
+            no,
+            url,
+            &[Arg::Int(i64::from(id)), Arg::Int(i64::from(no))],
+        )
+        .await
+    }
+
+    /// Switches an `off` member back on; it warms up (is not read) until
+    /// it is known to be complete. Returns 0 when another instance already did.
+    pub async fn readmit(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(&self.locdb.readmit, &[Arg::Time(at)], id, no, url, &[])
+            .await
+    }
+
+    /// Marks a member complete (resynced) unless a newer miss was recorded
+    /// since `expected` was read. Returns 0 when it was.
+    pub async fn clear_failover(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        expected: NaiveDateTime,
+    ) -> Result<u64, StoreError> {
+        self.locdb_update(
+            &self.locdb.clear_failover,
+            &[Arg::Naive(FAILOVER_RESET)],
+            id,
+            no,
+            url,
+            &[Arg::Naive(expected)],
+        )
+        .await
+    }
+
+    /// Failover level 2: swaps broken member (`id`, `no`, `url`) for a spare
+    /// whose risk group differs from every rg in `avoid_rgs` (the broken
+    /// member's and its partners'), in one transaction, like p_usrloc's
+    /// `db_failover` but with both risk groups checked. The broken row
+    /// becomes an off spare; the spare takes its place, on, with a recent
+    /// `failover` so it is resynced before it is read. Exactly once across
+    /// instances: the first statement is conditional on the broken row.
+    pub async fn promote_spare(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        avoid_rgs: &[i64],
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<Promotion, StoreError> {
+        let d = self.dialect();
+        let lock = if d == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let rg_filter = if avoid_rgs.is_empty() {
+            String::new()
+        } else {
+            format!(" AND rg NOT IN ({})", vec!["?"; avoid_rgs.len()].join(", "))
+        };
+        let pick = d.finish(&format!(
+            "SELECT {sid} AS id, {sno} AS no, url FROM locdb WHERE spare = 1 AND status = 1{rg_filter} \
+             ORDER BY id, no LIMIT 1{lock}",
+            sid = d.int64("id"),
+            sno = d.int64("no"),
+        ));
+        let check = d.finish(&format!(
+            "SELECT {} FROM locdb WHERE id = ? AND no = ? AND url = ? AND status = 1{lock}",
+            d.int64("no")
+        ));
+        let max_no = d.finish(&format!(
+            "SELECT {} FROM locdb WHERE id = ?",
+            d.int64("MAX(no)")
+        ));
+        let retire = d.finish(
+            "UPDATE locdb SET id = ?, no = ?, status = 0, spare = 1, failover = ?, errors = errors + ? \
+             WHERE id = ? AND no = ? AND url = ? AND status = 1",
+        );
+        let promote = d.finish(
+            "UPDATE locdb SET id = ?, no = ?, spare = 0, status = 1, failover = ?, errors = 0 \
+             WHERE id = ? AND no = ? AND url = ? AND spare = 1 AND status = 1",
+        );
+        let at = to_db_time(at);
+        with_pool!(&self.pool, p => {
+            self.timed(async {
+                let mut tx = p.begin().await?;
+                let still: Option<i64> = sqlx::query_scalar(&check)
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if still.is_none() {
+                    tx.rollback().await?;
+                    return Ok(Promotion::AlreadyDone);
+                }
+                let mut q = sqlx::query(&pick);
+                for rg in avoid_rgs {
+                    q = q.bind(*rg as i32);
+                }
+                let Some(row) = q.fetch_optional(&mut *tx).await? else {
+                    tx.rollback().await?;
+                    return Ok(Promotion::NoSpare);
+                };
+                let (sid, sno, surl): (i64, i64, String) =
+                    (row.try_get("id")?, row.try_get("no")?, row.try_get("url")?);
+                let top: Option<i64> = sqlx::query_scalar(&max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
+                let new_no = top.unwrap_or(sno) + 1;
+                let moved = sqlx::query(&retire)
+                    .bind(sid as i32)
+                    .bind(new_no as i32)
+                    .bind(at)
+                    .bind(i64::from(errors))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(url)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved == 0 {
+                    tx.rollback().await?;
+                    return Ok(Promotion::AlreadyDone);
+                }
+                let taken = sqlx::query(&promote)
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .bind(at)
+                    .bind(sid as i32)
+                    .bind(sno as i32)
+                    .bind(&surl)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if taken == 0 {
+                    tx.rollback().await?;
+                    return Ok(Promotion::NoSpare);
+                }
+                tx.commit().await?;
+                Ok(Promotion::Promoted { spare: redact(&surl) })
+            })
+            .await
+        })
+    }
+
+    /// Sets a member's status by operator request.
+    pub async fn set_status(
+        &self,
+        id: u32,
+        no: u32,
+        status: i64,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let sql = &self.locdb.set_status;
+        let done = with_pool!(&self.pool, p => self
+            .timed(
+                sqlx::query(sql)
+                    .bind(status as i32)
+                    .bind(to_db_time(at))
+                    .bind(id as i32)
+                    .bind(no as i32)
+                    .execute(p),
+            )
+            .await?
+            .rows_affected());
+        Ok(done)
+    }
+
+    /// Runs a `locdb` update bound as: `head`, id, no, url, `tail`.
+    async fn locdb_update(
+        &self,
+        sql: &str,
+        head: &[Arg],
+        id: u32,
+        no: u32,
+        url: &str,
+        tail: &[Arg],
+    ) -> Result<u64, StoreError> {
+        let done = with_pool!(&self.pool, p => {
+            let mut q = sqlx::query(sql);
+            for a in head {
+                q = match a {
+                    Arg::Time(t) => q.bind(to_db_time(*t)),
+                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Int(i) => q.bind(*i),
+                };
+            }
+            q = q.bind(id as i32).bind(no as i32).bind(url);
+            for a in tail {
+                q = match a {
+                    Arg::Time(t) => q.bind(to_db_time(*t)),
+                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Int(i) => q.bind(*i),
+                };
+            }
+            self.timed(q.execute(p)).await?.rows_affected()
+        });
+        Ok(done)
+    }
+}
