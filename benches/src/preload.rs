@@ -21,7 +21,8 @@ use locsvc::partition::{HashMode, Partitioner};
 use locsvc::router::TableMode;
 use locsvc::settings::Settings;
 use locsvc::store::{
-    COLUMNS, DbUrl, Dialect, LocationStore, PoolSettings, SqlStore, StoreError, StoredBinding,
+    COLUMNS, DbUrl, Dialect, LocationStore, PoolSettings, SqlStore, StoreError, StoreOptions,
+    StoredBinding,
 };
 use tokio::sync::{Mutex, mpsc};
 use xxhash_rust::xxh3::xxh3_64;
@@ -270,10 +271,12 @@ pub async fn preload(o: PreloadOptions) -> anyhow::Result<PreloadReport> {
 
     let master = SqlStore::open(
         &master_url,
-        &[],
-        o.key_policy.use_domain,
-        &pool,
-        o.query_timeout,
+        &StoreOptions {
+            tables: Vec::new(),
+            use_domain: o.key_policy.use_domain,
+            pool: pool.clone(),
+            query_timeout: o.query_timeout,
+        },
     )
     .with_context(|| format!("master {}", master_url.redacted()))?;
     let rows = master
@@ -330,10 +333,12 @@ pub async fn preload(o: PreloadOptions) -> anyhow::Result<PreloadReport> {
             });
             let store = SqlStore::open(
                 &m.url,
-                std::slice::from_ref(&o.table),
-                o.key_policy.use_domain,
-                &pool_for(in_flight),
-                o.query_timeout,
+                &StoreOptions {
+                    tables: vec![o.table.clone()],
+                    use_domain: o.key_policy.use_domain,
+                    pool: pool_for(in_flight),
+                    query_timeout: o.query_timeout,
+                },
             )
             .with_context(|| format!("member {}", m.url.redacted()))?;
             let (tx, rx) = mpsc::channel(in_flight);

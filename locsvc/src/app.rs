@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::clock::{self, Clock};
-use crate::cluster::{ClusterWatcher, StoreOptions};
+use crate::cluster::ClusterWatcher;
 use crate::expiry::Sweeper;
 use crate::failover::Failover;
 use crate::grpc::{ClusterApi, Level, LocationApi, SubscribersApi, Tokens};
@@ -130,10 +130,7 @@ fn open_master(settings: &Settings) -> Result<(DbUrl, bool, SqlStore), AppError>
     };
     let store = SqlStore::open(
         &url,
-        &settings.tables_of(TableMode::Single),
-        settings.cluster.key_policy.use_domain,
-        &settings.cluster.pool,
-        settings.cluster.query_timeout,
+        &settings.store_options(settings.tables_of(TableMode::Single)),
     )
     .map_err(|source| AppError::Master {
         url: url.redacted(),
@@ -176,16 +173,11 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
             ));
             continue;
         };
-        let member = SqlStore::open(
-            &u,
-            &[],
-            settings.cluster.key_policy.use_domain,
-            &settings.cluster.pool,
-            settings.cluster.query_timeout,
-        )
-        .map_err(|source| AppError::Member {
-            url: u.redacted(),
-            source,
+        let member = SqlStore::open(&u, &settings.store_options(Vec::new())).map_err(|source| {
+            AppError::Member {
+                url: u.redacted(),
+                source,
+            }
         })?;
         let mut n = 0;
         for t in settings.cluster_tables() {
@@ -219,12 +211,7 @@ impl App {
             }
         }
         let metrics = Arc::new(Metrics::new());
-        let opts = StoreOptions {
-            tables: settings.cluster_tables(),
-            use_domain: settings.cluster.key_policy.use_domain,
-            pool: settings.cluster.pool.clone(),
-            query_timeout: settings.cluster.query_timeout,
-        };
+        let opts = settings.store_options(settings.cluster_tables());
         let master = Arc::new(master);
         let (subscribers, own_subscriber_pool) = match &settings.subscribers_url {
             Some(u) => (

@@ -18,7 +18,7 @@ use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
 use crate::router::{RouterSettings, TableMode};
 use crate::store::migrate::valid_table_name;
-use crate::store::{DbUrl, PoolSettings, redact};
+use crate::store::{DbUrl, PoolSettings, StoreOptions, redact};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,6 +485,16 @@ impl Settings {
         }
         f.window = self.stale_window();
         f
+    }
+
+    /// How a database serving `tables` is opened.
+    pub fn store_options(&self, tables: Vec<String>) -> StoreOptions {
+        StoreOptions {
+            tables,
+            use_domain: self.cluster.key_policy.use_domain,
+            pool: self.cluster.pool.clone(),
+            query_timeout: self.cluster.query_timeout,
+        }
     }
 
     /// How the router waits on members.

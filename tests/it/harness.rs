@@ -10,7 +10,7 @@ use locsvc::clock::{Clock, ManualClock};
 use locsvc::location::LocationService;
 use locsvc::settings::Settings;
 use locsvc::store::migrate::Scope;
-use locsvc::store::{DbUrl, LocdbRow, PoolSettings, SqlStore};
+use locsvc::store::{DbUrl, LocdbRow, PoolSettings, SqlStore, StoreOptions};
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::location_client::LocationClient;
 use tokio::sync::oneshot;
@@ -77,10 +77,12 @@ pub async fn fresh_db(backend: Backend, dir: &std::path::Path) -> String {
 pub fn open_store(url: &str, use_domain: bool) -> SqlStore {
     SqlStore::open(
         &DbUrl::parse(url).unwrap(),
-        &["location".to_string()],
-        use_domain,
-        &PoolSettings::default(),
-        Duration::from_secs(5),
+        &StoreOptions {
+            tables: vec!["location".to_string()],
+            use_domain,
+            pool: PoolSettings::default(),
+            query_timeout: Duration::from_secs(5),
+        },
     )
     .unwrap()
 }

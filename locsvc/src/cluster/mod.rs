@@ -5,6 +5,7 @@ pub mod model;
 pub mod topology;
 pub mod watcher;
 
+pub use crate::store::StoreOptions;
 pub use model::{ClusterConfig, ConfigProblem, GroupConfig, MemberConfig, MemberStatus};
 pub use topology::{Group, Member, MemberHealth, Topology};
-pub use watcher::{ClusterWatcher, StoreOptions};
+pub use watcher::ClusterWatcher;

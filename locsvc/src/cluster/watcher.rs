@@ -17,17 +17,7 @@ use super::{Group, Member, MemberHealth, Topology};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::partition::{HashMode, Partitioner};
-use crate::store::{LocationStore, PoolSettings, SqlStore, StoreError};
-
-/// How member stores are opened.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// Partitioned location tables every member serves.
-    pub tables: Vec<String>,
-    pub use_domain: bool,
-    pub pool: PoolSettings,
-    pub query_timeout: Duration,
-}
+use crate::store::{LocationStore, SqlStore, StoreError, StoreOptions};
 
 type MemberKey = (u32, u32, String);
 
@@ -239,13 +229,7 @@ impl ClusterWatcher {
         if let Some(s) = self.stores.get(&raw) {
             return Ok(s.clone());
         }
-        let s = Arc::new(SqlStore::open(
-            &m.url,
-            &self.opts.tables,
-            self.opts.use_domain,
-            &self.opts.pool,
-            self.opts.query_timeout,
-        )?);
+        let s = Arc::new(SqlStore::open(&m.url, &self.opts)?);
         self.stores.insert(raw, s.clone());
         Ok(s)
     }

@@ -15,7 +15,7 @@ use super::*;
 use crate::cluster::{Group, Member, MemberConfig, MemberHealth, MemberStatus, Topology};
 use crate::domain::{Binding, KeyPolicy, UnixTime};
 use crate::partition::{HashMode, Partitioner};
-use crate::store::{DbUrl, PoolSettings, StoredBinding, TableStats};
+use crate::store::{DbUrl, PoolSettings, StoreOptions, StoredBinding, TableStats};
 
 /// What a held write does once released.
 #[derive(Clone, Copy, PartialEq)]
@@ -181,10 +181,12 @@ impl Fixture {
         // (lazy pool) unless a test makes a member miss a write.
         let master = SqlStore::open(
             &DbUrl::parse(&format!("sqlite://{}/master.db", dir.path().display())).unwrap(),
-            &[],
-            true,
-            &PoolSettings::default(),
-            Duration::from_secs(1),
+            &StoreOptions {
+                tables: Vec::new(),
+                use_domain: true,
+                pool: PoolSettings::default(),
+                query_timeout: Duration::from_secs(1),
+            },
         )
         .unwrap();
         let (_tx, topology) = watch::channel(Arc::new(Topology::empty(Partitioner::new(

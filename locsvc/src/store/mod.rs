@@ -140,15 +140,33 @@ struct Batching {
     read_aors: usize,
 }
 
+/// How a database is opened: the tables it serves and the pool and
+/// statement settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreOptions {
+    /// Location tables this database serves (none for the master's `locdb`
+    /// alone, or for migrations).
+    pub tables: Vec<String>,
+    pub use_domain: bool,
+    pub pool: PoolSettings,
+    pub query_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// The same options serving `tables` instead.
+    pub fn with_tables(&self, tables: Vec<String>) -> Self {
+        Self {
+            tables,
+            ..self.clone()
+        }
+    }
+}
+
 impl SqlStore {
-    /// Opens (lazily) the database at `url` serving `tables`.
-    pub fn open(
-        url: &DbUrl,
-        tables: &[String],
-        use_domain: bool,
-        pool: &PoolSettings,
-        query_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    /// Opens (lazily) the database at `url` as `o` says.
+    pub fn open(url: &DbUrl, o: &StoreOptions) -> Result<Self, StoreError> {
+        let (tables, use_domain, pool, query_timeout) =
+            (&o.tables, o.use_domain, &o.pool, o.query_timeout);
         let dialect = url.dialect();
         let batching = Batching {
             // SQLite has one writer anyway.
