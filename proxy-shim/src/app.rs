@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::handler::Core;
 use crate::limits::Limits;
-use crate::locsvc_client::{ClientError, LocsvcClient};
+use crate::locsvc_client::{ClientError, LocsvcClient, TlsClient, TlsFileError};
 use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 use crate::transport::{self, Outbox};
@@ -33,6 +33,9 @@ pub enum AppError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A `locsvc_ca`/`locsvc_cert`/`locsvc_key` file (named with its path).
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
     #[error("invalid configuration: {0}")]
     Settings(String),
 }
@@ -68,11 +71,12 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), AppErro
 impl App {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         settings.check().map_err(AppError::Settings)?;
-        let client = LocsvcClient::new(
+        let client = LocsvcClient::with_tls(
             &settings.locsvc,
             settings.locsvc_timeout,
             settings.locsvc_token.clone(),
             settings.table.clone(),
+            TlsClient::load(&settings)?,
         )?;
         let (udp, tcp) = bind_pair(settings.listen).await?;
         let local = udp.local_addr().map_err(|source| AppError::Bind {
@@ -146,6 +150,7 @@ impl App {
             advertise = %format!("{}:{}", self.core.advertised.0, self.core.advertised.1),
             metrics = %metrics::describe(self.metrics_addr),
             locsvc = ?self.core.settings.locsvc,
+            locsvc_tls = self.core.settings.locsvc_tls(),
             mode = ?self.core.settings.mode,
             domains = ?self.core.settings.domains,
             "proxy-shim serving (udp+tcp)"

@@ -4,16 +4,20 @@
 //! unreachable or shedding load, and the classification of locsvc's
 //! `ErrorInfo` reasons into what the SIP side answers.
 //!
+//! With `TlsClient` the channels use TLS (rustls, the CA given, no system
+//! roots), with a client certificate for a locsvc that requires one.
+//!
 //! It does not retry a request locsvc *answered* (bad input, 423, CSeq): the
 //! answer would be the same from any instance sharing the same databases.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use locsvc_proto::v1::location_client::LocationClient;
 use locsvc_proto::v1::subscribers_client::SubscribersClient;
 use locsvc_proto::v1::{Binding, GetCredentialsRequest, LookupRequest, SaveRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -132,6 +136,19 @@ pub fn classify(s: &Status) -> LocsvcError {
     }
 }
 
+/// An error and its sources on one line (tonic's own Display is only
+/// "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 fn one_line(s: &str) -> String {
     let s: String = s
         .chars()
@@ -156,6 +173,101 @@ pub enum ClientError {
     BadUri { uri: String, reason: String },
     #[error("no locsvc address configured")]
     NoInstance,
+    #[error(
+        "locsvc address {uri} is https:// but no CA is configured (`locsvc_ca`; this build has no system trust roots)"
+    )]
+    HttpsWithoutCa { uri: String },
+    #[error("TLS to locsvc at {uri}: {reason}")]
+    Tls { uri: String, reason: String },
+}
+
+/// TLS to locsvc: the PEM contents (read by `load`) and the name to verify.
+#[derive(Clone, Default)]
+pub struct TlsClient {
+    /// CA certificate(s) trusted for locsvc's server certificate.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and private key (mTLS), when locsvc wants one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Server name to verify instead of the URL's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// A TLS file setting that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("`{setting}` {}: {reason}", path.display())]
+pub struct TlsFileError {
+    pub setting: &'static str,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl TlsClient {
+    /// Reads the PEM files the settings name; None when TLS is off
+    /// (`locsvc_ca` unset). A missing, unreadable or non-PEM file is an
+    /// error naming its setting and path.
+    pub fn load(settings: &crate::settings::Settings) -> Result<Option<Self>, TlsFileError> {
+        let Some(ca) = &settings.locsvc_ca else {
+            return Ok(None);
+        };
+        let ca_pem = read_pem("locsvc_ca", ca, "CERTIFICATE-----")?;
+        let identity = match (&settings.locsvc_cert, &settings.locsvc_key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem("locsvc_cert", cert, "CERTIFICATE-----")?,
+                read_pem("locsvc_key", key, "PRIVATE KEY-----")?,
+            )),
+            _ => None,
+        };
+        Ok(Some(Self {
+            ca_pem,
+            identity,
+            domain: settings.locsvc_tls_domain.clone(),
+        }))
+    }
+
+    fn config(&self, budget: Duration) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .timeout(budget);
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
+    }
+}
+
+/// The file at `path`, which must hold a PEM block whose BEGIN line ends
+/// with `marker` (rustls would otherwise ignore it silently and fail every
+/// handshake later).
+fn read_pem(setting: &'static str, path: &Path, marker: &str) -> Result<Vec<u8>, TlsFileError> {
+    let err = |reason: String| TlsFileError {
+        setting,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(format!("cannot be read: {e}")))?;
+    let text = String::from_utf8_lossy(&pem);
+    let found = text
+        .lines()
+        .any(|l| l.trim().starts_with("-----BEGIN ") && l.trim().ends_with(marker));
+    if !found {
+        let what = marker.trim_end_matches('-').to_ascii_lowercase();
+        return Err(err(format!("holds no PEM {what}")));
+    }
+    Ok(pem)
 }
 
 /// A client over several locsvc instances, tried in the configured order,
@@ -170,19 +282,39 @@ pub struct LocsvcClient {
 
 impl LocsvcClient {
     /// Channels connect lazily, so the shim starts even when locsvc is not
-    /// up yet (it answers 503 until it is).
+    /// up yet (it answers 503 until it is). Plain HTTP/2: see `with_tls`.
     pub fn new(
         uris: &[String],
         budget: Duration,
         token: Option<String>,
         table: String,
     ) -> Result<Self, ClientError> {
+        Self::with_tls(uris, budget, token, table, None)
+    }
+
+    /// `new`, over TLS when `tls` is given: every channel then uses it, an
+    /// `http://` address being upgraded to `https://`. Without it an
+    /// `https://` address is refused (no trust roots to verify with).
+    pub fn with_tls(
+        uris: &[String],
+        budget: Duration,
+        token: Option<String>,
+        table: String,
+        tls: Option<TlsClient>,
+    ) -> Result<Self, ClientError> {
         if uris.is_empty() {
             return Err(ClientError::NoInstance);
         }
         let mut instances = Vec::new();
         for uri in uris {
-            let ep = Endpoint::from_shared(uri.clone())
+            let uri = match (&tls, uri.strip_prefix("http://")) {
+                (Some(_), Some(rest)) => format!("https://{rest}"),
+                (None, _) if uri.starts_with("https://") => {
+                    return Err(ClientError::HttpsWithoutCa { uri: uri.clone() });
+                }
+                _ => uri.clone(),
+            };
+            let mut ep = Endpoint::from_shared(uri.clone())
                 .map_err(|e| ClientError::BadUri {
                     uri: uri.clone(),
                     reason: e.to_string(),
@@ -190,9 +322,17 @@ impl LocsvcClient {
                 .connect_timeout(budget)
                 .timeout(budget)
                 .tcp_nodelay(true);
+            if let Some(t) = &tls {
+                ep = ep
+                    .tls_config(t.config(budget))
+                    .map_err(|e| ClientError::Tls {
+                        uri: uri.clone(),
+                        reason: error_chain(&e),
+                    })?;
+            }
             let channel = ep.connect_lazy();
             instances.push(Instance {
-                uri: uri.clone(),
+                uri,
                 client: LocationClient::new(channel.clone()),
                 subscribers: SubscribersClient::new(channel),
                 down_until: Mutex::new(None),
@@ -426,5 +566,94 @@ mod tests {
         let e = c.lookup("sip:a@b").await.unwrap_err();
         assert!(matches!(e, LocsvcError::Unavailable { .. }), "{e:?}");
         assert!(t.elapsed() < Duration::from_millis(600));
+    }
+
+    #[test]
+    fn an_https_address_needs_a_ca() {
+        let e = LocsvcClient::new(
+            &["https://127.0.0.1:1".into()],
+            Duration::from_millis(300),
+            None,
+            String::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ClientError::HttpsWithoutCa { .. }), "{e:?}");
+        assert!(e.to_string().contains("locsvc_ca"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_read_and_a_missing_or_non_pem_one_is_named_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |f: &str| dir.path().join(f);
+        std::fs::write(
+            path("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(path("key.txt"), "not a key\n").unwrap();
+        let mut s = crate::settings::Settings::default();
+        assert!(TlsClient::load(&s).unwrap().is_none(), "no CA, no TLS");
+        s.locsvc_ca = Some(path("ca.pem"));
+        s.locsvc_tls_domain = Some("locsvc.example.com".into());
+        let t = TlsClient::load(&s).unwrap().unwrap();
+        assert!(t.identity.is_none());
+        assert_eq!(t.domain.as_deref(), Some("locsvc.example.com"));
+        s.locsvc_cert = Some(path("missing.pem"));
+        s.locsvc_key = Some(path("key.txt"));
+        let e = TlsClient::load(&s).unwrap_err();
+        assert_eq!(e.setting, "locsvc_cert");
+        let text = e.to_string();
+        assert!(
+            text.contains("locsvc_cert") && text.contains("missing.pem"),
+            "{text}"
+        );
+        s.locsvc_cert = Some(path("ca.pem"));
+        let e = TlsClient::load(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("locsvc_key") && e.contains("key.txt") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        s.locsvc_ca = Some(path("key.txt"));
+        let e = TlsClient::load(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("`locsvc_ca`") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_ca_every_address_uses_tls_and_a_bad_key_is_refused_at_build() {
+        let ca = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        let tls = TlsClient {
+            ca_pem: ca.clone(),
+            ..TlsClient::default()
+        };
+        let c = LocsvcClient::with_tls(
+            &["http://127.0.0.1:1".into(), "https://127.0.0.1:2".into()],
+            Duration::from_millis(300),
+            None,
+            String::new(),
+            Some(tls),
+        )
+        .unwrap();
+        let uris: Vec<_> = c.instances.iter().map(|i| i.uri.as_str()).collect();
+        assert_eq!(uris, ["https://127.0.0.1:1", "https://127.0.0.1:2"]);
+        let bad_key = TlsClient {
+            ca_pem: ca,
+            identity: Some((
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+                b"-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----\n".to_vec(),
+            )),
+            domain: None,
+        };
+        let e = LocsvcClient::with_tls(
+            &["https://127.0.0.1:1".into()],
+            Duration::from_millis(300),
+            None,
+            String::new(),
+            Some(bad_key),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
     }
 }

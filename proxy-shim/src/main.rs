@@ -27,6 +27,18 @@ struct Cli {
     /// locsvc gRPC endpoint; repeat for failover [default: http://127.0.0.1:50051].
     #[arg(long)]
     locsvc: Vec<String>,
+    /// PEM CA that signed locsvc's certificate; turns TLS on for every locsvc address (http:// becomes https://). Required for https:// (no system roots).
+    #[arg(long)]
+    locsvc_ca: Option<String>,
+    /// PEM client certificate for a locsvc that requires one (mTLS); with --locsvc-key.
+    #[arg(long)]
+    locsvc_cert: Option<String>,
+    /// PEM private key of --locsvc-cert.
+    #[arg(long)]
+    locsvc_key: Option<String>,
+    /// Name to verify in locsvc's certificate when it is not the address's host [default: the host].
+    #[arg(long)]
+    locsvc_tls_domain: Option<String>,
     /// Domain served; repeat. Required: `*` serves every domain.
     #[arg(long)]
     domain: Vec<String>,
@@ -105,6 +117,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if !cli.locsvc.is_empty() {
         overrides.push(("locsvc", cli.locsvc));
+    }
+    for (key, value) in [
+        ("locsvc_ca", cli.locsvc_ca),
+        ("locsvc_cert", cli.locsvc_cert),
+        ("locsvc_key", cli.locsvc_key),
+        ("locsvc_tls_domain", cli.locsvc_tls_domain),
+    ] {
+        if let Some(v) = value {
+            overrides.push((key, vec![v]));
+        }
     }
     if !cli.domain.is_empty() {
         overrides.push(("domains", cli.domain));

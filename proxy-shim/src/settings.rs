@@ -9,11 +9,15 @@
 //! `log_level`, `trusted` (list of CIDRs), `nat` (`auto`, `always`, `never`),
 //! `max_forwards`; the flood limits (see `limits`): `rate_limit`,
 //! `rate_burst`, `ban_secs`, `tcp_max_connections`, `tcp_max_per_source`,
-//! `tcp_message_timeout_ms`.
+//! `tcp_message_timeout_ms`; digest authentication: `auth`, `realm`,
+//! `auth_secret`, `nonce_secs`, `credentials_cache_secs`, `auth_algorithms`;
+//! TLS to locsvc: `locsvc_ca`, `locsvc_cert`, `locsvc_key` (PEM paths, read
+//! when the app is built) and `locsvc_tls_domain`.
 //! Environment: `PROXY_SHIM_` + the key upper-cased; lists are comma-separated.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How requests to a registered user are routed.
@@ -47,6 +51,19 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Bearer token for locsvc, when it requires one.
     pub locsvc_token: Option<String>,
+    /// PEM CA certificate(s) that signed locsvc's server certificate. Set,
+    /// every locsvc channel uses TLS (an `http://` URL is upgraded to
+    /// `https://`); required for an `https://` URL, as this build has no
+    /// system trust roots.
+    pub locsvc_ca: Option<PathBuf>,
+    /// PEM client certificate for a locsvc that requires one (mTLS); with
+    /// `locsvc_key`, both or neither.
+    pub locsvc_cert: Option<PathBuf>,
+    /// PEM private key of `locsvc_cert`.
+    pub locsvc_key: Option<PathBuf>,
+    /// Name verified in locsvc's certificate when it is not the URL's host
+    /// (e.g. the URL is an IP address and the certificate names a host).
+    pub locsvc_tls_domain: Option<String>,
     /// Where Prometheus metrics are served over HTTP; None = not served.
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
@@ -172,6 +189,10 @@ impl Default for Settings {
             locsvc_timeout: Duration::from_millis(400),
             max_in_flight: 1024,
             locsvc_token: None,
+            locsvc_ca: None,
+            locsvc_cert: None,
+            locsvc_key: None,
+            locsvc_tls_domain: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             log_level: "info".into(),
             trusted: Vec::new(),
@@ -213,11 +234,21 @@ const KEYS: &[&str] = &[
     "locsvc_timeout_ms",
     "max_in_flight",
     "locsvc_token",
+    "locsvc_ca",
+    "locsvc_cert",
+    "locsvc_key",
+    "locsvc_tls_domain",
     "metrics_listen",
     "log_level",
     "trusted",
     "nat",
     "max_forwards",
+    "auth",
+    "realm",
+    "auth_secret",
+    "nonce_secs",
+    "credentials_cache_secs",
+    "auth_algorithms",
     "rate_limit",
     "rate_burst",
     "ban_secs",
@@ -336,6 +367,16 @@ impl Layers {
                     _ => bad(format!("must be a positive integer, not {one:?}")),
                 },
                 "locsvc_token" => s.locsvc_token = Some(one).filter(|t| !t.is_empty()),
+                "locsvc_ca" => s.locsvc_ca = pem_path(one),
+                "locsvc_cert" => s.locsvc_cert = pem_path(one),
+                "locsvc_key" => s.locsvc_key = pem_path(one),
+                "locsvc_tls_domain" => match one.trim() {
+                    "" => s.locsvc_tls_domain = None,
+                    d if valid_server_name(d) => s.locsvc_tls_domain = Some(d.to_ascii_lowercase()),
+                    _ => bad(format!(
+                        "must be a DNS name or an IP address (the name in locsvc's certificate), not {one:?}"
+                    )),
+                },
                 "metrics_listen" => match one.as_str() {
                     "off" | "" => s.metrics_listen = None,
                     _ => match one.parse() {
@@ -424,9 +465,7 @@ impl Layers {
                 _ => {}
             }
         }
-        if let Err(e) = s.check() {
-            self.errors.push(e);
-        }
+        self.errors.extend(s.problems());
         if self.errors.is_empty() {
             Ok(s)
         } else {
@@ -471,15 +510,93 @@ impl Settings {
     }
 
     /// Rules that involve the whole configuration (also checked when an
-    /// app is built from settings made in code).
+    /// app is built from settings made in code); every problem, one per line.
     pub fn check(&self) -> Result<(), String> {
-        if self.domains.is_empty() {
-            return Err("`domains` is required: the domains this shim serves \
-                 (--domain example.com, repeatable), or `*` for every domain"
-                .into());
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p.join("\n  "))
         }
-        Ok(())
     }
+
+    /// Whether the channels to locsvc use TLS (`locsvc_ca` is set).
+    pub fn locsvc_tls(&self) -> bool {
+        self.locsvc_ca.is_some()
+    }
+
+    /// Every rule `check` enforces that is broken, each naming its settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.domains.is_empty() {
+            p.push(
+                "`domains` is required: the domains this shim serves \
+                 (--domain example.com, repeatable), or `*` for every domain"
+                    .into(),
+            );
+        }
+        if self.locsvc_ca.is_none() {
+            for url in self.locsvc.iter().filter(|u| u.starts_with("https://")) {
+                p.push(format!(
+                    "`locsvc` {url} is https:// but `locsvc_ca` is not set: this build has no \
+                     system trust roots, so give the PEM CA that signed locsvc's certificate \
+                     (--locsvc-ca)"
+                ));
+            }
+        }
+        match (&self.locsvc_cert, &self.locsvc_key) {
+            (Some(_), None) => p.push(
+                "`locsvc_cert` is set without `locsvc_key`: the client certificate for \
+                 locsvc needs its private key (set both or neither)"
+                    .into(),
+            ),
+            (None, Some(_)) => p.push(
+                "`locsvc_key` is set without `locsvc_cert`: the private key for locsvc \
+                 needs its client certificate (set both or neither)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if !self.locsvc_tls() {
+            let without_tls = [
+                ("locsvc_cert", self.locsvc_cert.is_some()),
+                ("locsvc_key", self.locsvc_key.is_some()),
+                ("locsvc_tls_domain", self.locsvc_tls_domain.is_some()),
+            ];
+            for (key, set) in without_tls {
+                if set {
+                    p.push(format!(
+                        "`{key}` needs TLS to locsvc: set `locsvc_ca` (the PEM CA that \
+                         signed locsvc's certificate)"
+                    ));
+                }
+            }
+        }
+        p
+    }
+}
+
+/// A PEM path setting; empty = unset.
+fn pem_path(v: String) -> Option<PathBuf> {
+    Some(v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// An IP address or a DNS name (what rustls accepts as a server name).
+fn valid_server_name(s: &str) -> bool {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]
@@ -600,5 +717,127 @@ mod tests {
         let mut l = served();
         l.set("advertise", vec!["not a host".into()]);
         assert!(l.resolve().unwrap_err().to_string().contains("advertise"));
+    }
+
+    #[test]
+    fn locsvc_tls_settings_come_from_every_layer() {
+        let mut l = served();
+        l.toml(
+            "locsvc = [\"https://locsvc-1:50051\"]\nlocsvc_ca = \"/etc/ca.pem\"",
+            "f.toml",
+        );
+        l.env([
+            (
+                "PROXY_SHIM_LOCSVC_CERT".to_string(),
+                "/etc/shim.pem".to_string(),
+            ),
+            (
+                "PROXY_SHIM_LOCSVC_KEY".to_string(),
+                "/etc/shim.key".to_string(),
+            ),
+        ]);
+        l.set("locsvc_tls_domain", vec!["LocSvc.Example.com".into()]);
+        let s = l.resolve().unwrap();
+        assert_eq!(s.locsvc_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(s.locsvc_cert, Some(PathBuf::from("/etc/shim.pem")));
+        assert_eq!(s.locsvc_key, Some(PathBuf::from("/etc/shim.key")));
+        assert_eq!(s.locsvc_tls_domain.as_deref(), Some("locsvc.example.com"));
+        assert!(s.locsvc_tls());
+        let d = Settings::default();
+        assert!(!d.locsvc_tls() && d.locsvc_cert.is_none());
+        // An IP address is a server name too.
+        let mut l = served();
+        l.set("locsvc_ca", vec!["ca.pem".into()]);
+        l.set("locsvc_tls_domain", vec!["10.0.0.7".into()]);
+        assert_eq!(
+            l.resolve().unwrap().locsvc_tls_domain.as_deref(),
+            Some("10.0.0.7")
+        );
+    }
+
+    #[test]
+    fn every_bad_locsvc_tls_setting_is_reported_by_name() {
+        // https:// without a CA: no system roots in this build.
+        let mut l = served();
+        l.set(
+            "locsvc",
+            vec![
+                "https://a:1".into(),
+                "http://b:2".into(),
+                "https://c:3".into(),
+            ],
+        );
+        let e = l.resolve().unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0.iter()
+                .all(|m| m.contains("locsvc_ca") && m.contains("https://")),
+            "{e}"
+        );
+        // A certificate without its key and the other way round.
+        let mut l = served();
+        l.set("locsvc_ca", vec!["ca.pem".into()]);
+        l.set("locsvc_cert", vec!["c.pem".into()]);
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("`locsvc_cert` is set without `locsvc_key`"),
+            "{e}"
+        );
+        let mut l = served();
+        l.set("locsvc_ca", vec!["ca.pem".into()]);
+        l.set("locsvc_key", vec!["k.pem".into()]);
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("`locsvc_key` is set without `locsvc_cert`"),
+            "{e}"
+        );
+        // Client identity and server name mean nothing without TLS.
+        let mut l = served();
+        l.set("locsvc_cert", vec!["c.pem".into()]);
+        l.set("locsvc_key", vec!["k.pem".into()]);
+        l.set("locsvc_tls_domain", vec!["locsvc.example.com".into()]);
+        let e = l.resolve().unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.0.iter().all(|m| m.contains("needs TLS")), "{e}");
+        // A bad server name is reported with the other bad values.
+        let mut l = served();
+        l.set("locsvc_ca", vec!["ca.pem".into()]);
+        l.set("locsvc_tls_domain", vec!["not a name".into()]);
+        l.set("mode", vec!["x".into()]);
+        let e = l.resolve().unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(e.to_string().contains("locsvc_tls_domain"), "{e}");
+        // An empty value unsets.
+        let mut l = served();
+        l.set("locsvc_ca", vec![String::new()]);
+        assert_eq!(l.resolve().unwrap().locsvc_ca, None);
+        // Settings made in code are checked the same way.
+        let s = Settings {
+            domains: vec!["example.com".into()],
+            locsvc_key: Some("k.pem".into()),
+            ..Settings::default()
+        };
+        let e = s.check().unwrap_err();
+        assert!(
+            e.contains("locsvc_key") && e.contains("locsvc_ca") && e.contains('\n'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_digest_settings_are_known_keys() {
+        let mut l = served();
+        l.set("auth", vec!["off".into()]);
+        l.set("realm", vec!["Example.com".into()]);
+        l.set("auth_secret", vec!["s".into()]);
+        l.toml(
+            "nonce_secs = 60\ncredentials_cache_secs = 5\nauth_algorithms = [\"sha-256\"]",
+            "f.toml",
+        );
+        let s = l.resolve().unwrap();
+        assert_eq!(s.auth, AuthMode::Off);
+        assert_eq!(s.realm.as_deref(), Some("example.com"));
+        assert_eq!((s.nonce_secs, s.credentials_cache_secs), (60, 5));
+        assert_eq!(s.auth_algorithms, [crate::digest::Algorithm::Sha256]);
     }
 }
