@@ -39,6 +39,16 @@
 #   kamailio-redirect  kamailio.cfg -A WITH_REDIRECT: 302 with the contact
 #   shim-proxy         locsvc serve --master-url ... + proxy-shim --mode proxy
 #   shim-redirect      locsvc serve --master-url ... + proxy-shim --mode redirect
+#   shim-auth          as shim-redirect, but the shim runs with --auth digest
+#                      and does not trust 127.0.0.1 (a trusted source is never
+#                      challenged): before its REGISTER ladder the master's
+#                      `subscriber` table is emptied and holds a row for every
+#                      user the ladder will register (password AUTH_PW), and
+#                      each call is REGISTER, 401, REGISTER with the digest
+#                      answer, 200 (scenarios/register_auth.xml): one
+#                      registration with its challenge. No INVITE ladder (an
+#                      INVITE from a served domain would need its own 407
+#                      answer); the shim targets without -auth run --auth off.
 #
 # Output in OUT_DIR: steps.tsv (one line per sipp run), rows.tsv (rows per
 # member after each REGISTER ladder), machine.txt, summary.md, logs/.
@@ -53,6 +63,7 @@
 #   SHIM [${CARGO_TARGET_DIR:-<repo>/target}/release/proxy-shim]
 #   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
 #   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
+#   AUTH_PW [pw] (shim-auth's subscribers' password)
 #   BENCH_DB_DIR (layout.sh's state dir)  KEEP_WORK=1 (keep sipp's files)
 set -euo pipefail
 shopt -s inherit_errexit
@@ -77,6 +88,7 @@ LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_SHM_MB=${KAM_SHM_MB:-512}
 KAM_PKG_MB=${KAM_PKG_MB:-32}
+AUTH_PW=${AUTH_PW:-pw}
 SIPP=${SIPP:-sipp}
 LAYOUT=$HERE/layout.sh
 SCEN=$HERE/scenarios
@@ -91,7 +103,8 @@ for t in $TARGETS; do
     case $t in
     kamailio | kamailio-tm | kamailio-redirect) NEED_KAM=1 ;;
     shim-proxy | shim-redirect) NEED_SHIM=1 ;;
-    *) die "unknown target '$t' (kamailio kamailio-tm kamailio-redirect shim-proxy shim-redirect)" ;;
+    shim-auth) NEED_SHIM=1 NEED_SUBSCRIBERS=1 ;;
+    *) die "unknown target '$t' (kamailio kamailio-tm kamailio-redirect shim-proxy shim-redirect shim-auth)" ;;
     esac
 done
 if [[ -n ${NEED_SHIM:-} ]]; then
@@ -106,6 +119,7 @@ for r in $REG_RATES $INV_RATES; do
     [[ $r =~ ^[1-9][0-9]*$ ]] || die "rates must be positive numbers, not '$r'"
 done
 command -v python3 >/dev/null || die "python3 is needed to pick ports and summarise"
+[[ $AUTH_PW =~ ^[A-Za-z0-9._-]+$ ]] || die "AUTH_PW may only contain [A-Za-z0-9._-]"
 
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
@@ -136,6 +150,24 @@ if [[ -n ${NEED_KAM:-} ]]; then
 fi
 command -v "$SIPP" >/dev/null || die "sipp not found (layout.sh up installs sip-tester)"
 
+# master_sql ARGS...: the mariadb client on the master database, as the bench user over TCP.
+master_sql() {
+    MYSQL_PWD=$BENCH_DB_PW mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$BENCH_MASTER_PORT" \
+        -u"$BENCH_DB_USER" --connect-timeout=5 "${BENCH_MASTER_URL##*/}" "$@"
+}
+
+if [[ -n ${NEED_SUBSCRIBERS:-} ]]; then
+    # layout.sh up applies migrations/mysql/master/ (0002_subscriber.sql
+    # included); should the table be missing all the same, locsvc makes it.
+    if ! master_sql -Nse 'SELECT 1 FROM subscriber LIMIT 0' >/dev/null 2>&1; then
+        say "no subscriber table on the master: locsvc migrate"
+        "$LOCSVC" migrate --master-url "$BENCH_MASTER_URL" >"$OUT/logs/locsvc-migrate.log" 2>&1 ||
+            die "locsvc migrate failed (see $OUT/logs/locsvc-migrate.log)"
+    fi
+    master_sql -Nse 'SELECT 1 FROM seq_1_to_1' >/dev/null ||
+        die "the master has no Sequence engine (seq_1_to_N tables)"
+fi
+
 # ------------------------------------------------------------------ helpers (more in ../lib/common.sh)
 
 kind_of() {
@@ -151,7 +183,7 @@ TARGET_PORT=
 TARGET_PIDS=()
 
 start_target() {
-    local target=$1 tag=$2 mode define cfg lport mport
+    local target=$1 tag=$2 mode define cfg lport mport auth
     TARGET_PORT=$(free_port)
     TARGET_PIDS=()
     case $target in
@@ -173,6 +205,13 @@ start_target() {
         ;;
     shim-*)
         mode=${target#shim-}
+        # shim-auth: redirect mode, digest auth, and no trusted source (a
+        # trusted one would pass unchallenged).
+        auth=(--auth off --trusted 127.0.0.1)
+        if [[ $target == shim-auth ]]; then
+            mode=redirect
+            auth=(--auth digest)
+        fi
         lport=$(free_port)
         mport=$(free_port)
         LOCSVC_PARTITION__HASH=$LOCSVC_HASH LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
@@ -186,7 +225,7 @@ start_target() {
         # Record-Route, so its ACKs through the shim are in-dialog relays.
         RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
             --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
-            --rate-limit 0 --trusted 127.0.0.1 --auth off \
+            --rate-limit 0 "${auth[@]}" \
             >"$OUT/logs/$tag.shim.log" 2>&1 &
         TARGET_PIDS+=($!)
         PIDS+=($!)
@@ -228,17 +267,18 @@ stop_target() {
 printf 'target\trun\tkind\trate\tcalls\tok\tfailed\tretrans\tachieved_cps\tp50_ms\tp99_ms\tseconds\ttimed_out\tunexpected\n' >"$OUT/steps.tsv"
 printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
 
-# run_sipp TARGET RUN KIND SCENARIO RATE CALLS PREFIX LOCAL_PORT [CALL_TIMEOUT_MS]:
-# one bounded sipp run against the target, one line of steps.tsv.
+# run_sipp TARGET RUN KIND SCENARIO RATE CALLS PREFIX LOCAL_PORT [CALL_TIMEOUT_MS [INF]]:
+# one bounded sipp run against the target, one line of steps.tsv. INF: the
+# injection file (default users.csv).
 run_sipp() {
     local target=$1 run=$2 kind=$3 scenario=$4 rate=$5 calls=$6 prefix=$7 lport=$8
-    local call_timeout=${9:-$CALL_TIMEOUT_MS}
+    local call_timeout=${9:-$CALL_TIMEOUT_MS} inf=${10:-$WORK/users.csv}
     local dir=$WORK/$target-$run-$kind-$rate started ended result
     local ok failed retrans timed_out unexpected cps p50 p99 secs
     mkdir -p "$dir"
     started=$(date +%s.%N)
     # Exit 1 = some calls failed: counted below.
-    (cd "$dir" && "$SIPP" -sf "$SCEN/$scenario" -inf "$WORK/users.csv" -key prefix "$prefix" \
+    (cd "$dir" && "$SIPP" -sf "$SCEN/$scenario" -inf "$inf" -key prefix "$prefix" \
         -i 127.0.0.1 -p "$lport" -nostdin -r "$rate" -m "$calls" \
         -default_behaviors all,-bye -recv_timeout "$call_timeout" \
         -timeout "$((calls * 4 / rate + 30))s" -timeout_error \
@@ -267,17 +307,55 @@ record_rows() {
     done < <("$LAYOUT" counts)
 }
 
+# subscribers PREFIX COUNT: subscriber rows PREFIX1..PREFIXCOUNT @example.com
+# with password AUTH_PW on the master (kamctl's ha1 and ha1b), and
+# $WORK/auth-PREFIX.csv, sipp's injection file for them in that order
+# (register_auth.xml: [field0] user, [field1] its authentication keyword).
+subscribers() {
+    local prefix=$1 count=$2
+    master_sql -e "INSERT INTO subscriber (username, domain, password, ha1, ha1b)
+        SELECT CONCAT('$prefix', seq), 'example.com', '$AUTH_PW',
+            MD5(CONCAT('$prefix', seq, ':example.com:$AUTH_PW')),
+            MD5(CONCAT('$prefix', seq, '@example.com:example.com:$AUTH_PW'))
+        FROM seq_1_to_$count"
+    {
+        echo "SEQUENTIAL"
+        for i in $(seq 1 "$count"); do
+            echo "$prefix$i;[authentication username=$prefix$i password=$AUTH_PW]"
+        done
+    } >"$WORK/auth-$prefix.csv"
+}
+
+# The users of a REGISTER ladder are [prefix][call_number], call numbers from 1
+# up in every sipp run: for shim-auth each has its subscriber row before the
+# target starts (the table emptied first), and the runs read them from
+# injection files (register_auth.xml) instead.
 register_ladder() {
-    local target=$1 run=$2 tag=$1-$2-register rate
+    local target=$1 run=$2 tag=$1-$2-register rate scenario=register.xml inf_w='' inf_r=''
     "$LAYOUT" truncate
+    if [[ $target == shim-auth ]]; then
+        scenario=register_auth.xml
+        master_sql -e 'TRUNCATE TABLE subscriber'
+        if ((WARMUP > 0)); then
+            subscribers "w$run-" "$WARMUP"
+            inf_w=$WORK/auth-w$run-.csv
+        fi
+        for rate in $REG_RATES; do
+            subscribers "r${run}s$rate-" "$((rate * STEP_SECS))"
+        done
+        say "$target run $run: $(master_sql -Nse 'SELECT COUNT(*) FROM subscriber') subscribers provisioned"
+    fi
     start_target "$target" "$tag"
     if ((WARMUP > 0)); then
-        run_sipp "$target" "$run" warmup register.xml "$WARMUP_RATE" "$WARMUP" "w$run-" "$(free_port)" 10000
+        run_sipp "$target" "$run" warmup "$scenario" "$WARMUP_RATE" "$WARMUP" "w$run-" "$(free_port)" 10000 "$inf_w"
         record_rows "$target" "$run" warmup
     fi
     for rate in $REG_RATES; do
-        run_sipp "$target" "$run" register register.xml "$rate" "$((rate * STEP_SECS))" \
-            "r${run}s$rate-" "$(free_port)"
+        if [[ $target == shim-auth ]]; then
+            inf_r=$WORK/auth-r${run}s$rate-.csv
+        fi
+        run_sipp "$target" "$run" register "$scenario" "$rate" "$((rate * STEP_SECS))" \
+            "r${run}s$rate-" "$(free_port)" "$CALL_TIMEOUT_MS" "$inf_r"
         record_rows "$target" "$run" "register-$rate"
         failed_last && break
     done
@@ -287,6 +365,10 @@ register_ladder() {
 
 invite_ladder() {
     local target=$1 run=$2 tag=$1-$2-invite kind scenario rate uas_port uas_pid total=0 secs=0
+    if [[ $target == shim-auth ]]; then
+        say "$target run $run: no INVITE ladder (REGISTER with digest auth only)"
+        return 0
+    fi
     kind=$(kind_of "$target")
     scenario=invite.xml
     [[ $kind == invite-302 ]] && scenario=invite302.xml

@@ -168,6 +168,30 @@ if ratio_lines:
     for l in ratio_lines:
         p(l)
 
+# Digest auth on / off: shim-auth (one call = REGISTER, 401, REGISTER with the
+# answer, 200) against shim-redirect (one call = REGISTER, 200) of the same run.
+ha, hr = headline.get(("shim-auth", "register")), headline.get(("shim-redirect", "register"))
+if ha and hr:
+    p("\n## Digest auth on / off (shim-auth / shim-redirect, REGISTER)\n")
+    p("shim-auth's call is one registration with its challenge: REGISTER, 401, REGISTER with the")
+    p("digest answer, 200 (two SIP transactions, one credentials lookup and one Save); shim-redirect's")
+    p("is REGISTER, 200. Rates are registrations/s; response times run from the first REGISTER to the")
+    p("200 (two round trips with auth on).\n")
+    r = ha["median"] / hr["median"] if hr["median"] else float("nan")
+    bound = " (lower bound: a ladder never failed)" if ha["ceiling"] or hr["ceiling"] else ""
+    p(f"Highest clean rate, auth on / off: {fmt(ha['median'])} / {fmt(hr['median'])} = "
+      f"**{fmt(r, 2)}**{bound}\n")
+    common = sorted({s["rate"] for ss in ladders[("shim-auth", "register")].values() for s in ss if s["clean"]}
+                    & {s["rate"] for ss in ladders[("shim-redirect", "register")].values() for s in ss if s["clean"]})
+    p("| rate | p50 ms on / off | p99 ms on / off | achieved cps on / off |")
+    p("|---|---|---|---|")
+    for rate in common:
+        on, off = at_rate("shim-auth", "register", rate), at_rate("shim-redirect", "register", rate)
+        m = lambda ss, k: med(num(s[k]) for s in ss)
+        p(f"| {rate} | {fmt(m(on, 'p50_ms'))} / {fmt(m(off, 'p50_ms'))} | "
+          f"{fmt(m(on, 'p99_ms'))} / {fmt(m(off, 'p99_ms'))} | "
+          f"{fmt(m(on, 'achieved_cps'))} / {fmt(m(off, 'achieved_cps'))} |")
+
 p("\n## Every step (median over the runs that reached it)\n")
 for target in targets:
     for kind in KINDS:
