@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{self, Digest, Ha1, Verdict};
 use crate::locsvc_client::{LocsvcClient, LocsvcError};
+use crate::metrics::Metrics;
 use crate::settings::{AuthMode, Settings};
 use crate::sip::{Request, UriView};
 
@@ -91,6 +92,7 @@ impl Authenticator {
         &self,
         settings: &Settings,
         client: &LocsvcClient,
+        metrics: &Metrics,
         req: &Request,
         trusted: bool,
     ) -> Gate {
@@ -130,7 +132,15 @@ impl Authenticator {
         let mut refreshed = false;
         loop {
             let (ha1, _, forced) = match self
-                .credentials(client, &answer.username, &domain, &realm, ttl, refreshed)
+                .credentials(
+                    client,
+                    metrics,
+                    &answer.username,
+                    &domain,
+                    &realm,
+                    ttl,
+                    refreshed,
+                )
                 .await
             {
                 Ok(c) => c,
@@ -163,9 +173,11 @@ impl Authenticator {
 
     /// HA1s of `username@domain` in `realm`, from the cache unless older
     /// than `ttl` or `fresh` is asked for.
+    #[allow(clippy::too_many_arguments)]
     async fn credentials(
         &self,
         client: &LocsvcClient,
+        metrics: &Metrics,
         username: &str,
         domain: &str,
         realm: &str,
@@ -184,7 +196,14 @@ impl Authenticator {
         {
             return Ok(hit);
         }
-        let ha1 = client.credentials(username, domain, realm).await?;
+        let started = Instant::now();
+        let result = client.credentials(username, domain, realm).await;
+        metrics.locsvc_call(
+            "credentials",
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        let ha1 = result?;
         let now = Instant::now();
         let entry = (ha1, now, fresh.then_some(now));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

@@ -119,7 +119,7 @@ impl Core {
         let trusted = self.settings.trusts(src.peer.ip());
         if let Gate::Answer(code, reason, headers) = self
             .auth
-            .check(&self.settings, &self.client, &req, trusted)
+            .check(&self.settings, &self.client, &self.metrics, &req, trusted)
             .await
         {
             return self.reply(&req, src, code, reason, &headers);
