@@ -43,10 +43,50 @@ impl Locsvc {
             .await
             .expect("locsvc runs");
         });
-        Self {
+        let me = Self {
             url,
             stop: Some(stop),
             task: Some(task),
+        };
+        me.warm_up().await;
+        me
+    }
+
+    /// Writes (then removes) a binding in every group, so every member's
+    /// pool and queues exist before a test's first REGISTER: the shim gives
+    /// locsvc 400 ms, and a cold start on a loaded machine can take longer
+    /// (it is not what the tests measure).
+    async fn warm_up(&self) {
+        let mut c = self.client().await;
+        let mut groups = std::collections::BTreeSet::new();
+        for i in 0..64 {
+            let aor = format!("sip:warmup-{i}@example.com");
+            let saved = c
+                .save(SaveRequest {
+                    aor: aor.clone(),
+                    contacts: vec![ContactSpec {
+                        uri: format!("sip:warmup-{i}@192.0.2.250"),
+                        ..Default::default()
+                    }],
+                    expires: Some(60),
+                    call_id: "warm-up".into(),
+                    cseq: 1,
+                    ..Default::default()
+                })
+                .await
+                .expect("warm-up save")
+                .into_inner();
+            c.remove(locsvc_proto::v1::RemoveRequest {
+                table: String::new(),
+                aor,
+                contact: String::new(),
+            })
+            .await
+            .expect("warm-up remove");
+            groups.insert(saved.group);
+            if groups.len() >= 2 {
+                break;
+            }
         }
     }
 
