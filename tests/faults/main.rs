@@ -76,6 +76,19 @@ struct Load {
     errors: std::sync::Mutex<Vec<String>>,
     /// Slowest answer so far, microseconds.
     slowest_us: AtomicU64,
+    /// locsvc's own DEADLINE_EXCEEDED answers: in time, typed, nothing
+    /// acknowledged (the through-the-shim tests hold the load to zero
+    /// failures; here the contract is an answer within the deadline).
+    typed_deadlines: AtomicU64,
+}
+
+/// locsvc answered, in time, that its members could not (its own
+/// DEADLINE_EXCEEDED with an ErrorInfo; the client's timer has none).
+fn typed_deadline(e: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    e.code() == tonic::Code::DeadlineExceeded
+        && e.get_details_error_info()
+            .is_some_and(|i| i.reason == locsvc_proto::reason::DEADLINE_EXCEEDED)
 }
 
 /// The deadline every load request carries (`grpc-timeout`): what a SIP
@@ -124,6 +137,10 @@ fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::Joi
                         .lock()
                         .unwrap()
                         .push((aor.clone(), contact.clone())),
+                    Err(e) if typed_deadline(&e) => {
+                        load.typed_deadlines.fetch_add(1, Ordering::AcqRel);
+                        continue;
+                    }
                     Err(e) => {
                         load.failures.fetch_add(1, Ordering::AcqRel);
                         load.errors.lock().unwrap().push(format!("save {aor}: {e}"));
@@ -147,6 +164,9 @@ fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::Joi
                             .lock()
                             .unwrap()
                             .push(format!("lookup {aor}: acknowledged binding missing"));
+                    }
+                    Err(e) if typed_deadline(&e) => {
+                        load.typed_deadlines.fetch_add(1, Ordering::AcqRel);
                     }
                     Err(e) => {
                         load.failures.fetch_add(1, Ordering::AcqRel);
@@ -241,10 +261,11 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
     eprintln!(
         "FAULT {sig}: ops total {total}, ops until detection {during}, failures {failures}, \
          time to detect {:.0} ms (signal to locdb status 0), slowest answer {:.0} ms \
-         (client deadline {} ms)",
+         (client deadline {} ms), typed DEADLINE_EXCEEDED answers {}",
         detect.as_secs_f64() * 1000.0,
         load.slowest_us.load(Ordering::Acquire) as f64 / 1000.0,
-        CLIENT_DEADLINE.as_millis()
+        CLIENT_DEADLINE.as_millis(),
+        load.typed_deadlines.load(Ordering::Acquire)
     );
     assert_eq!(
         failures,
@@ -341,7 +362,15 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
         .await
         .unwrap();
     assert_eq!(s1, s2, "both members hold the same bindings");
-    assert_eq!(s1.contacts as usize, acked.len());
+    // Every acknowledged binding, plus at most the Saves answered
+    // DEADLINE_EXCEEDED (not acknowledged; they may still have landed).
+    let typed = load.typed_deadlines.load(Ordering::Acquire) as usize;
+    assert!(
+        (acked.len()..=acked.len() + typed).contains(&(s1.contacts as usize)),
+        "{} contacts, {} acknowledged, {typed} typed deadline answers",
+        s1.contacts,
+        acked.len()
+    );
     for (aor, contact) in &acked {
         assert!(
             lookup_contacts(&mut c, aor).await.contains(contact),
