@@ -246,7 +246,20 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
             let mut c = c.clone();
             let aor = format!("sip:{u}@example.com");
             let contact = contact(u);
-            async move { c.save(register(&aor, &contact, Some(3600), "pre", 1)).await }
+            async move {
+                // The servers may still be coming back from the previous
+                // fault test: retry a refused pre-registration (bounded).
+                let mut tries = 0;
+                loop {
+                    match c.save(register(&aor, &contact, Some(3600), "pre", 1)).await {
+                        Err(e) if e.code() == tonic::Code::Unavailable && tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        r => break r,
+                    }
+                }
+            }
         });
         for r in futures::future::join_all(saves).await {
             r.expect("pre-registration");

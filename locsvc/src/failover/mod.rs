@@ -86,6 +86,10 @@ impl Default for FailoverSettings {
 
 type MemberKey = (u32, u32, String);
 
+/// Whole seconds after a member's recorded miss (or re-admission) before it
+/// is resynced.
+const RESYNC_SETTLE_SECS: i64 = 1;
+
 /// What one probe found.
 struct ProbeResult {
     r: Result<(), crate::store::StoreError>,
@@ -494,9 +498,11 @@ impl Failover {
         let c = &target.config;
         let expected = to_db_time(c.failover);
         let now = (self.clock)();
-        if now <= c.failover {
+        if now <= c.failover.saturating_add(RESYNC_SETTLE_SECS) {
             // Rows of the miss's own second may still be arriving through the
-            // live fan-out: start once that second is over (next probe round).
+            // live fan-out, and a server that was hung executes the statements
+            // it had received (timed out here long ago) when it resumes: let
+            // them land first, so the prune pass removes what they bring back.
             return;
         }
         let (mut progress, cutoff) = {
