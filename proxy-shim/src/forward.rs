@@ -21,9 +21,14 @@ use crate::sip::{Request, UriView};
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, INFO, UPDATE, PRACK, REFER";
 
-/// Handles one non-REGISTER request: sanity, the routing decision
-/// (`route`), then its effect.
-pub async fn handle(core: &Core, mut req: Request, src: Inbound) -> Vec<Outbound> {
+/// Handles one non-REGISTER request the pipeline has checked (`sanity`):
+/// the routing decision (`route`), then its effect.
+pub async fn handle(
+    core: &Core,
+    mut req: Request,
+    src: Inbound,
+    checked: sanity::Checked,
+) -> Vec<Outbound> {
     let is_ack = req.method() == "ACK";
     // Requests are never answered if they are ACKs (RFC 3261 §17.2.1 has
     // no response to an ACK).
@@ -33,11 +38,6 @@ pub async fn handle(core: &Core, mut req: Request, src: Inbound) -> Vec<Outbound
         } else {
             core.reply(req, src, code, reason, extra)
         }
-    };
-    let checked = match sanity::check(&req, core.settings.max_forwards, |h, p| core.is_local(h, p))
-    {
-        Ok(c) => c,
-        Err(r) => return reply(&req, r.code, &r.reason, &[]),
     };
     let routes = match req.routes() {
         Ok(r) => r,

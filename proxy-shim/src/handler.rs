@@ -107,15 +107,13 @@ impl Core {
         let method = req.method();
         self.metrics.request(&method);
         let is_ack = method == "ACK";
-        if let Err(r) =
-            crate::sanity::check(&req, self.settings.max_forwards, |h, p| self.is_local(h, p))
-        {
-            return if is_ack {
-                Vec::new()
-            } else {
-                self.reply(&req, src, r.code, &r.reason, &[])
-            };
-        }
+        let checked = match crate::sanity::check(&req, self.settings.max_forwards, |h, p| {
+            self.is_local(h, p)
+        }) {
+            Ok(c) => c,
+            Err(_) if is_ack => return Vec::new(),
+            Err(r) => return self.reply(&req, src, r.code, &r.reason, &[]),
+        };
         let trusted = self.settings.trusts(src.peer.ip());
         if let Gate::Answer(code, reason, headers) = self
             .auth
@@ -125,9 +123,9 @@ impl Core {
             return self.reply(&req, src, code, reason, &headers);
         }
         if method == "REGISTER" {
-            crate::register::handle(self, &req, src).await
+            crate::register::handle(self, &req, src, &checked).await
         } else {
-            crate::forward::handle(self, req, src).await
+            crate::forward::handle(self, req, src, checked).await
         }
     }
 

@@ -9,12 +9,12 @@ use locsvc_proto::v1::{Binding, ContactSpec, SaveRequest};
 
 use crate::handler::{Core, Inbound, Outbound, Transport};
 use crate::nat;
-use crate::sanity::{self, Refusal};
+use crate::sanity::{self, Checked, Refusal};
 use crate::sip::{ContactEntry, Contacts, HeaderProblem, Request};
 
 /// Handles one REGISTER.
-pub async fn handle(core: &Core, req: &Request, src: Inbound) -> Vec<Outbound> {
-    let save = match to_save(core, req, src) {
+pub async fn handle(core: &Core, req: &Request, src: Inbound, checked: &Checked) -> Vec<Outbound> {
+    let save = match to_save_checked(core, req, src, checked) {
         Ok(s) => s,
         Err(Refusal { code, reason }) => return core.reply(req, src, code, &reason, &[]),
     };
@@ -49,6 +49,16 @@ pub async fn handle(core: &Core, req: &Request, src: Inbound) -> Vec<Outbound> {
 /// and with `Supported: path`, RFC 3327 §5.3), User-Agent, the socket.
 pub fn to_save(core: &Core, req: &Request, src: Inbound) -> Result<SaveRequest, Refusal> {
     let checked = sanity::check(req, core.settings.max_forwards, |h, p| core.is_local(h, p))?;
+    to_save_checked(core, req, src, &checked)
+}
+
+/// `to_save` for a request the pipeline has already checked.
+pub fn to_save_checked(
+    core: &Core,
+    req: &Request,
+    src: Inbound,
+    checked: &Checked,
+) -> Result<SaveRequest, Refusal> {
     let to = &checked.to;
     let aor = to.aor().ok_or(HeaderProblem::Bad("To"))?;
     if !core.settings.serves(&to.host) {
