@@ -1,0 +1,1 @@
+//! Plumbing shared by the `locsvc` and `proxy-shim` binaries.

@@ -1,0 +1,1 @@
+//! Test support shared by the workspace's test suites.
