@@ -19,7 +19,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::clock::{self, Clock};
 use crate::cluster::ClusterWatcher;
 use crate::expiry::Sweeper;
-use crate::failover::Failover;
+use crate::failover::{Failover, Marks};
 use crate::grpc::{ClusterApi, Level, LocationApi, SubscribersApi, Tokens};
 use crate::location::LocationService;
 use crate::metrics::{self, Metrics};
@@ -228,11 +228,17 @@ impl App {
             ),
         };
         let tasks = TaskTracker::new();
+        let marks = Arc::new(Marks::new(
+            master.clone(),
+            clock.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        ));
         let (mut watcher, topology) = ClusterWatcher::new(
             master.clone(),
             opts,
             settings.cluster.hash,
-            clock.clone(),
+            marks.clone(),
             metrics.clone(),
             tasks.clone(),
         );
@@ -242,20 +248,17 @@ impl App {
         })?;
         let failover = Arc::new(Failover::new(
             settings.failover_settings(),
-            master.clone(),
+            marks.clone(),
             topology.clone(),
-            clock.clone(),
             watcher.reload_handle(),
-            metrics.clone(),
-            tasks.clone(),
         ));
         let router = Router::new(
             topology.clone(),
             master,
             settings.tables.clone().into_iter().collect(),
             settings.router_settings(),
-            clock.clone(),
             metrics.clone(),
+            marks,
             Some(failover.clone()),
         );
         let service = Arc::new(LocationService::new(
@@ -266,7 +269,7 @@ impl App {
         ));
         let cluster_api = ClusterApi::new(
             router.clone(),
-            watcher.reload_handle(),
+            failover.clone(),
             clock.clone(),
             settings.stale_window(),
         );

@@ -33,7 +33,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::clock::Clock;
 use crate::cluster::{Group, Member, Topology};
 use crate::domain::Aor;
-use crate::failover::{Failover, Observation};
+use crate::failover::{Failover, Marks, Observation};
 use crate::metrics::Metrics;
 use crate::store::{LocationStore, SqlStore, StoreError};
 
@@ -146,6 +146,8 @@ pub struct Router {
     settings: RouterSettings,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Where a member that missed a write is marked.
+    marks: Arc<Marks>,
     failover: Option<Arc<Failover>>,
     /// Member writes still running after their caller was answered.
     background: TaskTracker,
@@ -155,15 +157,15 @@ pub struct Router {
 const RECENT_ERROR_SECS: i64 = 10;
 
 impl Router {
-    /// A router over the snapshots of `topology`; `failover`, when given,
-    /// hears about every transport failure.
+    /// A router over the snapshots of `topology`, with the clock of
+    /// `marks`; `failover`, when given, hears about every transport failure.
     pub fn new(
         topology: watch::Receiver<Arc<Topology>>,
         master: Arc<SqlStore>,
         tables: HashMap<String, TableMode>,
         settings: RouterSettings,
-        clock: Clock,
         metrics: Arc<Metrics>,
+        marks: Arc<Marks>,
         failover: Option<Arc<Failover>>,
     ) -> Self {
         Self {
@@ -171,8 +173,9 @@ impl Router {
             master,
             tables: Arc::new(tables),
             settings,
-            clock,
+            clock: marks.clock(),
             metrics,
+            marks,
             failover,
             background: TaskTracker::new(),
         }
@@ -287,22 +290,18 @@ impl Router {
             Target::Group(g) => g,
         };
         tracing::Span::current().record("group", group.id);
-        let mut order = self.readable_without_pending(group, key).await?;
-        let start = (spread % order.len() as u64) as usize;
-        order.rotate_left(start);
-        // Members whose circuit is open, then those that failed lately, go
-        // last (stable: keeps the spread).
-        let now = (self.clock)();
-        order.sort_by_key(|m| {
-            (
-                m.health.circuit.is_open(),
-                m.health.failed_recently(now, RECENT_ERROR_SECS),
-            )
-        });
+        let order = self.read_order(group, spread, key)?;
         let hedge = self.settings.hedge_delay;
-        let run = |m: Arc<Member>| {
+        let run = |(m, owes): (Arc<Member>, bool)| {
             let span = member_span(&m, "read");
             async move {
+                if owes
+                    && let Some(k) = key
+                    && !self.caught_up(&m, k).await
+                {
+                    let e = StoreError::Unavailable("missed a write of this AoR".into());
+                    return (m, Err(e));
+                }
                 let r = op(m.store.clone()).await;
                 (m, r)
             }
@@ -348,46 +347,60 @@ impl Router {
         })
     }
 
-    /// Readable members of `group` that hold every acknowledged write of
-    /// the AoR `key`. When each readable member still owes one (the write
-    /// was acknowledged by a member that is not read, e.g. one being
-    /// resynced), waits until one of them has finished it; a member whose
-    /// write fails is marked and stops being readable.
-    async fn readable_without_pending(
+    /// The readable members of `group` in the order a read of the AoR `key`
+    /// asks them, each with whether it still owes an acknowledged write of
+    /// that AoR. Those holding every acknowledged write go first, spread by
+    /// `spread`, with open circuits and recent failures last; those owing
+    /// one follow, to be asked only once they confirmed it: when the only
+    /// members that hold the write die (their reads hang or fail), the
+    /// answer comes from a partner that finishes it a few milliseconds
+    /// later, not from the caller's deadline. Without `key` (Dump, Stats,
+    /// which cannot know which AoRs they need) the members lacking fewest
+    /// acknowledged writes go first.
+    fn read_order(
         &self,
         group: &Group,
+        spread: u64,
         key: Option<u64>,
-    ) -> Result<Vec<Arc<Member>>, RouteError> {
-        loop {
-            let mut members = self.readable_members(group);
-            if members.is_empty() {
-                return Err(RouteError::NoReadableMember { group: group.id });
-            }
-            let Some(k) = key else {
-                // Whole-group reads (Stats, Dump) cannot know which AoRs
-                // they need: the members lacking fewest acknowledged writes
-                // go first (stable: keeps the spread among equals).
-                members.sort_by_key(|m| m.health.unconfirmed.behind_aors());
-                return Ok(members);
-            };
-            let owing: Vec<_> = members
-                .iter()
-                .filter(|m| m.health.unconfirmed.is_behind(k))
-                .map(|m| m.health.unconfirmed.finished(k))
-                .collect();
-            if owing.len() < members.len() {
-                members.retain(|m| !m.health.unconfirmed.is_behind(k));
-                if !members.is_empty() {
-                    return Ok(members);
-                }
-            }
-            // Ends within the members' query deadline; the caller's own
-            // deadline bounds it too.
-            let waits: Vec<_> = owing.into_iter().flatten().collect();
-            if !waits.is_empty() {
-                futures::future::select_all(waits).await;
+    ) -> Result<Vec<(Arc<Member>, bool)>, RouteError> {
+        let members = self.readable_members(group);
+        if members.is_empty() {
+            return Err(RouteError::NoReadableMember { group: group.id });
+        }
+        let mut order: Vec<_> = members
+            .into_iter()
+            .map(|m| {
+                let owes = key.is_some_and(|k| m.health.unconfirmed.is_behind(k));
+                (m, owes)
+            })
+            .collect();
+        let start = (spread % order.len() as u64) as usize;
+        order.rotate_left(start);
+        let now = (self.clock)();
+        // Stable: keeps the spread among equals.
+        order.sort_by_key(|(m, owes)| {
+            (
+                *owes,
+                m.health.circuit.is_open(),
+                key.is_none().then(|| m.health.unconfirmed.behind_aors()),
+                m.health.failed_recently(now, RECENT_ERROR_SECS),
+            )
+        });
+        Ok(order)
+    }
+
+    /// Waits until `m` has finished every unconfirmed write of the AoR `key`
+    /// (bounded by the member's query deadline, and by the caller's);
+    /// false when it failed one, so it may not serve the AoR.
+    async fn caught_up(&self, m: &Member, key: u64) -> bool {
+        while m.health.unconfirmed.is_behind(key) {
+            match m.health.unconfirmed.finished(key) {
+                Some(done) => done.await,
+                None => break,
             }
         }
+        // A failed write is marked before its slot is released.
+        m.readable((self.clock)(), self.settings.stale_window)
     }
 
     /// Runs `op` on every writable member of `target` at once and answers
@@ -565,27 +578,6 @@ impl Router {
             tracing::warn!(member = %m.label(), op, error = %e, "member operation failed");
         }
     }
-
-    /// Keeps reads off `m` until it is complete again, in this instance at
-    /// once and in every instance through `locdb.failover`.
-    fn missed_write(&self, m: &Arc<Member>) {
-        let now = (self.clock)();
-        m.health.mark_missed(now);
-        self.metrics
-            .member_missed_writes
-            .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string()])
-            .inc();
-        if m.health.should_record_mark(now) {
-            let master = self.master.clone();
-            let m = m.clone();
-            self.background.spawn(async move {
-                let c = &m.config;
-                if let Err(e) = master.mark_failover(c.group, c.no, now).await {
-                    tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
-                }
-            });
-        }
-    }
 }
 
 /// The members a write was started on, and where their answers arrive.
@@ -650,7 +642,7 @@ impl Outcome {
             (behind, spread, s.succeeded)
         };
         for m in &behind {
-            router.missed_write(m);
+            router.marks.missed_write(m);
         }
         if let Some(d) = spread {
             router.metrics.write_confirm_spread.observe(d.as_secs_f64());

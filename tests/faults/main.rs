@@ -673,3 +673,108 @@ async fn with_every_member_hung_locsvc_still_answers_within_the_callers_deadline
     assert!(save_took < CLIENT_DEADLINE && lookup_took < CLIENT_DEADLINE);
     app.stop().await;
 }
+
+/// A binding of `contact` for the store-level test below.
+fn binding(contact: &str, now: i64) -> locsvc::domain::Binding {
+    locsvc::domain::Binding {
+        ruid: format!("r-{contact}"),
+        contact: contact.into(),
+        expires: now + 3600,
+        q: None,
+        call_id: "c".into(),
+        cseq: 1,
+        path: vec![],
+        received: None,
+        user_agent: "t".into(),
+        socket: None,
+        instance: None,
+        reg_id: 0,
+        methods: None,
+        flags: 0,
+        cflags: 0,
+        last_modified: now,
+    }
+}
+
+/// A transactional write cut off by its deadline while the server is hung
+/// (its `BEGIN` sent, never answered) must not leave a pooled connection
+/// that the resumed server holds inside that transaction: every later
+/// statement on it would run uncommitted and never become visible (seen
+/// as resync deletes that did not take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_on_a_hung_server_leaves_no_transaction_open_behind() {
+    use locsvc::domain::{Aor, KeyPolicy};
+    use locsvc::store::{DbUrl, LocationStore, PoolSettings, SqlStore, StoreError, StoreOptions};
+
+    let _one = FAULT.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_db(Backend::MariaDb2, dir.path()).await;
+    let opts = StoreOptions {
+        tables: vec!["location".into()],
+        use_domain: true,
+        // One connection, so the next write gets the one the cut-off
+        // write used (unless it was closed); no coalescing.
+        pool: PoolSettings {
+            max_connections: 1,
+            write_batch_rows: 0,
+            read_batch_aors: 0,
+            ..PoolSettings::default()
+        },
+        query_timeout: Duration::from_millis(300),
+    };
+    let store = SqlStore::open(&DbUrl::parse(&url).unwrap(), &opts).unwrap();
+    store
+        .migrate(locsvc::store::migrate::Scope::Table("location"))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let aor = |u: &str| Aor::parse(&format!("sip:{u}@example.com"), KeyPolicy::default()).unwrap();
+    // An upsert and a delete: two statements, so one transaction.
+    let gone = vec!["r-none".to_string()];
+    let alice = aor("alice");
+    store
+        .apply(
+            "location",
+            &alice,
+            &[binding("sip:a@192.0.2.1", now)],
+            &gone,
+        )
+        .await
+        .unwrap();
+
+    let restore = Restore("m2");
+    signal("m2", "-STOP");
+    let cut = store
+        .apply(
+            "location",
+            &alice,
+            &[binding("sip:a2@192.0.2.1", now)],
+            &gone,
+        )
+        .await;
+    assert!(matches!(cut, Err(StoreError::Timeout(_))), "{cut:?}");
+    signal("m2", "-CONT");
+    drop(restore);
+
+    // A one-statement write, then read from a connection of its own.
+    let bob = aor("bob");
+    let mut attempts = 0;
+    while let Err(e) = store
+        .apply("location", &bob, &[binding("sip:b@192.0.2.2", now)], &[])
+        .await
+    {
+        // The server may take a moment to serve again after SIGCONT.
+        attempts += 1;
+        assert!(
+            attempts < 50,
+            "no write succeeds after the server resumed: {e}"
+        );
+    }
+    let other = open_store(&url, true);
+    assert_eq!(
+        other.load_aor("location", &bob).await.unwrap().len(),
+        1,
+        "bob's acknowledged write is committed, not held in a stray transaction"
+    );
+    store.close().await;
+}

@@ -1,111 +1,16 @@
 //! The live cluster snapshot: groups with their members' stores and health.
 //! A new snapshot is published on every `locdb` change; members whose
-//! (group, no, url) did not change keep their pool and their health.
+//! (group, no, url) did not change keep their pool and their health (which
+//! `failover` owns).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
 use super::{ConfigProblem, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
-use crate::failover::{Circuit, Unconfirmed};
+pub use crate::failover::MemberHealth;
 use crate::partition::Partitioner;
 use crate::store::LocationStore;
-
-/// Health a member accumulates across snapshots.
-#[derive(Debug, Default)]
-pub struct MemberHealth {
-    /// When the member last missed a write its partner took (0 = never).
-    missed_write_at: AtomicI64,
-    /// Transport failures and timeouts seen by this instance.
-    transport_errors: AtomicU64,
-    /// When this instance last recorded a missed write in `locdb`.
-    last_mark_at: AtomicI64,
-    /// When the last transport failure happened (0 = never).
-    last_error_at: AtomicI64,
-    /// Latency of the last probe, microseconds.
-    last_probe_micros: AtomicU64,
-    /// Whether the last probe succeeded.
-    last_probe_ok: AtomicBool,
-    /// Whether requests may be sent to the member now.
-    pub circuit: Circuit,
-    /// Writes the member has not confirmed yet, per AoR.
-    pub unconfirmed: Unconfirmed,
-}
-
-impl MemberHealth {
-    /// Records that the member missed a write at `now`.
-    pub fn mark_missed(&self, now: UnixTime) {
-        self.missed_write_at.fetch_max(now, Ordering::AcqRel);
-    }
-
-    /// When the member last missed a write (0 = never).
-    pub fn missed_write_at(&self) -> UnixTime {
-        self.missed_write_at.load(Ordering::Acquire)
-    }
-
-    /// Counts one transport failure at `now`.
-    pub fn count_transport_error(&self, now: UnixTime) -> u64 {
-        self.last_error_at.fetch_max(now, Ordering::AcqRel);
-        self.transport_errors.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// True when a transport failure happened in the last `secs` seconds.
-    pub fn failed_recently(&self, now: UnixTime, secs: i64) -> bool {
-        let t = self.last_error_at.load(Ordering::Acquire);
-        t > 0 && now - t < secs
-    }
-
-    /// Records a probe's outcome and latency.
-    pub fn record_probe(&self, ok: bool, took: Duration) {
-        self.last_probe_ok.store(ok, Ordering::Release);
-        self.last_probe_micros.store(
-            took.as_micros().min(u128::from(u64::MAX)) as u64,
-            Ordering::Release,
-        );
-    }
-
-    /// Outcome and latency of the last probe (None before the first).
-    pub fn last_probe(&self) -> Option<(bool, Duration)> {
-        let us = self.last_probe_micros.load(Ordering::Acquire);
-        (us > 0).then(|| {
-            (
-                self.last_probe_ok.load(Ordering::Acquire),
-                Duration::from_micros(us),
-            )
-        })
-    }
-
-    /// Forgets local missed-write marks that `locdb.failover` (at
-    /// `recorded`) already covers, so the shared value alone decides.
-    pub fn settle_marks(&self, recorded: UnixTime) {
-        let t = self.missed_write_at.load(Ordering::Acquire);
-        if t > 0 && t <= recorded {
-            let _ =
-                self.missed_write_at
-                    .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Acquire);
-            // The next miss must reach `locdb` even within the same second.
-            self.last_mark_at.store(0, Ordering::Release);
-        }
-    }
-
-    /// Transport failures so far.
-    pub fn transport_errors(&self) -> u64 {
-        self.transport_errors.load(Ordering::Acquire)
-    }
-
-    /// True at most once per second: whether to write the miss to `locdb`
-    /// now (a storm of failed writes must not become a storm of updates).
-    pub fn should_record_mark(&self, now: UnixTime) -> bool {
-        let last = self.last_mark_at.load(Ordering::Acquire);
-        last < now
-            && self
-                .last_mark_at
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-    }
-}
 
 /// A group member in one snapshot.
 pub struct Member {
@@ -129,24 +34,16 @@ impl Member {
         self.config.status == MemberStatus::On
     }
 
-    /// Holds everything its partners hold, as far as we know: on, and no
-    /// missed write (here or recorded in `locdb.failover`) within `window`
-    /// seconds. After `window` (the longest registration) every binding it
-    /// missed has expired anyway — p_usrloc's `expire_time` rule.
+    /// Holds everything its partners hold, as far as we know (see
+    /// `MemberHealth::complete`).
     pub fn readable(&self, now: UnixTime, window: i64) -> bool {
-        let recent = |t: UnixTime| t > 0 && now < t.saturating_add(window);
-        self.writable()
-            && !recent(self.config.failover)
-            && !(self.unrecorded_miss() && recent(self.health.missed_write_at()))
+        self.writable() && self.health.complete(self.config.failover, now, window)
     }
 
     /// A missed write this instance saw that `locdb.failover` (as last read)
     /// does not cover yet.
     pub fn unrecorded_miss(&self) -> bool {
-        // 0 means "never": it must not read as a miss after the pre-1970
-        // `failover` of a pristine layout (1900-01-01).
-        let t = self.health.missed_write_at();
-        t > 0 && t > self.config.failover
+        self.health.unrecorded_miss(self.config.failover)
     }
 
     /// `group/no`, for logs and errors.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::model::{self, ClusterConfig, ConfigProblem, MemberStatus};
 use super::{Group, Member, MemberHealth, Topology};
 use crate::clock::Clock;
+use crate::failover::Marks;
 use crate::metrics::Metrics;
 use crate::partition::{HashMode, Partitioner};
 use crate::store::{LocationStore, SqlStore, StoreError, StoreOptions};
@@ -27,6 +28,8 @@ const RECENT_SECS: i64 = 60;
 /// Owns the member pools and publishes topology snapshots.
 pub struct ClusterWatcher {
     master: Arc<SqlStore>,
+    /// Where members the layout shows lacking writes are recorded.
+    marks: Arc<Marks>,
     opts: StoreOptions,
     hash_mode: HashMode,
     clock: Clock,
@@ -42,12 +45,13 @@ pub struct ClusterWatcher {
 }
 
 impl ClusterWatcher {
-    /// Creates the watcher and its snapshot channel (empty until `reload`).
+    /// Creates the watcher and its snapshot channel (empty until `reload`);
+    /// it reads `locdb` from `master` and dates marks by `marks`' clock.
     pub fn new(
         master: Arc<SqlStore>,
         opts: StoreOptions,
         hash_mode: HashMode,
-        clock: Clock,
+        marks: Arc<Marks>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
     ) -> (Self, watch::Receiver<Arc<Topology>>) {
@@ -56,7 +60,8 @@ impl ClusterWatcher {
             master,
             opts,
             hash_mode,
-            clock,
+            clock: marks.clock(),
+            marks,
             metrics,
             stores: HashMap::new(),
             health: HashMap::new(),
@@ -218,9 +223,7 @@ impl ClusterWatcher {
         self.config = Some(config);
         self.problems = problems;
         for m in to_mark {
-            if let Err(e) = self.master.mark_failover(m.group, m.no, now).await {
-                tracing::warn!(group = m.group, no = m.no, error = %e, "cannot record re-admission in locdb");
-            }
+            self.marks.record_layout_miss(m.group, m.no, now).await;
         }
     }
 

@@ -40,6 +40,30 @@ impl Binding {
     pub fn is_valid(&self, now: UnixTime) -> bool {
         self.expires > now
     }
+
+    /// A binding of `contact` (ruid derived from it) expiring at `expires`,
+    /// with neutral values elsewhere: for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(contact: &str, expires: UnixTime) -> Self {
+        Self {
+            ruid: format!("r-{contact}"),
+            contact: contact.into(),
+            expires,
+            q: None,
+            call_id: "c".into(),
+            cseq: 1,
+            path: vec![],
+            received: None,
+            user_agent: "t".into(),
+            socket: None,
+            instance: None,
+            reg_id: 0,
+            methods: None,
+            flags: 0,
+            cflags: 0,
+            last_modified: expires - 3600,
+        }
+    }
 }
 
 /// One Contact of a REGISTER, as the front parsed it.

@@ -10,8 +10,13 @@
 
 pub mod accrual;
 pub mod circuit;
+pub mod health;
+pub mod marks;
+pub mod master;
 pub mod monitor;
 pub mod resync;
+#[cfg(test)]
+mod tests;
 pub mod unconfirmed;
 
 use std::collections::HashMap;
@@ -29,9 +34,12 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::cluster::{Member, MemberStatus, Topology};
 use crate::metrics::Metrics;
-use crate::store::SqlStore;
+use crate::store::StoreError;
 use crate::store::rows::to_db_time;
 pub use circuit::Circuit;
+pub use health::MemberHealth;
+pub use marks::Marks;
+pub use master::Master;
 pub use monitor::{Decision, MonitorSettings, Observation};
 pub use resync::{Progress, ResyncSettings};
 pub use unconfirmed::Unconfirmed;
@@ -92,7 +100,7 @@ const RESYNC_SETTLE_SECS: i64 = 1;
 
 /// What one probe found.
 struct ProbeResult {
-    r: Result<(), crate::store::StoreError>,
+    r: Result<(), StoreError>,
     took: Duration,
     /// The member's circuit epoch when the probe started.
     epoch: u64,
@@ -110,7 +118,8 @@ fn key(m: &Member) -> MemberKey {
 pub struct Failover {
     settings: FailoverSettings,
     monitors: Mutex<HashMap<MemberKey, monitor::Monitor>>,
-    master: Arc<SqlStore>,
+    master: Arc<dyn Master>,
+    marks: Arc<Marks>,
     clock: Clock,
     started: tokio::time::Instant,
     reload: Arc<Notify>,
@@ -132,32 +141,31 @@ pub struct Failover {
 }
 
 impl Failover {
-    /// An engine acting on `master`; `reload` asks the watcher to re-read
+    /// An engine acting on the master `marks` records on, with its clock,
+    /// metrics and task tracker; `reload` asks the watcher to re-read
     /// `locdb` at once after a change.
     pub fn new(
         settings: FailoverSettings,
-        master: Arc<SqlStore>,
+        marks: Arc<Marks>,
         topology: watch::Receiver<Arc<Topology>>,
-        clock: Clock,
         reload: Arc<Notify>,
-        metrics: Arc<Metrics>,
-        tasks: TaskTracker,
     ) -> Self {
         Self {
             settings,
             monitors: Mutex::new(HashMap::new()),
-            master,
-            clock,
+            master: marks.master.clone(),
+            clock: marks.clock.clone(),
             started: tokio::time::Instant::now(),
             reload,
-            metrics,
+            metrics: marks.metrics.clone(),
+            tasks: marks.tasks.clone(),
+            marks,
             topology,
             kept: Mutex::new(Vec::new()),
             resyncing: AtomicBool::new(false),
             resumable: Mutex::new(HashMap::new()),
             fast_probing: Mutex::new(std::collections::HashSet::new()),
             stop: CancellationToken::new(),
-            tasks,
         }
     }
 
@@ -283,13 +291,27 @@ impl Failover {
         }
     }
 
-    /// Replaces `member` with a spare; Ok(false) when there is none.
-    async fn promote(
+    /// An operator's status change (SetStatus): dated now like the
+    /// engine's own changes, and applied by this instance at once. Rows
+    /// changed (0: no such member).
+    pub async fn set_status(
         &self,
-        member: &Member,
-        errors: u32,
-        now: i64,
-    ) -> Result<bool, crate::store::StoreError> {
+        group: u32,
+        no: u32,
+        status: MemberStatus,
+    ) -> Result<u64, StoreError> {
+        let n = self
+            .master
+            .set_status(group, no, status.code(), (self.clock)())
+            .await?;
+        if n > 0 {
+            self.reload.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Replaces `member` with a spare; Ok(false) when there is none.
+    async fn promote(&self, member: &Member, errors: u32, now: i64) -> Result<bool, StoreError> {
         let c = &member.config;
         let topo = self.topology.borrow().clone();
         let mut avoid: Vec<i64> = topo
@@ -351,7 +373,7 @@ impl Failover {
             }
         }
         let results = join_all(members.iter().map(|m| self.probe(m))).await;
-        self.reconcile_marks(&members);
+        self.marks.reconcile(&members);
         for (m, result) in members.iter().zip(results) {
             self.record_probe(m, result);
         }
@@ -563,28 +585,6 @@ impl Failover {
                 let mut r = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
                 r.insert(k, (progress, cutoff, expected));
             }
-        }
-    }
-
-    /// Re-sends to `locdb` the missed writes it does not show yet (the
-    /// master was unreachable when they happened): the queue of pending
-    /// status updates is the members' own unrecorded marks, so it is bounded
-    /// and survives any number of master outages. At most once a second per
-    /// member.
-    fn reconcile_marks(&self, members: &[Arc<Member>]) {
-        let now = (self.clock)();
-        for m in members.iter().filter(|m| m.unrecorded_miss()) {
-            if !m.health.should_record_mark(now) {
-                continue;
-            }
-            let (master, m) = (self.master.clone(), m.clone());
-            let at = m.health.missed_write_at();
-            self.tasks.spawn(async move {
-                let c = &m.config;
-                if let Err(e) = master.mark_failover(c.group, c.no, at).await {
-                    tracing::debug!(member = %m.label(), error = %e, "missed write still not recorded in locdb");
-                }
-            });
         }
     }
 

@@ -6,30 +6,30 @@ use std::sync::Arc;
 
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::cluster_server::Cluster;
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::clock::Clock;
 use crate::cluster::{MemberConfig, MemberStatus};
+use crate::failover::Failover;
 use crate::router::Router;
 
 /// The gRPC face of cluster administration.
 #[derive(Clone)]
 pub struct ClusterApi {
     router: Router,
-    reload: Arc<Notify>,
+    failover: Arc<Failover>,
     clock: Clock,
     window: i64,
 }
 
 impl ClusterApi {
-    /// Administers the cluster behind `router`; `reload` makes the watcher
-    /// apply a change at once.
-    pub fn new(router: Router, reload: Arc<Notify>, clock: Clock, window: i64) -> Self {
+    /// Administers the cluster behind `router`; status changes go through
+    /// `failover`, which owns every `locdb` update.
+    pub fn new(router: Router, failover: Arc<Failover>, clock: Clock, window: i64) -> Self {
         Self {
             router,
-            reload,
+            failover,
             clock,
             window,
         }
@@ -102,15 +102,12 @@ impl Cluster for ClusterApi {
         req: Request<pb::SetStatusRequest>,
     ) -> Result<Response<pb::SetStatusResponse>, Status> {
         let r = req.into_inner();
-        let code = match pb::MemberStatus::try_from(r.status) {
+        let to = match pb::MemberStatus::try_from(r.status) {
             Ok(pb::MemberStatus::Off) => MemberStatus::Off,
             Ok(pb::MemberStatus::On) => MemberStatus::On,
             Ok(pb::MemberStatus::Maintenance) => MemberStatus::Maintenance,
             _ => return Err(status::invalid("status", "must be off, on or maintenance")),
-        }
-        .code();
-        let now = (self.clock)();
-        let to = MemberStatus::from_code(code);
+        };
         if let Some(g) = self.router.topology().groups.get(&r.group) {
             let readable: Vec<u32> = self
                 .router
@@ -118,7 +115,7 @@ impl Cluster for ClusterApi {
                 .iter()
                 .map(|m| m.config.no)
                 .collect();
-            if leaves_group_unreadable(&readable, r.no, to) {
+            if leaves_group_unreadable(&readable, r.no, Some(to)) {
                 if !r.force {
                     return Err(status::last_readable_member(r.group, r.no));
                 }
@@ -130,9 +127,8 @@ impl Cluster for ClusterApi {
             }
         }
         let n = self
-            .router
-            .master()
-            .set_status(r.group, r.no, code, now)
+            .failover
+            .set_status(r.group, r.no, to)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot set member status in locdb");
@@ -144,10 +140,9 @@ impl Cluster for ClusterApi {
         tracing::warn!(
             group = r.group,
             no = r.no,
-            status = code,
+            status = to.code(),
             "member status set by operator"
         );
-        self.reload.notify_one();
         Ok(Response::new(pb::SetStatusResponse {}))
     }
 }

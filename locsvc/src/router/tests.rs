@@ -35,6 +35,8 @@ struct FakeStore {
     /// (or "-" for a delete-only write).
     applied: Mutex<Vec<String>>,
     reads: Mutex<u32>,
+    /// How reads behave: answer (default), never answer, or fail.
+    dead_reads: Mutex<Option<Release>>,
 }
 
 impl FakeStore {
@@ -50,6 +52,12 @@ impl FakeStore {
         for h in held {
             let _ = h.send(how);
         }
+    }
+
+    /// The server dies: reads never answer (`Apply`, a pool reconnecting
+    /// to a killed server) or fail at once (`Fail`, a reset connection).
+    fn kill_reads(&self, how: Release) {
+        *self.dead_reads.lock().unwrap() = Some(how);
     }
 
     fn contacts(&self, aor: &Aor) -> Vec<String> {
@@ -70,6 +78,12 @@ fn rejected() -> StoreError {
 impl LocationStore for FakeStore {
     async fn load_aor(&self, _t: &str, aor: &Aor) -> Result<Vec<Binding>, StoreError> {
         *self.reads.lock().unwrap() += 1;
+        let dead = *self.dead_reads.lock().unwrap();
+        match dead {
+            Some(Release::Apply) => std::future::pending::<()>().await,
+            Some(Release::Fail) => return Err(StoreError::Unavailable("reset".into())),
+            None => {}
+        }
         Ok(self
             .rows
             .lock()
@@ -193,17 +207,24 @@ impl Fixture {
             HashMode::Xxh3,
             [1],
         ))));
+        let master = Arc::new(master);
+        let marks = Arc::new(Marks::new(
+            master.clone(),
+            Arc::new(|| 1_800_000_000),
+            Arc::new(Metrics::new()),
+            TaskTracker::new(),
+        ));
         let router = Router::new(
             topology,
-            Arc::new(master),
+            master,
             HashMap::from([("location".to_string(), TableMode::Cluster)]),
             RouterSettings {
                 stale_window: 3600,
                 hedge_delay: Duration::from_millis(20),
                 ack_grace: grace,
             },
-            Arc::new(|| 1_800_000_000),
             Arc::new(Metrics::new()),
+            marks,
             None,
         );
         Self {
@@ -224,24 +245,7 @@ impl Fixture {
 
     /// Registers `contact` for `aor` (one upsert).
     async fn save(&self, aor: &Aor, contact: &str) -> Result<Vec<()>, RouteError> {
-        let b = Binding {
-            ruid: format!("r-{contact}"),
-            contact: contact.into(),
-            expires: 1_800_003_600,
-            q: None,
-            call_id: "c".into(),
-            cseq: 1,
-            path: vec![],
-            received: None,
-            user_agent: "t".into(),
-            socket: None,
-            instance: None,
-            reg_id: 0,
-            methods: None,
-            flags: 0,
-            cflags: 0,
-            last_modified: 1_800_000_000,
-        };
+        let b = Binding::sample(contact, 1_800_003_600);
         self.apply(aor, vec![b], vec![]).await
     }
 
@@ -439,6 +443,37 @@ async fn a_write_only_an_unreadable_member_confirmed_makes_reads_wait_for_a_read
     f.stores[0].release(Release::Apply);
     let (rows, served_by) = read.await.unwrap();
     assert_eq!((rows.len(), served_by), (1, 1));
+}
+
+#[tokio::test]
+async fn when_the_only_member_holding_a_write_dies_its_partner_serves_the_read_once_it_confirms() {
+    for death in [Release::Apply, Release::Fail] {
+        let f = Fixture::new(Duration::from_millis(5));
+        let alice = aor("sip:alice@example.com");
+        // Member 2 is slower than the grace: the caller is answered on
+        // member 1's confirmation alone.
+        f.stores[1].hang();
+        f.save(&alice, "sip:a@192.0.2.1").await.unwrap();
+        assert!(
+            f.member(2)
+                .health
+                .unconfirmed
+                .is_behind(write_key("location", &alice))
+        );
+        // Then member 1's server dies.
+        f.stores[0].kill_reads(death);
+        let read = f.read(&alice, 0);
+        tokio::pin!(read);
+        assert!(
+            futures::poll!(&mut read).is_pending(),
+            "member 2 is not read before it has the write"
+        );
+        f.stores[1].release(Release::Apply);
+        // Answered by member 2 once it confirmed, long before the 2 s
+        // deadline a read waiting on dead member 1 would end at.
+        let (rows, served_by) = read.await.unwrap();
+        assert_eq!((rows.len(), served_by), (1, 2));
+    }
 }
 
 #[tokio::test]

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Change, DbPool, StoreError, TableSql, read_aors, write_changes};
+use super::exec::{Change, read_aors, write_changes};
+use super::{DbPool, StoreError, TableSql};
 use crate::domain::{Aor, Binding};
 
 /// Queued requests per table per database before `submit` waits (and, past

@@ -7,6 +7,7 @@
 use chrono::NaiveDateTime;
 use sqlx::Row;
 
+use super::pool::Exclusive;
 use super::rows::to_db_time;
 use super::{Dialect, SqlStore, StoreError, redact, with_pool};
 use crate::domain::UnixTime;
@@ -222,60 +223,67 @@ impl SqlStore {
         let at = to_db_time(at);
         with_pool!(&self.pool, p => {
             self.timed(async {
-                let mut tx = p.begin().await?;
-                let still: Option<i64> = sqlx::query_scalar(&check)
-                    .bind(id as i32)
-                    .bind(no as i32)
-                    .bind(url)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if still.is_none() {
-                    tx.rollback().await?;
-                    return Ok(Promotion::AlreadyDone);
+                let mut held = Exclusive::acquire(p).await?;
+                // Early returns roll back; the connection is released after.
+                let r = async {
+                    let mut tx = sqlx::Connection::begin(held.conn()).await?;
+                    let still: Option<i64> = sqlx::query_scalar(&check)
+                        .bind(id as i32)
+                        .bind(no as i32)
+                        .bind(url)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if still.is_none() {
+                        tx.rollback().await?;
+                        return Ok(Promotion::AlreadyDone);
+                    }
+                    let mut q = sqlx::query(&pick);
+                    for rg in avoid_rgs {
+                        q = q.bind(*rg as i32);
+                    }
+                    let Some(row) = q.fetch_optional(&mut *tx).await? else {
+                        tx.rollback().await?;
+                        return Ok(Promotion::NoSpare);
+                    };
+                    let (sid, sno, surl): (i64, i64, String) =
+                        (row.try_get("id")?, row.try_get("no")?, row.try_get("url")?);
+                    let top: Option<i64> = sqlx::query_scalar(&max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
+                    let new_no = top.unwrap_or(sno) + 1;
+                    let moved = sqlx::query(&retire)
+                        .bind(sid as i32)
+                        .bind(new_no as i32)
+                        .bind(at)
+                        .bind(i64::from(errors))
+                        .bind(id as i32)
+                        .bind(no as i32)
+                        .bind(url)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if moved == 0 {
+                        tx.rollback().await?;
+                        return Ok(Promotion::AlreadyDone);
+                    }
+                    let taken = sqlx::query(&promote)
+                        .bind(id as i32)
+                        .bind(no as i32)
+                        .bind(at)
+                        .bind(sid as i32)
+                        .bind(sno as i32)
+                        .bind(&surl)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if taken == 0 {
+                        tx.rollback().await?;
+                        return Ok(Promotion::NoSpare);
+                    }
+                    tx.commit().await?;
+                    Ok(Promotion::Promoted { spare: redact(&surl) })
                 }
-                let mut q = sqlx::query(&pick);
-                for rg in avoid_rgs {
-                    q = q.bind(*rg as i32);
-                }
-                let Some(row) = q.fetch_optional(&mut *tx).await? else {
-                    tx.rollback().await?;
-                    return Ok(Promotion::NoSpare);
-                };
-                let (sid, sno, surl): (i64, i64, String) =
-                    (row.try_get("id")?, row.try_get("no")?, row.try_get("url")?);
-                let top: Option<i64> = sqlx::query_scalar(&max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
-                let new_no = top.unwrap_or(sno) + 1;
-                let moved = sqlx::query(&retire)
-                    .bind(sid as i32)
-                    .bind(new_no as i32)
-                    .bind(at)
-                    .bind(i64::from(errors))
-                    .bind(id as i32)
-                    .bind(no as i32)
-                    .bind(url)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if moved == 0 {
-                    tx.rollback().await?;
-                    return Ok(Promotion::AlreadyDone);
-                }
-                let taken = sqlx::query(&promote)
-                    .bind(id as i32)
-                    .bind(no as i32)
-                    .bind(at)
-                    .bind(sid as i32)
-                    .bind(sno as i32)
-                    .bind(&surl)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if taken == 0 {
-                    tx.rollback().await?;
-                    return Ok(Promotion::NoSpare);
-                }
-                tx.commit().await?;
-                Ok(Promotion::Promoted { spare: redact(&surl) })
+                .await;
+                held.release();
+                r
             })
             .await
         })

@@ -161,3 +161,43 @@ impl DbPool {
         with_pool!(self, p => p.close().await)
     }
 }
+
+/// A connection held for one transaction, closed instead of returned to
+/// the pool when the work is cut off (by the statement deadline): a
+/// cut-off `BEGIN` still reaches a hung server, which runs it when it
+/// resumes, and sqlx, not knowing, would then hand out a connection whose
+/// every later statement runs inside a transaction nobody commits (seen as
+/// resync deletes that never became visible). Closing it makes the server
+/// roll that transaction back.
+pub struct Exclusive<DB: sqlx::Database> {
+    conn: Option<sqlx::pool::PoolConnection<DB>>,
+}
+
+impl<DB: sqlx::Database> Exclusive<DB> {
+    /// Takes a connection from `pool`.
+    pub async fn acquire(pool: &sqlx::Pool<DB>) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            conn: Some(pool.acquire().await?),
+        })
+    }
+
+    /// The connection, to begin the transaction on.
+    pub fn conn(&mut self) -> &mut DB::Connection {
+        self.conn.as_mut().expect("held until released or dropped")
+    }
+
+    /// The work ran to its end (committed, rolled back or failed): the
+    /// connection goes back to the pool, which flushes any rollback.
+    pub fn release(mut self) {
+        self.conn.take();
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Exclusive<DB> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            // Detached and dropped: the socket closes, nothing is reused.
+            drop(c.detach());
+        }
+    }
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{DbPool, DbUrl, Dialect, PoolSettings, StoreError, timed, with_pool};
+use super::exec::timed;
+use super::{DbPool, DbUrl, Dialect, PoolSettings, StoreError, with_pool};
 use crate::credentials::{ha1, ha1b};
 
 /// One `subscriber` row.
