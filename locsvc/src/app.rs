@@ -196,6 +196,32 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     Ok(report)
 }
 
+/// The subscriber store: its own database when `subscribers_url` is set
+/// (true: its pool is ours to close), else the master's `subscriber` table.
+fn open_subscribers(
+    settings: &Settings,
+    master: &SqlStore,
+) -> Result<(SubscriberStore, bool), AppError> {
+    let timeout = settings.cluster.query_timeout;
+    match &settings.subscribers_url {
+        Some(u) => SubscriberStore::open(u, &settings.cluster.pool, timeout)
+            .map(|s| (s, true))
+            .map_err(|source| AppError::Subscribers {
+                url: u.redacted(),
+                source,
+            }),
+        None => Ok((SubscriberStore::new(master.pool().clone(), timeout), false)),
+    }
+}
+
+/// A listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let bound = |source| AppError::Bind { addr, source };
+    let l = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = l.local_addr().map_err(bound)?;
+    Ok((l, local))
+}
+
 impl App {
     /// Builds an instance with the system clock.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
@@ -213,20 +239,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let opts = settings.store_options(settings.cluster_tables());
         let master = Arc::new(master);
-        let (subscribers, own_subscriber_pool) = match &settings.subscribers_url {
-            Some(u) => (
-                SubscriberStore::open(u, &settings.cluster.pool, settings.cluster.query_timeout)
-                    .map_err(|source| AppError::Subscribers {
-                        url: u.redacted(),
-                        source,
-                    })?,
-                true,
-            ),
-            None => (
-                SubscriberStore::new(master.pool().clone(), settings.cluster.query_timeout),
-                false,
-            ),
-        };
+        let (subscribers, own_subscriber_pool) = open_subscribers(&settings, &master)?;
         let tasks = TaskTracker::new();
         let marks = Arc::new(Marks::new(
             master.clone(),
@@ -274,21 +287,14 @@ impl App {
             settings.stale_window(),
         );
         let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind { addr, source })
+        let (grpc, grpc_addr) = bind(settings.grpc.listen).await?;
+        let (metrics_listener, metrics_addr) = match settings.metrics_listen {
+            Some(a) => {
+                let (l, addr) = bind(a).await?;
+                (Some(l), Some(addr))
+            }
+            None => (None, None),
         };
-        let grpc = bind(settings.grpc.listen).await?;
-        let grpc_addr = grpc.local_addr().map_err(|source| AppError::Bind {
-            addr: settings.grpc.listen,
-            source,
-        })?;
-        let metrics_listener = match settings.metrics_listen {
-            Some(a) => Some(bind(a).await?),
-            None => None,
-        };
-        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         Ok(Self {
             settings,
             metrics,
@@ -348,63 +354,11 @@ impl App {
         reporter
             .set_serving::<SubscribersServer<SubscribersApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(locsvc_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| AppError::Serve(e.to_string()))?;
-        let api = LocationApi::new(
-            self.service.clone(),
-            s.grpc.max_in_flight,
-            s.grpc.request_timeout,
-            self.metrics.clone(),
-        );
-        let mut builder = Server::builder();
-        if let (Some(cert), Some(key)) = (&s.grpc.tls_cert, &s.grpc.tls_key) {
-            let read = |p: &Path| {
-                std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())))
-            };
-            let identity = Identity::from_pem(read(cert)?, read(key)?);
-            let mut tls = ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &s.grpc.tls_client_ca {
-                // mTLS: the handshake fails without a certificate it signed.
-                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-            }
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| AppError::Tls(e.to_string()))?;
-        }
-        let tokens = Tokens::new(s.grpc.token.as_deref(), s.grpc.admin_token.as_deref());
-        let subscribers = SubscribersApi::new(self.subscribers.clone(), tokens.clone());
+        let routes = self.routes(health)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // Nagle's algorithm on the server side delays the second small
-        // write of a response (HTTP/2 DATA after HEADERS) until the
-        // client's delayed ACK, ~40 ms: every connection gets TCP_NODELAY.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
-            |conn| {
-                if let Ok(c) = &conn
-                    && let Err(e) = c.set_nodelay(true)
-                {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-                conn
-            },
-        );
-        let router = builder
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(LocationServer::with_interceptor(
-                api,
-                tokens.interceptor(Level::Data),
-            ))
-            .add_service(ClusterServer::with_interceptor(
-                self.cluster_api,
-                tokens.interceptor(Level::Admin),
-            ))
-            // Checks per call: GetCredentials is data plane, the rest admin.
-            .add_service(SubscribersServer::new(subscribers));
+        let incoming = with_nodelay(self.grpc);
         let server = tokio::spawn(async move {
-            router
+            routes
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 })
@@ -452,24 +406,7 @@ impl App {
                 Ok(())
             }
         };
-        // Member writes whose callers were already answered finish first:
-        // cutting them would leave a member behind without a mark.
-        let background = self.service.router().background().clone();
-        background.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, background.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("member writes still running after the grace period");
-        }
-        token.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("failover work still running after the grace period; stopping anyway");
-        }
+        drain_background(self.service.router().background(), &token, &self.tasks).await;
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
@@ -478,5 +415,104 @@ impl App {
         }
         tracing::info!("locsvc stopped");
         served
+    }
+
+    /// Every gRPC service, behind TLS when configured and each behind the
+    /// token check of its level.
+    fn routes(
+        &self,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+    ) -> Result<tonic::transport::server::Router, AppError> {
+        let s = &self.settings;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(locsvc_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| AppError::Serve(e.to_string()))?;
+        let api = LocationApi::new(
+            self.service.clone(),
+            s.grpc.max_in_flight,
+            s.grpc.request_timeout,
+            self.metrics.clone(),
+        );
+        let mut builder = Server::builder();
+        if let Some(tls) = server_tls(s)? {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| AppError::Tls(e.to_string()))?;
+        }
+        let tokens = Tokens::new(s.grpc.token.as_deref(), s.grpc.admin_token.as_deref());
+        let subscribers = SubscribersApi::new(self.subscribers.clone(), tokens.clone());
+        Ok(builder
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(LocationServer::with_interceptor(
+                api,
+                tokens.interceptor(Level::Data),
+            ))
+            .add_service(ClusterServer::with_interceptor(
+                self.cluster_api.clone(),
+                tokens.interceptor(Level::Admin),
+            ))
+            // Checks per call: GetCredentials is data plane, the rest admin.
+            .add_service(SubscribersServer::new(subscribers)))
+    }
+}
+
+/// The server's TLS identity, and the client CA when client certificates
+/// are required (mTLS); None without a certificate.
+fn server_tls(s: &Settings) -> Result<Option<ServerTlsConfig>, AppError> {
+    let (Some(cert), Some(key)) = (&s.grpc.tls_cert, &s.grpc.tls_key) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| AppError::Tls(format!("{}: {e}", p.display())));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &s.grpc.tls_client_ca {
+        // mTLS: the handshake fails without a certificate it signed.
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// The listener's connections with TCP_NODELAY: Nagle's algorithm on the
+/// server side delays the second small write of a response (HTTP/2 DATA
+/// after HEADERS) until the client's delayed ACK, ~40 ms.
+fn with_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn
+                && let Err(e) = c.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            conn
+        },
+    )
+}
+
+/// After the requests: member writes whose callers were already answered
+/// finish first (cutting them would leave a member behind without a mark),
+/// then the background loops stop and failover work is awaited, each
+/// bounded by `SHUTDOWN_GRACE`.
+async fn drain_background(writes: &TaskTracker, token: &CancellationToken, tasks: &TaskTracker) {
+    writes.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, writes.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("member writes still running after the grace period");
+    }
+    token.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("failover work still running after the grace period; stopping anyway");
     }
 }

@@ -118,49 +118,16 @@ pub fn build(
     let mut by_group: BTreeMap<u32, Vec<MemberConfig>> = BTreeMap::new();
     let mut spares = Vec::new();
     for r in rows {
-        let (id, no) = (r.id, r.no);
-        let key_ok = |v: i64| (1..=i64::from(i32::MAX)).contains(&v);
-        if !key_ok(id) || !key_ok(no) {
-            problems.push(ConfigProblem::BadKey { id, no });
+        let m = member(r);
+        let bad_key = matches!(m, Err(ConfigProblem::BadKey { .. }));
+        if !bad_key && !seen.insert((r.id, r.no)) {
+            problems.push(ConfigProblem::DuplicateKey { id: r.id, no: r.no });
             continue;
         }
-        if !seen.insert((id, no)) {
-            problems.push(ConfigProblem::DuplicateKey { id, no });
-            continue;
-        }
-        let url = match DbUrl::parse(&r.url) {
-            Ok(u) => u,
-            Err(e) => {
-                problems.push(ConfigProblem::BadUrl {
-                    id,
-                    no,
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let Some(status) = MemberStatus::from_code(r.status) else {
-            problems.push(ConfigProblem::BadStatus {
-                id,
-                no,
-                status: r.status,
-            });
-            continue;
-        };
-        let m = MemberConfig {
-            group: id as u32,
-            no: no as u32,
-            url,
-            status,
-            errors: r.errors.clamp(0, i64::from(u32::MAX)) as u32,
-            failover: from_db_time(r.failover),
-            spare: r.spare != 0,
-            rg: r.rg,
-        };
-        if m.spare {
-            spares.push(m);
-        } else {
-            by_group.entry(m.group).or_default().push(m);
+        match m {
+            Ok(m) if m.spare => spares.push(m),
+            Ok(m) => by_group.entry(m.group).or_default().push(m),
+            Err(p) => problems.push(p),
         }
     }
     let mut groups = BTreeMap::new();
@@ -170,46 +137,92 @@ pub fn build(
         .chain(previous.into_iter().flat_map(|p| p.groups.keys().copied()))
         .collect();
     for id in all_ids {
-        let mut members = by_group.remove(&id).unwrap_or_default();
-        members.sort_by_key(|m| m.no);
-        let mut kept: Vec<MemberConfig> = Vec::with_capacity(members.len());
-        for m in members {
-            if let Some(first) = kept.iter().find(|k| k.url == m.url) {
-                problems.push(ConfigProblem::DuplicateUrl {
-                    id,
-                    a: first.no,
-                    b: m.no,
-                });
-            } else {
-                kept.push(m);
-            }
-        }
-        if kept.len() >= 2 {
-            groups.insert(id, GroupConfig { id, members: kept });
-            continue;
-        }
+        let members = by_group.remove(&id).unwrap_or_default();
         let prev = previous.and_then(|p| p.groups.get(&id));
-        if kept.is_empty() && prev.is_some() {
-            // Every row of the group was deleted: a deliberate removal.
-            continue;
-        }
-        match prev {
-            Some(g) => {
-                problems.push(ConfigProblem::TooFewMembers {
-                    id,
-                    usable: kept.len(),
-                    action: "keeping its last valid definition",
-                });
-                groups.insert(id, g.clone());
-            }
-            None => problems.push(ConfigProblem::TooFewMembers {
-                id,
-                usable: kept.len(),
-                action: "group not used",
-            }),
+        if let Some(g) = group(id, members, prev, &mut problems) {
+            groups.insert(id, g);
         }
     }
     (ClusterConfig { groups, spares }, problems)
+}
+
+/// One `locdb` row as a member, or why it is ignored.
+fn member(r: &LocdbRow) -> Result<MemberConfig, ConfigProblem> {
+    let (id, no) = (r.id, r.no);
+    let key_ok = |v: i64| (1..=i64::from(i32::MAX)).contains(&v);
+    if !key_ok(id) || !key_ok(no) {
+        return Err(ConfigProblem::BadKey { id, no });
+    }
+    let url = DbUrl::parse(&r.url).map_err(|e| ConfigProblem::BadUrl {
+        id,
+        no,
+        reason: e.to_string(),
+    })?;
+    let status = MemberStatus::from_code(r.status).ok_or(ConfigProblem::BadStatus {
+        id,
+        no,
+        status: r.status,
+    })?;
+    Ok(MemberConfig {
+        group: id as u32,
+        no: no as u32,
+        url,
+        status,
+        errors: r.errors.clamp(0, i64::from(u32::MAX)) as u32,
+        failover: from_db_time(r.failover),
+        spare: r.spare != 0,
+        rg: r.rg,
+    })
+}
+
+/// Group `id` from its `members` rows (any order): duplicates of a URL are
+/// dropped, and a group left with fewer than two members keeps its
+/// `previous` definition, or is not used. None when it is not used.
+fn group(
+    id: u32,
+    mut members: Vec<MemberConfig>,
+    previous: Option<&GroupConfig>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<GroupConfig> {
+    members.sort_by_key(|m| m.no);
+    let mut kept: Vec<MemberConfig> = Vec::with_capacity(members.len());
+    for m in members {
+        if let Some(first) = kept.iter().find(|k| k.url == m.url) {
+            problems.push(ConfigProblem::DuplicateUrl {
+                id,
+                a: first.no,
+                b: m.no,
+            });
+        } else {
+            kept.push(m);
+        }
+    }
+    if kept.len() >= 2 {
+        return Some(GroupConfig { id, members: kept });
+    }
+    if kept.is_empty() && previous.is_some() {
+        // Every row of the group was deleted: a deliberate removal.
+        return None;
+    }
+    let usable = kept.len();
+    match previous {
+        Some(g) => {
+            problems.push(ConfigProblem::TooFewMembers {
+                id,
+                usable,
+                action: "keeping its last valid definition",
+            });
+            Some(g.clone())
+        }
+        None => {
+            problems.push(ConfigProblem::TooFewMembers {
+                id,
+                usable,
+                action: "group not used",
+            });
+            None
+        }
+    }
 }
 
 #[cfg(test)]

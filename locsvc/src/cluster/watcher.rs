@@ -12,18 +12,15 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::model::{self, ClusterConfig, ConfigProblem, MemberStatus};
+use super::model::{self, ClusterConfig, ConfigProblem};
 use super::{Group, Member, MemberHealth, Topology};
 use crate::clock::Clock;
-use crate::failover::Marks;
+use crate::failover::{self, Marks};
 use crate::metrics::Metrics;
 use crate::partition::{HashMode, Partitioner};
 use crate::store::{LocationStore, SqlStore, StoreError, StoreOptions};
 
 type MemberKey = (u32, u32, String);
-
-/// A `failover` at most this old already marks a member as lacking writes.
-const RECENT_SECS: i64 = 60;
 
 /// Owns the member pools and publishes topology snapshots.
 pub struct ClusterWatcher {
@@ -147,37 +144,15 @@ impl ClusterWatcher {
                 live_keys.insert(key.clone());
                 let health = self.health.entry(key).or_default().clone();
                 health.settle_marks(m.failover);
-                // The slot's previous member (replaced by a spare, or its URL
-                // edited) may carry a miss this instance saw after the swap
-                // was recorded: whoever holds the slot now lacks that write.
-                let mut carried = false;
-                if let Some(pg) = prev_group
-                    && let Some(old) = pg.members.iter().find(|p| p.no == m.no && p.url != m.url)
-                    && let Some(h) = self
-                        .health
-                        .get(&(m.group, m.no, old.url.expose().to_string()))
-                    && h.missed_write_at() > m.failover
-                {
-                    health.mark_missed(h.missed_write_at());
+                let slot_miss = prev_group
+                    .and_then(|pg| pg.members.iter().find(|p| p.no == m.no && p.url != m.url))
+                    .and_then(|old| {
+                        let k = (m.group, m.no, old.url.expose().to_string());
+                        self.health.get(&k).map(|h| h.missed_write_at())
+                    });
+                if let Some(at) = failover::layout_miss(prev_group, m, slot_miss, now) {
+                    health.mark_missed(at);
                     to_mark.push(m.clone());
-                    carried = true;
-                }
-                if let Some(pg) = prev_group.filter(|_| !carried) {
-                    let before = pg.members.iter().find(|p| p.no == m.no && p.url == m.url);
-                    // A member that was not on, or is new in an existing
-                    // group, missed writes: keep reads off it until the
-                    // window passes (or a resync fills it).
-                    let missed = match before {
-                        Some(b) => b.status != MemberStatus::On && m.status == MemberStatus::On,
-                        None => true,
-                    };
-                    // A re-admission by a locsvc instance already set a recent
-                    // `failover`; only a hand edit that left it old needs one.
-                    let missed = missed && m.failover <= now - RECENT_SECS;
-                    if missed {
-                        health.mark_missed(now);
-                        to_mark.push(m.clone());
-                    }
                 }
                 let store: Arc<dyn LocationStore> = store;
                 members.push(Arc::new(Member {

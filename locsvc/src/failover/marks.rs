@@ -10,10 +10,41 @@ use tokio_util::task::TaskTracker;
 
 use super::Master;
 use crate::clock::Clock;
-use crate::cluster::Member;
+use crate::cluster::{GroupConfig, Member, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
+
+/// A `failover` at most this old already marks a member as lacking writes.
+const RECENT_SECS: i64 = 60;
+
+/// Whether a new layout shows member `m` lacking writes, and since when:
+/// it holds a slot whose previous member (replaced by a spare, or its URL
+/// edited) carries a miss this instance saw after the swap was recorded
+/// (`slot_miss`, that member's last miss), or it was not on before, or is
+/// new in an existing group (`previous`), and its `failover` is old (a
+/// re-admission by a locsvc instance already set a recent one; only a hand
+/// edit leaves it old). Its reads wait until a resync fills it, or the
+/// window passes.
+pub fn layout_miss(
+    previous: Option<&GroupConfig>,
+    m: &MemberConfig,
+    slot_miss: Option<UnixTime>,
+    now: UnixTime,
+) -> Option<UnixTime> {
+    if let Some(t) = slot_miss.filter(|t| *t > m.failover) {
+        return Some(t);
+    }
+    let before = previous?
+        .members
+        .iter()
+        .find(|p| p.no == m.no && p.url == m.url);
+    let switched_on = match before {
+        Some(b) => b.status != MemberStatus::On && m.status == MemberStatus::On,
+        None => true,
+    };
+    (switched_on && m.failover <= now - RECENT_SECS).then_some(now)
+}
 
 /// Records missed writes, locally and in `locdb`.
 pub struct Marks {

@@ -38,7 +38,7 @@ use crate::store::StoreError;
 use crate::store::rows::to_db_time;
 pub use circuit::Circuit;
 pub use health::MemberHealth;
-pub use marks::Marks;
+pub use marks::{Marks, layout_miss};
 pub use master::Master;
 pub use monitor::{Decision, MonitorSettings, Observation};
 pub use resync::{Progress, ResyncSettings};

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::cluster::{Group, MemberConfig, Topology};
+use crate::cluster::{Group, GroupConfig, MemberConfig, Topology};
 use crate::domain::{Aor, Binding, KeyPolicy, UnixTime};
 use crate::partition::{HashMode, Partitioner};
 use crate::store::migrate::Scope;
@@ -383,4 +383,45 @@ async fn readmissions_and_operator_changes_are_updates_on_the_master() {
             }
         ]
     );
+}
+
+#[test]
+fn a_layout_change_marks_members_that_must_lack_writes() {
+    let cfg = |no: u32, url: &str, status: MemberStatus, failover: UnixTime| MemberConfig {
+        group: 1,
+        no,
+        url: DbUrl::parse(url).unwrap(),
+        status,
+        errors: 0,
+        failover,
+        spare: false,
+        rg: 1,
+    };
+    let old = T0 - 3600;
+    let before = GroupConfig {
+        id: 1,
+        members: vec![
+            cfg(1, "sqlite://a.db", MemberStatus::On, old),
+            cfg(2, "sqlite://b.db", MemberStatus::Off, old),
+        ],
+    };
+    let on_by_hand = cfg(2, "sqlite://b.db", MemberStatus::On, old);
+    assert_eq!(layout_miss(Some(&before), &on_by_hand, None, T0), Some(T0));
+    // A locsvc re-admission recorded a recent `failover` already.
+    let readmitted = cfg(2, "sqlite://b.db", MemberStatus::On, T0 - 5);
+    assert_eq!(layout_miss(Some(&before), &readmitted, None, T0), None);
+    let new_member = cfg(3, "sqlite://c.db", MemberStatus::On, old);
+    assert_eq!(layout_miss(Some(&before), &new_member, None, T0), Some(T0));
+    // The first layout an instance loads: nothing to compare with.
+    assert_eq!(layout_miss(None, &on_by_hand, None, T0), None);
+    let unchanged = cfg(1, "sqlite://a.db", MemberStatus::On, old);
+    assert_eq!(layout_miss(Some(&before), &unchanged, None, T0), None);
+    // A spare took slot 1 (recorded at T0 - 5), and this instance saw the
+    // slot's previous member miss a write later: the spare lacks it too.
+    let spare = cfg(1, "sqlite://s.db", MemberStatus::On, T0 - 5);
+    assert_eq!(
+        layout_miss(Some(&before), &spare, Some(T0 - 2), T0),
+        Some(T0 - 2)
+    );
+    assert_eq!(layout_miss(Some(&before), &spare, Some(T0 - 9), T0), None);
 }

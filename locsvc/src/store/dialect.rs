@@ -392,6 +392,64 @@ impl LocdbSql {
     }
 }
 
+/// The statements of one spare promotion (failover level 2), in the order
+/// its transaction runs them; `pick` filters `avoid_rgs` risk groups.
+#[derive(Debug, Clone)]
+pub struct PromoteSql {
+    /// Locks the broken member's row if it is still on.
+    pub check: String,
+    /// Locks the first usable spare.
+    pub pick: String,
+    /// The highest `no` of the spare's group, to park it after.
+    pub max_no: String,
+    /// The broken member becomes an off spare in the spare's old slot.
+    pub retire: String,
+    /// The spare takes the broken member's slot.
+    pub promote: String,
+}
+
+impl PromoteSql {
+    /// For `dialect`, avoiding `avoid_rgs` risk groups.
+    pub fn new(dialect: Dialect, avoid_rgs: usize) -> Self {
+        let d = dialect;
+        // SQLite locks the whole database for the transaction anyway.
+        let lock = if d == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let rg_filter = if avoid_rgs == 0 {
+            String::new()
+        } else {
+            format!(" AND rg NOT IN ({})", vec!["?"; avoid_rgs].join(", "))
+        };
+        Self {
+            check: d.finish(&format!(
+                "SELECT {} FROM locdb WHERE id = ? AND no = ? AND url = ? AND status = 1{lock}",
+                d.int64("no")
+            )),
+            pick: d.finish(&format!(
+                "SELECT {sid} AS id, {sno} AS no, url FROM locdb WHERE spare = 1 AND status = 1\
+                 {rg_filter} ORDER BY id, no LIMIT 1{lock}",
+                sid = d.int64("id"),
+                sno = d.int64("no"),
+            )),
+            max_no: d.finish(&format!(
+                "SELECT {} FROM locdb WHERE id = ?",
+                d.int64("MAX(no)")
+            )),
+            retire: d.finish(
+                "UPDATE locdb SET id = ?, no = ?, status = 0, spare = 1, failover = ?, \
+                 errors = errors + ? WHERE id = ? AND no = ? AND url = ? AND status = 1",
+            ),
+            promote: d.finish(
+                "UPDATE locdb SET id = ?, no = ?, spare = 0, status = 1, failover = ?, errors = 0 \
+                 WHERE id = ? AND no = ? AND url = ? AND spare = 1 AND status = 1",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

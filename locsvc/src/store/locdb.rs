@@ -7,9 +7,10 @@
 use chrono::NaiveDateTime;
 use sqlx::Row;
 
+use super::dialect::PromoteSql;
 use super::pool::Exclusive;
 use super::rows::to_db_time;
-use super::{Dialect, SqlStore, StoreError, redact, with_pool};
+use super::{SqlStore, StoreError, redact, with_pool};
 use crate::domain::UnixTime;
 
 /// One row of the master's `locdb` table, as stored.
@@ -187,39 +188,13 @@ impl SqlStore {
         errors: u32,
         at: UnixTime,
     ) -> Result<Promotion, StoreError> {
-        let d = self.dialect();
-        let lock = if d == Dialect::Sqlite {
-            ""
-        } else {
-            " FOR UPDATE"
-        };
-        let rg_filter = if avoid_rgs.is_empty() {
-            String::new()
-        } else {
-            format!(" AND rg NOT IN ({})", vec!["?"; avoid_rgs.len()].join(", "))
-        };
-        let pick = d.finish(&format!(
-            "SELECT {sid} AS id, {sno} AS no, url FROM locdb WHERE spare = 1 AND status = 1{rg_filter} \
-             ORDER BY id, no LIMIT 1{lock}",
-            sid = d.int64("id"),
-            sno = d.int64("no"),
-        ));
-        let check = d.finish(&format!(
-            "SELECT {} FROM locdb WHERE id = ? AND no = ? AND url = ? AND status = 1{lock}",
-            d.int64("no")
-        ));
-        let max_no = d.finish(&format!(
-            "SELECT {} FROM locdb WHERE id = ?",
-            d.int64("MAX(no)")
-        ));
-        let retire = d.finish(
-            "UPDATE locdb SET id = ?, no = ?, status = 0, spare = 1, failover = ?, errors = errors + ? \
-             WHERE id = ? AND no = ? AND url = ? AND status = 1",
-        );
-        let promote = d.finish(
-            "UPDATE locdb SET id = ?, no = ?, spare = 0, status = 1, failover = ?, errors = 0 \
-             WHERE id = ? AND no = ? AND url = ? AND spare = 1 AND status = 1",
-        );
+        let PromoteSql {
+            check,
+            pick,
+            max_no,
+            retire,
+            promote,
+        } = PromoteSql::new(self.dialect(), avoid_rgs.len());
         let at = to_db_time(at);
         with_pool!(&self.pool, p => {
             self.timed(async {
