@@ -132,6 +132,27 @@ layout_up() {
     [[ -n ${BENCH_MASTER_URL:-} ]] || die "layout.sh up printed no BENCH_MASTER_URL"
 }
 
+# sipp_step DIR TARGET_PORT SCENARIO INF PREFIX LOCAL_PORT RATE CALLS TIMEOUT_SECS [SIPP_OPTION...]:
+# one sipp run in DIR (made if missing) of CALLS calls of SCENARIO at RATE per second from
+# 127.0.0.1:LOCAL_PORT to 127.0.0.1:TARGET_PORT, users from the injection file INF (key `prefix` =
+# PREFIX), bounded by TIMEOUT_SECS, with its statistics and response times in DIR; prints its
+# sipp_result line. $SIPP (default sipp) is the sipp to run.
+sipp_step() {
+    local dir=$1 target=$2 scenario=$3 inf=$4 prefix=$5 lport=$6 rate=$7 calls=$8 secs=$9 started ended
+    shift 9
+    mkdir -p "$dir"
+    started=$(date +%s.%N)
+    # Exit 1 = some calls failed: sipp_result counts them.
+    (cd "$dir" && "${SIPP:-sipp}" -sf "$scenario" -inf "$inf" -key prefix "$prefix" \
+        -i 127.0.0.1 -p "$lport" -nostdin -r "$rate" -m "$calls" \
+        -default_behaviors all,-bye "$@" \
+        -timeout "${secs}s" -timeout_error \
+        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
+        "127.0.0.1:$target" >sipp.out 2>&1) || true
+    ended=$(date +%s.%N)
+    sipp_result "$dir" "$calls" "$started" "$ended"
+}
+
 # sipp_result DIR CALLS STARTED ENDED: prints "ok failed retrans timed_out unexpected achieved_cps p50_ms p99_ms secs" (tab-separated) of the sipp run in DIR; without stats.csv, CALLS failed.
 sipp_result() {
     python3 - "$@" <<'PY'

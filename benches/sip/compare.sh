@@ -272,20 +272,10 @@ printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
 # injection file (default users.csv).
 run_sipp() {
     local target=$1 run=$2 kind=$3 scenario=$4 rate=$5 calls=$6 prefix=$7 lport=$8
-    local call_timeout=${9:-$CALL_TIMEOUT_MS} inf=${10:-$WORK/users.csv}
-    local dir=$WORK/$target-$run-$kind-$rate started ended result
+    local call_timeout=${9:-$CALL_TIMEOUT_MS} inf=${10:-$WORK/users.csv} result
     local ok failed retrans timed_out unexpected cps p50 p99 secs
-    mkdir -p "$dir"
-    started=$(date +%s.%N)
-    # Exit 1 = some calls failed: counted below.
-    (cd "$dir" && "$SIPP" -sf "$SCEN/$scenario" -inf "$inf" -key prefix "$prefix" \
-        -i 127.0.0.1 -p "$lport" -nostdin -r "$rate" -m "$calls" \
-        -default_behaviors all,-bye -recv_timeout "$call_timeout" \
-        -timeout "$((calls * 4 / rate + 30))s" -timeout_error \
-        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
-        "127.0.0.1:$TARGET_PORT" >sipp.out 2>&1) || true
-    ended=$(date +%s.%N)
-    result=$(sipp_result "$dir" "$calls" "$started" "$ended")
+    result=$(sipp_step "$WORK/$target-$run-$kind-$rate" "$TARGET_PORT" "$SCEN/$scenario" "$inf" "$prefix" \
+        "$lport" "$rate" "$calls" "$((calls * 4 / rate + 30))" -recv_timeout "$call_timeout")
     IFS=$'\t' read -r ok failed retrans timed_out unexpected cps p50 p99 secs <<<"$result"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$calls" \
         "$ok" "$failed" "$retrans" "$cps" "$p50" "$p99" "$secs" "$timed_out" "$unexpected" >>"$OUT/steps.tsv"

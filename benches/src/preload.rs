@@ -166,22 +166,14 @@ impl RowMaker {
         Ok(StoredBinding {
             row_id: 0,
             binding: Binding {
-                ruid,
-                contact: self.users.contact(i),
-                expires,
-                q: None,
                 call_id: format!("preload-{i}@locsvc-load"),
-                cseq: 1,
-                path: Vec::new(),
-                received: None,
                 user_agent: "locsvc-load preload".into(),
-                socket: None,
-                instance: None,
-                reg_id: 0,
-                methods: None,
-                flags: 0,
-                cflags: 0,
-                last_modified: expires - self.expires,
+                ..Binding::new(
+                    &ruid,
+                    &self.users.contact(i),
+                    expires,
+                    expires - self.expires,
+                )
             },
             aor,
         })

@@ -476,41 +476,28 @@ pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyho
         Ok((u.to_string(), d.to_string()))
     };
     match cmd {
-        SubscriberCommand::Add { aor, password } => {
+        SubscriberCommand::Add { aor, password } | SubscriberCommand::Passwd { aor, password } => {
             let (username, domain) = account(aor)?;
-            c.add(pb::AddSubscriberRequest {
-                username: username.clone(),
-                domain: domain.clone(),
-                password: password.clone(),
-            })
-            .await
-            .map_err(rpc_error)?;
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"username": username, "domain": domain, "added": true})
-                );
+            let (u, d, password) = (username.clone(), domain.clone(), password.clone());
+            let (key, text) = if matches!(cmd, SubscriberCommand::Add { .. }) {
+                let req = pb::AddSubscriberRequest {
+                    username: u,
+                    domain: d,
+                    password,
+                };
+                c.add(req).await.map_err(rpc_error)?;
+                ("added", format!("subscriber {username}@{domain} added"))
             } else {
-                println!("subscriber {username}@{domain} added");
-            }
-        }
-        SubscriberCommand::Passwd { aor, password } => {
-            let (username, domain) = account(aor)?;
-            c.set_password(pb::SetPasswordRequest {
-                username: username.clone(),
-                domain: domain.clone(),
-                password: password.clone(),
-            })
-            .await
-            .map_err(rpc_error)?;
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"username": username, "domain": domain, "password_set": true})
-                );
-            } else {
-                println!("password of {username}@{domain} changed");
-            }
+                let req = pb::SetPasswordRequest {
+                    username: u,
+                    domain: d,
+                    password,
+                };
+                c.set_password(req).await.map_err(rpc_error)?;
+                let text = format!("password of {username}@{domain} changed");
+                ("password_set", text)
+            };
+            print_account(args.json, &username, &domain, (key, true), &text);
         }
         SubscriberCommand::Rm { aor } => {
             let (username, domain) = account(aor)?;
@@ -522,16 +509,12 @@ pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyho
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"username": username, "domain": domain, "removed": r.removed})
-                );
-            } else if r.removed {
-                println!("subscriber {username}@{domain} removed");
+            let text = if r.removed {
+                format!("subscriber {username}@{domain} removed")
             } else {
-                println!("no subscriber {username}@{domain}");
-            }
+                format!("no subscriber {username}@{domain}")
+            };
+            print_account(args.json, &username, &domain, ("removed", r.removed), &text);
         }
         SubscriberCommand::List { domain } => {
             let mut all = Vec::new();
@@ -572,4 +555,22 @@ pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyho
         }
     }
     Ok(())
+}
+
+/// Prints what a subscriber command did to `username@domain`: with `--json`
+/// `{"username", "domain", <key>: <value>}`, else `text`.
+fn print_account(
+    json_out: bool,
+    username: &str,
+    domain: &str,
+    (key, value): (&str, bool),
+    text: &str,
+) {
+    if json_out {
+        let mut v = json!({"username": username, "domain": domain});
+        v[key] = json!(value);
+        println!("{v}");
+    } else {
+        println!("{text}");
+    }
 }

@@ -102,26 +102,6 @@ fn init_tracing(s: &Settings) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -159,7 +139,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &o)?;
             init_tracing(&settings);
             let app = App::build(settings).await.context("locsvc cannot start")?;
-            app.run(shutdown_signal()).await?;
+            // Installed once built: a SIGTERM while starting (migrations,
+            // an unreachable master) still ends the process. Without a
+            // handler it still serves, stopping on Ctrl-C.
+            let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                match svc_base::shutdown_signal() {
+                    Ok(s) => Box::pin(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no SIGTERM handler: stopping on Ctrl-C only");
+                        Box::pin(async {
+                            let _ = tokio::signal::ctrl_c().await;
+                        })
+                    }
+                };
+            app.run(stop).await?;
         }
         Command::Migrate { db } => {
             let settings = Settings::load(cli.config.as_deref(), &overrides(&db))?;

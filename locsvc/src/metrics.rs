@@ -1,14 +1,12 @@
 //! Prometheus metrics, one registry per app instance (no process-global
-//! state, so two instances can run in one test), served as text over HTTP.
-
-use std::net::SocketAddr;
+//! state, so two instances can run in one test), served as text over HTTP
+//! by `svc_base::metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+pub use svc_base::metrics::{describe, serve};
 
 /// Every metric locsvc exports.
 #[derive(Debug, Clone)]
@@ -184,9 +182,13 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        svc_base::metrics::render(&self.registry)
+    }
+}
+
+impl svc_base::metrics::RegistryOwner for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -194,35 +196,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    m.render(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
-/// The address a metrics listener bound, for logs.
-pub fn describe(addr: Option<SocketAddr>) -> String {
-    addr.map_or_else(|| "disabled".to_string(), |a| format!("http://{a}/metrics"))
 }

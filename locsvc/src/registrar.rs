@@ -514,22 +514,9 @@ mod tests {
     /// A row as the store would return it: registered ten minutes ago with CSeq 1.
     fn stored(ruid: &str, contact: &str, expires_in: i64) -> Binding {
         Binding {
-            ruid: ruid.to_owned(),
-            contact: contact.to_owned(),
-            expires: NOW + expires_in,
-            q: None,
             call_id: "call-1".to_owned(),
-            cseq: 1,
-            path: Vec::new(),
-            received: None,
             user_agent: "old-ua".to_owned(),
-            socket: None,
-            instance: None,
-            reg_id: 0,
-            methods: None,
-            flags: 0,
-            cflags: 0,
-            last_modified: NOW - 600,
+            ..Binding::new(ruid, contact, NOW + expires_in, NOW - 600)
         }
     }
 

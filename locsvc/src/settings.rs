@@ -1,15 +1,16 @@
-//! Configuration: defaults, then a TOML file, then `LOCSVC_*` environment
-//! variables, then command-line flags. Every layer is flattened to dotted
-//! keys (`grpc.listen`), so one parser per key serves them all, and every bad
-//! or unknown setting is reported at once with its name (linkerd style).
-//!
-//! Environment names: `LOCSVC_` + the key upper-cased with `.` written as
-//! `__`, e.g. `LOCSVC_GRPC__LISTEN=0.0.0.0:50051`, `LOCSVC_MASTER_URL=...`.
+//! locsvc's configuration: its keys, their defaults and parsing, and the
+//! rules across settings. Layering, environment names, lists and problem
+//! reports follow the shared convention of `svc_base::settings`: keys are
+//! dotted (`grpc.listen`), variables are `LOCSVC_` + the key upper-cased
+//! with `.` written as `__` (`LOCSVC_GRPC__LISTEN`, `LOCSVC_MASTER_URL`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use svc_base::settings::Refusal;
+pub use svc_base::settings::SettingsError;
 
 use crate::domain::KeyPolicy;
 use crate::expiry::SweepSettings;
@@ -18,7 +19,7 @@ use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
 use crate::router::{RouterSettings, TableMode};
 use crate::store::migrate::valid_table_name;
-use crate::store::{DbUrl, PoolSettings, StoreOptions, redact};
+use crate::store::{DbUrl, PoolSettings, StoreOptions};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,17 +118,8 @@ impl Default for Settings {
     }
 }
 
-/// Every problem found in the configuration, each naming its setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration:\n  {}", .0.join("\n  "))]
-pub struct SettingsError(pub Vec<String>);
-
-/// Where a value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced {
-    pub value: String,
-    pub source: String,
-}
+/// Prefix of every `LOCSVC_*` setting variable.
+const ENV_PREFIX: &str = "LOCSVC_";
 
 /// `LOCSVC_*` variables that are flags of the binary (`--config`) or of the
 /// client commands (`--server`, `--token`, …), not settings of the service.
@@ -138,99 +130,44 @@ pub const CLIENT_ONLY_ENV: &[&str] = &[
     "LOCSVC_ADMIN_TOKEN",
 ];
 
-/// Flat `key -> value` layers, later layers win.
-#[derive(Debug, Clone, Default)]
-pub struct Layers {
-    values: BTreeMap<String, Sourced>,
-    errors: Vec<String>,
+/// locsvc's settings layers, later layers win.
+#[derive(Debug, Clone)]
+pub struct Layers(svc_base::settings::Layers);
+
+impl Default for Layers {
+    fn default() -> Self {
+        Self(svc_base::settings::Layers::new(ENV_PREFIX, CLIENT_ONLY_ENV))
+    }
 }
 
 impl Layers {
     /// Adds the settings of a TOML document.
     pub fn toml(&mut self, text: &str, source: &str) {
-        match text.parse::<toml::Table>() {
-            Ok(t) => self.flatten("", &t, source),
-            Err(e) => self.errors.push(format!("{source}: not valid TOML: {e}")),
-        }
-    }
-
-    fn flatten(&mut self, prefix: &str, t: &toml::Table, source: &str) {
-        for (k, v) in t {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            let value = match v {
-                toml::Value::Table(inner) => {
-                    self.flatten(&key, inner, source);
-                    continue;
-                }
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    self.errors
-                        .push(format!("{key} ({source}): unsupported value {other}"));
-                    continue;
-                }
-            };
-            self.set(&key, value, source);
-        }
+        self.0.toml(text, source);
     }
 
     /// Adds `LOCSVC_*` variables from `vars`.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        for (name, value) in vars {
-            if CLIENT_ONLY_ENV.contains(&name.as_str()) {
-                continue;
-            }
-            if let Some(rest) = name.strip_prefix("LOCSVC_") {
-                let key = rest.to_ascii_lowercase().replace("__", ".");
-                self.set(&key, value, &format!("env {name}"));
-            }
-        }
+        self.0.env(vars);
     }
 
     /// Sets one key.
     pub fn set(&mut self, key: &str, value: String, source: &str) {
-        self.values.insert(
-            key.to_string(),
-            Sourced {
-                value,
-                source: source.to_string(),
-            },
-        );
+        self.0.set(key, value, source);
     }
 
     /// Resolves every layer into settings, or every problem at once.
     pub fn resolve(self) -> Result<Settings, SettingsError> {
         let mut s = Settings::default();
-        let mut errors = self.errors;
         let mut table_layer: Option<BTreeMap<String, TableMode>> = None;
-        for (key, Sourced { value, source }) in &self.values {
-            let v = value.trim();
-            let r = apply(&mut s, key, v, &mut table_layer);
-            if let Err(e) = r {
-                // Values may hold secrets (URLs with passwords, tokens).
-                let shown = if key.contains("token") {
-                    "***".to_string()
-                } else {
-                    redact(v)
-                };
-                errors.push(format!("{key} = {shown:?} ({source}): {e}"));
-            }
-        }
+        let mut problems = self
+            .0
+            .resolve(|key, value| apply(&mut s, key, value.one()?, &mut table_layer));
         if let Some(t) = table_layer {
             s.tables = t;
         }
-        errors.extend(check(&s));
-        if errors.is_empty() {
-            Ok(s)
-        } else {
-            Err(SettingsError(errors))
-        }
+        problems.extend(check(&s));
+        SettingsError::check(problems).map(|()| s)
     }
 }
 
@@ -266,7 +203,7 @@ fn apply(
     key: &str,
     v: &str,
     tables: &mut Option<BTreeMap<String, TableMode>>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     match key {
         "data_dir" => s.data_dir = PathBuf::from(v),
         "master_url" => {
@@ -350,7 +287,7 @@ fn apply(
         "failover.resync_pause_ms" => s.failover.resync.pause = Duration::from_millis(parse(v)?),
         _ => {
             let Some(name) = key.strip_prefix("tables.") else {
-                return Err("unknown setting".into());
+                return Err(Refusal::Unknown);
             };
             if !valid_table_name(name) {
                 return Err("table names are letters, digits and _ (not locdb)".into());
@@ -445,18 +382,11 @@ impl Settings {
         overrides: &[(&str, String)],
     ) -> Result<Self, SettingsError> {
         let mut layers = Layers::default();
-        if let Some(path) = file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => layers.toml(&text, &path.display().to_string()),
-                Err(e) => layers
-                    .errors
-                    .push(format!("config file {}: {e}", path.display())),
-            }
-        }
-        layers.env(std::env::vars());
-        for (k, v) in overrides {
-            layers.set(k, v.clone(), "command line");
-        }
+        layers.0.stack(
+            file,
+            std::env::vars(),
+            overrides.iter().map(|(k, v)| (*k, v.clone())),
+        );
         layers.resolve()
     }
 
@@ -542,6 +472,16 @@ mod tests {
         assert_eq!(s.grpc.listen.port(), 2);
         assert_eq!(s.grpc.max_in_flight, 10);
         assert_eq!(s.registrar.max_contacts, 5);
+    }
+
+    #[test]
+    fn a_log_filter_from_the_environment_keeps_its_commas() {
+        let mut l = Layers::default();
+        l.env([(
+            "LOCSVC_LOG__LEVEL".to_string(),
+            "info,sqlx=warn".to_string(),
+        )]);
+        assert_eq!(l.resolve().unwrap().log_level, "info,sqlx=warn");
     }
 
     #[test]

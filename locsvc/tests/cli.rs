@@ -2,14 +2,19 @@
 //! process against an in-process server on the embedded SQLite layout: what
 //! a newcomer does first.
 
-use locsvc::app::App;
-use locsvc::settings::Settings;
+use std::path::Path;
+use std::time::Duration;
 
-async fn ul(server: &str, args: &[&str]) -> (bool, String, String) {
+use locsvc::settings::Settings;
+use testkit::{Pki, TestApp, embedded_settings, eventually};
+
+/// Runs the `locsvc` binary with `args` (no token from the environment):
+/// (success, stdout, stderr).
+async fn locsvc(args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"))
-        .arg("ul")
         .args(args)
-        .args(["--server", server])
+        .env_remove("LOCSVC_TOKEN")
+        .env_remove("LOCSVC_ADMIN_TOKEN")
         .output()
         .await
         .expect("locsvc runs");
@@ -20,21 +25,28 @@ async fn ul(server: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `locsvc <command> ARGS… TAIL…`.
+async fn command(command: &str, args: &[&str], tail: &[&str]) -> (bool, String, String) {
+    locsvc(&[&[command], args, tail].concat()).await
+}
+
+/// `locsvc ul ARGS… --server SERVER`.
+async fn ul(server: &str, args: &[&str]) -> (bool, String, String) {
+    command("ul", args, &["--server", server]).await
+}
+
+/// Serves the embedded layout in `dir` with `edit` applied.
+async fn serve(dir: &Path, edit: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = embedded_settings(&dir.join("data"));
+    edit(&mut settings);
+    TestApp::spawn(settings).await
+}
+
 #[tokio::test]
 async fn ul_save_and_show_round_trip_a_contact() {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings {
-        data_dir: dir.path().join("data"),
-        metrics_listen: None,
-        ..Settings::default()
-    };
-    settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    let app = App::build(settings).await.unwrap();
-    let server = format!("http://{}", app.grpc_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let app = serve(dir.path(), |_| {}).await;
+    let server = app.url();
 
     let saved = ul(
         &server,
@@ -74,70 +86,20 @@ async fn ul_save_and_show_round_trip_a_contact() {
         "{bad:?}"
     );
 
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
-}
-
-async fn locsvc(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"))
-        .args(args)
-        .env_remove("LOCSVC_TOKEN")
-        .env_remove("LOCSVC_ADMIN_TOKEN")
-        .output()
-        .await
-        .expect("locsvc runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Serves the embedded layout in `dir` with `edit` applied; returns the
-/// address and a stop handle.
-async fn serve(
-    dir: &std::path::Path,
-    edit: impl FnOnce(&mut Settings),
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), locsvc::app::AppError>>,
-) {
-    let mut settings = Settings {
-        data_dir: dir.join("data"),
-        metrics_listen: None,
-        ..Settings::default()
-    };
-    settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    edit(&mut settings);
-    let app = App::build(settings).await.unwrap();
-    let addr = app.grpc_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop, run)
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn subscriber_commands_manage_credentials_with_the_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, run) = serve(dir.path(), |s| {
+    let app = serve(dir.path(), |s| {
         s.grpc.token = Some("d4ta".into());
         s.grpc.admin_token = Some("adm1n".into());
     })
     .await;
-    let server = format!("http://{addr}");
+    let server = app.url();
     let admin = ["--server", server.as_str(), "--admin-token", "adm1n"];
-    let run_admin = |args: &[&str]| {
-        let all: Vec<String> = ["subscriber"]
-            .iter()
-            .chain(args)
-            .chain(&admin)
-            .map(|a| a.to_string())
-            .collect();
-        async move { locsvc(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
-    };
+    let run_admin = async |args: &[&str]| command("subscriber", args, &admin).await;
 
     let added = run_admin(&["add", "sip:alice@example.com", "secret"]).await;
     assert!(added.0, "{added:?}");
@@ -187,44 +149,35 @@ async fn subscriber_commands_manage_credentials_with_the_admin_token() {
     let listed = run_admin(&["list", "--json"]).await;
     assert!(!listed.1.contains("alice"), "{listed:?}");
 
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn groups_set_status_needs_force_for_the_last_readable_member() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, run) = serve(dir.path(), |_| {}).await;
-    let server = format!("http://{addr}");
-    let groups = |args: &[&str]| {
-        let all: Vec<String> = ["groups"]
-            .iter()
-            .chain(args)
-            .chain(&["--server", server.as_str()])
-            .map(|a| a.to_string())
-            .collect();
-        async move { locsvc(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
-    };
+    let app = serve(dir.path(), |_| {}).await;
+    let server = app.url();
+    let groups = async |args: &[&str]| command("groups", args, &["--server", &server]).await;
     let first = groups(&["set-status", "1", "2", "maintenance"]).await;
     assert!(first.0, "{first:?}");
     // The change is applied by a reload this instance starts at once.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let listed = groups(&["list", "--json"]).await;
-        let v: serde_json::Value = serde_json::from_str(listed.1.trim()).unwrap();
-        let m = v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["group"] == 1 && m["no"] == 2)
-            .cloned()
-            .unwrap();
-        if m["status"] == "maintenance" && m["readable"] == false {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        "member 1/2 listed in maintenance, not readable",
+        Duration::from_secs(20),
+        async || {
+            let listed = groups(&["list", "--json"]).await;
+            let v: serde_json::Value = serde_json::from_str(listed.1.trim()).unwrap();
+            let m = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["group"] == 1 && m["no"] == 2)
+                .cloned()
+                .unwrap();
+            m["status"] == "maintenance" && m["readable"] == false
+        },
+    )
+    .await;
     let refused = groups(&["set-status", "1", "1", "off"]).await;
     assert!(
         !refused.0
@@ -234,116 +187,31 @@ async fn groups_set_status_needs_force_for_the_last_readable_member() {
     );
     let forced = groups(&["set-status", "1", "1", "off", "--force"]).await;
     assert!(forced.0, "{forced:?}");
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
-}
-
-fn openssl(args: &[&str]) {
-    let st = std::process::Command::new("openssl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(st.success(), "openssl {args:?}");
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn client_tls_options_reach_a_server_that_requires_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
-    let (ca, ca_key) = (p("ca.pem"), p("ca.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(p(&format!("{name}.ext")), ext).unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &p(&format!("{name}.key")),
-            "-out",
-            &p(&format!("{name}.csr")),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p(&format!("{name}.csr")),
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p(&format!("{name}.ext")),
-            "-out",
-            &p(&format!("{name}.pem")),
-        ]);
-    }
-    let (addr, stop, run) = serve(dir.path(), |s| {
-        s.grpc.tls_cert = Some(p("server.pem").into());
-        s.grpc.tls_key = Some(p("server.key").into());
-        s.grpc.tls_client_ca = Some(ca.clone().into());
+    let pki = Pki::create(dir.path());
+    let app = serve(dir.path(), |s| {
+        s.grpc.tls_cert = Some(pki.server_cert.clone());
+        s.grpc.tls_key = Some(pki.server_key.clone());
+        s.grpc.tls_client_ca = Some(pki.ca.clone());
     })
     .await;
     // --ca turns the default http:// into https://.
-    let server = format!("http://{addr}");
-    let (cert, key) = (p("client.pem"), p("client.key"));
-    let with_cert = locsvc(&[
-        "ul",
-        "show",
-        "sip:tls@example.com",
-        "--server",
-        &server,
-        "--ca",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ])
-    .await;
+    let server = app.url();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let show =
+        async |tls: &[&str]| ul(&server, &[&["show", "sip:tls@example.com"], tls].concat()).await;
+    let with_cert = show(&["--ca", &ca, "--cert", &cert, "--key", &key]).await;
     assert!(with_cert.0, "{with_cert:?}");
     assert!(with_cert.1.contains("no valid bindings"), "{with_cert:?}");
-    let without = locsvc(&[
-        "ul",
-        "show",
-        "sip:tls@example.com",
-        "--server",
-        &server,
-        "--ca",
-        &ca,
-    ])
-    .await;
+    let without = show(&["--ca", &ca]).await;
     assert!(!without.0, "{without:?}");
-    let plain = locsvc(&["ul", "show", "sip:tls@example.com", "--server", &server]).await;
+    let plain = show(&[]).await;
     assert!(!plain.0, "{plain:?}");
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    app.stop().await;
 }

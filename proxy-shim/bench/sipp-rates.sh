@@ -94,18 +94,9 @@ run_sipp() {
     local kind=$1 scenario=$2 rate=$3 run=$4 prefix=$5
     local calls=$((rate * STEP_SECS))
     ((calls > USERS)) && calls=$USERS
-    local dir="$WORK/$kind-$rate-$run"
-    mkdir -p "$dir"
-    local started ended result ok failed retrans cps p50 p99 secs
-    started=$(date +%s.%N)
-    (cd "$dir" && "$SIPP" -sf "$HERE/$scenario" -inf "$WORK/users.csv" -key prefix "$prefix" \
-        -i 127.0.0.1 -p "$(free_port)" -nostdin -r "$rate" -m "$calls" \
-        -default_behaviors all,-bye \
-        -timeout "$((STEP_SECS * 4 + 30))s" -timeout_error \
-        -trace_stat -stf stats.csv -fd 1 -trace_rtt -rtt_freq 100 \
-        "127.0.0.1:$SHIM_PORT" >sipp.out 2>&1) || true  # exit 1 = some calls failed: counted below
-    ended=$(date +%s.%N)
-    result=$(sipp_result "$dir" "$calls" "$started" "$ended")
+    local result ok failed retrans cps p50 p99 secs
+    result=$(sipp_step "$WORK/$kind-$rate-$run" "$SHIM_PORT" "$HERE/$scenario" "$WORK/users.csv" "$prefix" \
+        "$(free_port)" "$rate" "$calls" "$((STEP_SECS * 4 + 30))")
     IFS=$'\t' read -r ok failed retrans _ _ cps p50 p99 secs <<<"$result"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$rate" "$run" "$calls" \
         "$ok" "$failed" "$retrans" "$secs" "$cps" "$p50" "$p99" >>"$OUT/steps.tsv"

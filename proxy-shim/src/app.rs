@@ -13,12 +13,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::Core;
 use crate::limits::Limits;
 use crate::locsvc_client::{ClientError, LocsvcClient, TlsClient, TlsFileError};
 use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
-use crate::transport::{self, Outbox};
+use crate::state::Core;
+use crate::transport::{self, Dispatcher, Outbox};
 
 /// How long in-flight requests may run after shutdown starts (a few T1s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -69,6 +69,7 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), AppErro
 }
 
 impl App {
+    /// Checks `settings`, builds the locsvc client and binds every listener.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         settings.check().map_err(AppError::Settings)?;
         let client = LocsvcClient::with_tls(
@@ -110,14 +111,15 @@ impl App {
 
     /// The bound address (UDP and TCP share it).
     pub fn local_addr(&self) -> SocketAddr {
-        self.core.local
+        self.core.identity.local
     }
 
     /// The host and port our Via names (`advertise`, else the bound address).
     pub fn advertised(&self) -> (String, u16) {
-        self.core.advertised.clone()
+        self.core.identity.advertised.clone()
     }
 
+    /// The shim's metrics registry.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.core.metrics.clone()
     }
@@ -132,9 +134,14 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(self.core.settings.max_in_flight));
-        let limits = Arc::new(Limits::new(&self.core.settings, self.core.metrics.clone()));
-        let outbox = Outbox::new(self.udp.clone());
+        let dispatcher = Dispatcher {
+            core: self.core.clone(),
+            outbox: Outbox::new(self.udp.clone()),
+            in_flight: Arc::new(Semaphore::new(self.core.settings.max_in_flight)),
+            limits: Arc::new(Limits::new(&self.core.settings, self.core.metrics.clone())),
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+        };
         // Stopped last, so the drain itself can be watched.
         let metrics_stop = CancellationToken::new();
         let metrics_task = self.metrics_listener.map(|l| {
@@ -145,9 +152,10 @@ impl App {
                 }
             })
         });
+        let identity = &self.core.identity;
         tracing::info!(
-            listen = %self.core.local,
-            advertise = %format!("{}:{}", self.core.advertised.0, self.core.advertised.1),
+            listen = %identity.local,
+            advertise = %format!("{}:{}", identity.advertised.0, identity.advertised.1),
             metrics = %metrics::describe(self.metrics_addr),
             locsvc = ?self.core.settings.locsvc,
             locsvc_tls = self.core.settings.locsvc_tls(),
@@ -155,24 +163,8 @@ impl App {
             domains = ?self.core.settings.domains,
             "proxy-shim serving (udp+tcp)"
         );
-        let udp = tokio::spawn(transport::serve_udp(
-            self.udp.clone(),
-            self.core.clone(),
-            outbox.clone(),
-            limit.clone(),
-            limits.clone(),
-            tasks.clone(),
-            stop.clone(),
-        ));
-        let tcp = tokio::spawn(transport::serve_tcp(
-            self.tcp,
-            self.core.clone(),
-            outbox,
-            limit,
-            limits,
-            tasks.clone(),
-            stop.clone(),
-        ));
+        let udp = tokio::spawn(transport::serve_udp(self.udp.clone(), dispatcher.clone()));
+        let tcp = tokio::spawn(transport::serve_tcp(self.tcp, dispatcher));
         shutdown.await;
         tracing::info!("shutting down: draining requests");
         stop.cancel();

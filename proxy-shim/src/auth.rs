@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::digest::{self, Digest, Ha1, Verdict};
+use crate::digest::{self, Credentials, Digest, Ha1, Verdict};
 use crate::locsvc_client::{LocsvcClient, LocsvcError};
 use crate::metrics::Metrics;
 use crate::settings::{AuthMode, Settings};
@@ -51,6 +51,25 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator").finish_non_exhaustive()
     }
+}
+
+/// Where an answer's user is looked up, and how long a lookup is cached.
+struct Who<'a> {
+    domain: &'a str,
+    realm: &'a str,
+    ttl: Duration,
+}
+
+/// What checking a digest answer found.
+enum Answered {
+    /// The password is right (whose it is, is the caller's question).
+    Proven,
+    /// Right, but with a nonce past its lifetime.
+    Stale,
+    /// No such subscriber, or a wrong, forged or replayed answer.
+    Refused,
+    /// locsvc could not give the credentials.
+    NoCredentials(LocsvcError),
 }
 
 /// Which challenge a request gets, if any.
@@ -127,36 +146,53 @@ impl Authenticator {
         else {
             return challenge(false);
         };
-        let ttl = Duration::from_secs(settings.credentials_cache_secs);
-        let method = req.method();
+        let who = Who {
+            domain: &domain,
+            realm: &realm,
+            ttl: Duration::from_secs(settings.credentials_cache_secs),
+        };
+        match self
+            .verify_answer(client, metrics, &answer, &req.method(), &who, now)
+            .await
+        {
+            Answered::Proven if answer.username == user => Gate::Pass,
+            Answered::Proven => Gate::Answer(403, "Forbidden", Vec::new()),
+            Answered::Stale => challenge(true),
+            Answered::Refused => challenge(false),
+            Answered::NoCredentials(e) => {
+                let (code, _, headers) = e.sip();
+                tracing::warn!(error = %e, "cannot fetch credentials");
+                Gate::Answer(code, "Service Unavailable", headers)
+            }
+        }
+    }
+
+    /// Checks `answer` against the HA1s of its user, fetched again once
+    /// when a cached HA1 may predate a password change.
+    async fn verify_answer(
+        &self,
+        client: &LocsvcClient,
+        metrics: &Metrics,
+        answer: &Credentials,
+        method: &str,
+        who: &Who<'_>,
+        now: u64,
+    ) -> Answered {
         let mut refreshed = false;
         loop {
             let (ha1, _, forced) = match self
-                .credentials(
-                    client,
-                    metrics,
-                    &answer.username,
-                    &domain,
-                    &realm,
-                    ttl,
-                    refreshed,
-                )
+                .credentials(client, metrics, &answer.username, who, refreshed)
                 .await
             {
                 Ok(c) => c,
-                Err(e) => {
-                    let (code, _, headers) = e.sip();
-                    tracing::warn!(error = %e, "cannot fetch credentials");
-                    return Gate::Answer(code, "Service Unavailable", headers);
-                }
+                Err(e) => return Answered::NoCredentials(e),
             };
             let Some(ha1) = ha1 else {
-                return challenge(false);
+                return Answered::Refused;
             };
-            match self.digest.verify(&answer, &method, &realm, &ha1, now) {
-                Verdict::Ok if answer.username == user => return Gate::Pass,
-                Verdict::Ok => return Gate::Answer(403, "Forbidden", Vec::new()),
-                Verdict::Stale => return challenge(true),
+            match self.digest.verify(answer, method, who.realm, &ha1, now) {
+                Verdict::Ok => return Answered::Proven,
+                Verdict::Stale => return Answered::Stale,
                 // A cached HA1 may predate a password change: ask once more.
                 Verdict::Rejected("response")
                     if !refreshed && forced.is_none_or(|t| t.elapsed() >= REFETCH_EVERY) =>
@@ -165,7 +201,7 @@ impl Authenticator {
                 }
                 Verdict::Rejected(why) => {
                     tracing::debug!(user = answer.username, why, "digest answer refused");
-                    return challenge(false);
+                    return Answered::Refused;
                 }
             }
         }
@@ -173,17 +209,15 @@ impl Authenticator {
 
     /// HA1s of `username@domain` in `realm`, from the cache unless older
     /// than `ttl` or `fresh` is asked for.
-    #[allow(clippy::too_many_arguments)]
     async fn credentials(
         &self,
         client: &LocsvcClient,
         metrics: &Metrics,
         username: &str,
-        domain: &str,
-        realm: &str,
-        ttl: Duration,
+        who: &Who<'_>,
         fresh: bool,
     ) -> Result<Cached, LocsvcError> {
+        let (domain, realm, ttl) = (who.domain, who.realm, who.ttl);
         let key = (username.to_string(), domain.to_string(), realm.to_string());
         if !fresh
             && let Some(hit) = self

@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::sip::ViaView;
+
 /// Hex digits of the MAC kept in the branch (64 bits: forging one takes
 /// 2^63 tries on average, each one a datagram we count and drop).
 const MAC_HEX: usize = 16;
@@ -33,6 +35,19 @@ pub struct Hop<'a> {
     pub transport: &'a str,
     pub host: &'a str,
     pub port: u16,
+}
+
+/// Where a relayed response goes (transport, host, port) according to the
+/// Via below ours: `received` (or sent-by host), at `rport` (or sent-by
+/// port, or 5060). Sealing and verifying both derive the hop here, so they
+/// cannot disagree.
+pub fn return_hop(v: &ViaView) -> (String, String, u16) {
+    let host = v.received.clone().unwrap_or_else(|| v.host.clone());
+    let port = match v.rport {
+        Some(Some(p)) => p,
+        _ => v.port.unwrap_or(5060),
+    };
+    (v.transport.clone(), host, port)
 }
 
 impl HopKey {

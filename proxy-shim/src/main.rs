@@ -83,25 +83,6 @@ struct Cli {
     tcp_message_timeout_ms: Option<String>,
 }
 
-/// Resolves on SIGTERM or Ctrl-C. The handlers are installed here, before
-/// the app starts, so a signal that arrives during start-up is not lost
-/// (the default action would kill the process without draining).
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    Ok(async move {
-        #[cfg(unix)]
-        let term = term.recv();
-        #[cfg(not(unix))]
-        let term = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-        }
-    })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -171,7 +152,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let shutdown = shutdown_signal()?;
+    // Before the app starts: a SIGTERM while it starts is then drained on,
+    // not the default action that kills the process undrained.
+    let shutdown = svc_base::shutdown_signal()?;
     let app = App::build(settings).await.context("starting proxy-shim")?;
     app.run(shutdown).await;
     Ok(())

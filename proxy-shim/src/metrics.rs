@@ -1,5 +1,5 @@
-//! Prometheus metrics of the shim, and the HTTP listener that serves them
-//! (`GET /metrics`, as locsvc does). The registry is per App (no
+//! Prometheus metrics of the shim, served over HTTP (`GET /metrics`) by
+//! `svc_base::metrics`, as locsvc's are. The registry is per App (no
 //! process-global state), so several shims can run in one test.
 //!
 //! What is counted: requests received by method; responses the shim
@@ -8,14 +8,11 @@
 //! refused at once because `max_in_flight` was reached; requests being
 //! handled now; and locsvc call latency by operation and result.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use svc_base::metrics::{InFlight, RegistryOwner};
+pub use svc_base::metrics::{describe, serve};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -169,8 +166,7 @@ impl Metrics {
 
     /// A guard that counts one message as in flight until dropped.
     pub fn in_flight_guard(&self) -> InFlight {
-        self.in_flight.inc();
-        InFlight(self.in_flight.clone())
+        InFlight::enter(&self.in_flight)
     }
 
     /// Messages being handled now.
@@ -186,51 +182,14 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        svc_base::metrics::render(&self.registry)
     }
 }
 
-/// Decrements the in-flight gauge when dropped (also on panic or abort).
-#[derive(Debug)]
-pub struct InFlight(IntGauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
+impl RegistryOwner for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    m.render(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
-/// The address a metrics listener bound, for logs.
-pub fn describe(addr: Option<SocketAddr>) -> String {
-    addr.map_or_else(|| "disabled".to_string(), |a| format!("http://{a}/metrics"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Address facts the routing rules need, pure where possible: CIDR ranges
-//! (`trusted`), private and public addresses (NAT detection), and whether an
-//! address is this host's own (loop prevention, also behind a 0.0.0.0 bind).
+//! (`trusted`), private and public addresses (NAT detection), whether an
+//! address is this host's own (loop prevention, also behind a 0.0.0.0 bind),
+//! and a host name turned into an address within a bounded time.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// An address range, `addr/len` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +133,23 @@ pub fn unspecified_like(ip: IpAddr) -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
+}
+
+/// Longest a DNS lookup may take: well under the UAC's T1 (500 ms).
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Resolves a host to one address, bounded in time: DNS must never hold a
+/// handler longer than the UAC's retransmission timer.
+pub async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    let host = host.trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::net::lookup_host((host.to_string(), port));
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next(),
+        _ => None,
     }
 }
 

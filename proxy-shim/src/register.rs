@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use locsvc_proto::v1::{Binding, ContactSpec, SaveRequest};
 
-use crate::handler::{Core, Inbound, Outbound, Transport};
+use crate::envelope::{Inbound, Outbound, Transport};
 use crate::nat;
 use crate::sanity::{self, Checked, Refusal};
-use crate::sip::{ContactEntry, Contacts, HeaderProblem, Request};
+use crate::sip::{self, ContactEntry, Contacts, HeaderProblem, Request};
+use crate::state::Core;
 
 /// Handles one REGISTER.
 pub async fn handle(core: &Core, req: &Request, src: Inbound, checked: &Checked) -> Vec<Outbound> {
@@ -102,7 +103,7 @@ pub fn to_save_checked(
         socket: format!(
             "{}:{}:{}",
             src.transport.as_str(),
-            crate::sip::bracket(&src.local.ip().to_string()),
+            sip::bracket(&src.local.ip().to_string()),
             src.local.port()
         ),
         flags: 0,

@@ -1,7 +1,9 @@
-//! Configuration: defaults, then a TOML file, then `PROXY_SHIM_*` environment
-//! variables, then command-line flags (the same layering as locsvc). Every
-//! layer is flattened to key → value strings so one parser per key serves
-//! them all, and every bad or unknown setting is reported at once, by name.
+//! The shim's configuration: its keys, their defaults and parsing, and the
+//! rules across settings. Layering, environment names, lists and problem
+//! reports follow the shared convention of `svc_base::settings`: the keys
+//! are all top-level, so a variable is `PROXY_SHIM_` + the key upper-cased
+//! (`PROXY_SHIM_RATE_LIMIT`), and a list is a TOML array or, in the
+//! environment, a comma-separated string.
 //!
 //! Keys: `listen`, `advertise`, `locsvc` (list), `domains` (list, required;
 //! `*` = every domain), `mode`, `table`, `locsvc_timeout_ms`,
@@ -10,15 +12,18 @@
 //! `max_forwards`; the flood limits (see `limits`): `rate_limit`,
 //! `rate_burst`, `ban_secs`, `tcp_max_connections`, `tcp_max_per_source`,
 //! `tcp_message_timeout_ms`; digest authentication: `auth`, `realm`,
-//! `auth_secret`, `nonce_secs`, `credentials_cache_secs`, `auth_algorithms`;
-//! TLS to locsvc: `locsvc_ca`, `locsvc_cert`, `locsvc_key` (PEM paths, read
-//! when the app is built) and `locsvc_tls_domain`.
-//! Environment: `PROXY_SHIM_` + the key upper-cased; lists are comma-separated.
+//! `auth_secret`, `nonce_secs`, `credentials_cache_secs`, `auth_algorithms`
+//! (list); TLS to locsvc: `locsvc_ca`, `locsvc_cert`, `locsvc_key` (PEM
+//! paths, read when the app is built) and `locsvc_tls_domain`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+pub use svc_base::settings::SettingsError;
+use svc_base::settings::{Refusal, Value};
 
 /// How requests to a registered user are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,259 +224,219 @@ impl Default for Settings {
     }
 }
 
-/// Every problem found, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  {}", .0.join("\n  "))]
-pub struct SettingsError(pub Vec<String>);
+/// Prefix of every `PROXY_SHIM_*` setting variable.
+const ENV_PREFIX: &str = "PROXY_SHIM_";
 
-const KEYS: &[&str] = &[
-    "listen",
-    "advertise",
-    "locsvc",
-    "domains",
-    "mode",
-    "table",
-    "locsvc_timeout_ms",
-    "max_in_flight",
-    "locsvc_token",
-    "locsvc_ca",
-    "locsvc_cert",
-    "locsvc_key",
-    "locsvc_tls_domain",
-    "metrics_listen",
-    "log_level",
-    "trusted",
-    "nat",
-    "max_forwards",
-    "auth",
-    "realm",
-    "auth_secret",
-    "nonce_secs",
-    "credentials_cache_secs",
-    "auth_algorithms",
-    "rate_limit",
-    "rate_burst",
-    "ban_secs",
-    "tcp_max_connections",
-    "tcp_max_per_source",
-    "tcp_message_timeout_ms",
-];
+/// `PROXY_SHIM_*` variables that are flags of the binary, not settings.
+const NOT_SETTINGS: &[&str] = &["PROXY_SHIM_CONFIG"];
 
-/// Raw values by key, with where each came from (for error messages).
-#[derive(Debug, Default)]
-pub struct Layers {
-    values: BTreeMap<String, (Vec<String>, String)>,
-    errors: Vec<String>,
+/// The shim's settings layers, later layers win.
+#[derive(Debug)]
+pub struct Layers(svc_base::settings::Layers);
+
+impl Default for Layers {
+    fn default() -> Self {
+        Self(svc_base::settings::Layers::new(ENV_PREFIX, NOT_SETTINGS))
+    }
 }
 
 impl Layers {
+    /// Adds the settings of a TOML document.
     pub fn toml(&mut self, text: &str, source: &str) {
-        let table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                self.errors.push(format!("{source}: {e}"));
-                return;
-            }
-        };
-        for (k, v) in table {
-            let vals = match v {
-                toml::Value::Array(a) => a
-                    .into_iter()
-                    .map(|x| match x {
-                        toml::Value::String(s) => s,
-                        other => other.to_string(),
-                    })
-                    .collect(),
-                toml::Value::String(s) => vec![s],
-                other => vec![other.to_string()],
-            };
-            self.put(&k, vals, source);
-        }
+        self.0.toml(text, source);
     }
 
+    /// Adds `PROXY_SHIM_*` variables from `vars`.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        for (k, v) in vars {
-            let Some(key) = k.strip_prefix("PROXY_SHIM_") else {
-                continue;
-            };
-            if key == "CONFIG" {
-                continue;
-            }
-            let vals = v
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            self.put(&key.to_ascii_lowercase(), vals, &format!("env {k}"));
-        }
+        self.0.env(vars);
     }
 
     /// A flag: replaces whatever a lower layer set.
     pub fn set(&mut self, key: &str, vals: Vec<String>) {
-        self.put(key, vals, "command line");
+        self.0.set(key, vals, "command line");
     }
 
-    fn put(&mut self, key: &str, vals: Vec<String>, source: &str) {
-        if !KEYS.contains(&key) {
-            self.errors
-                .push(format!("{source}: unknown setting `{key}`"));
-            return;
-        }
-        self.values
-            .insert(key.to_string(), (vals, source.to_string()));
-    }
-
-    pub fn resolve(mut self) -> Result<Settings, SettingsError> {
+    /// Resolves every layer into settings, or every problem at once.
+    pub fn resolve(self) -> Result<Settings, SettingsError> {
         let mut s = Settings::default();
-        let values = std::mem::take(&mut self.values);
-        for (key, (vals, source)) in values {
-            let one = vals.last().cloned().unwrap_or_default();
-            let mut bad = |why: String| self.errors.push(format!("{source}: `{key}` {why}"));
-            match key.as_str() {
-                "listen" => match one.parse() {
-                    Ok(a) => s.listen = a,
-                    Err(_) => bad(format!("is not an ip:port: {one:?}")),
-                },
-                "advertise" => match one.parse::<Advertise>() {
-                    Ok(a) => s.advertise = Some(a),
-                    Err(()) => bad(format!(
-                        "must be a host or host:port (IP address or DNS name), not {one:?}"
-                    )),
-                },
-                "locsvc" => {
-                    if vals.is_empty() {
-                        bad("needs at least one address".into());
-                    }
-                    for v in &vals {
-                        if !(v.starts_with("http://") || v.starts_with("https://")) {
-                            bad(format!("must be an http(s):// URL: {v:?}"));
-                        }
-                    }
-                    s.locsvc = vals;
-                }
-                "domains" => s.domains = vals.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                "mode" => match one.as_str() {
-                    "proxy" => s.mode = Mode::Proxy,
-                    "redirect" => s.mode = Mode::Redirect,
-                    _ => bad(format!("must be proxy or redirect, not {one:?}")),
-                },
-                "table" => s.table = one,
-                "locsvc_timeout_ms" => match one.parse::<u64>() {
-                    Ok(ms) if (1..=10_000).contains(&ms) => {
-                        s.locsvc_timeout = Duration::from_millis(ms)
-                    }
-                    _ => bad(format!("must be 1..=10000 milliseconds, not {one:?}")),
-                },
-                "max_in_flight" => match one.parse::<usize>() {
-                    Ok(n) if n > 0 => s.max_in_flight = n,
-                    _ => bad(format!("must be a positive integer, not {one:?}")),
-                },
-                "locsvc_token" => s.locsvc_token = Some(one).filter(|t| !t.is_empty()),
-                "locsvc_ca" => s.locsvc_ca = pem_path(one),
-                "locsvc_cert" => s.locsvc_cert = pem_path(one),
-                "locsvc_key" => s.locsvc_key = pem_path(one),
-                "locsvc_tls_domain" => match one.trim() {
-                    "" => s.locsvc_tls_domain = None,
-                    d if valid_server_name(d) => s.locsvc_tls_domain = Some(d.to_ascii_lowercase()),
-                    _ => bad(format!(
-                        "must be a DNS name or an IP address (the name in locsvc's certificate), not {one:?}"
-                    )),
-                },
-                "metrics_listen" => match one.as_str() {
-                    "off" | "" => s.metrics_listen = None,
-                    _ => match one.parse() {
-                        Ok(a) => s.metrics_listen = Some(a),
-                        Err(_) => bad(format!("must be an ip:port or `off`, not {one:?}")),
-                    },
-                },
-                "log_level" => s.log_level = one,
-                "rate_limit" => match one.parse::<u32>() {
-                    Ok(n) if n <= 1_000_000 => s.rate_limit = n,
-                    _ => bad(format!(
-                        "must be 0..=1000000 messages per second (0 = off), not {one:?}"
-                    )),
-                },
-                "rate_burst" => match one.parse::<u32>() {
-                    Ok(n) if (1..=1_000_000).contains(&n) => s.rate_burst = n,
-                    _ => bad(format!("must be 1..=1000000 messages, not {one:?}")),
-                },
-                "ban_secs" => match one.parse::<u64>() {
-                    Ok(n) if n <= 86_400 => s.ban = Duration::from_secs(n),
-                    _ => bad(format!("must be 0..=86400 seconds, not {one:?}")),
-                },
-                "tcp_max_connections" => match one.parse::<usize>() {
-                    Ok(n) if (1..=1_000_000).contains(&n) => s.tcp_max_connections = n,
-                    _ => bad(format!("must be 1..=1000000, not {one:?}")),
-                },
-                "tcp_max_per_source" => match one.parse::<usize>() {
-                    Ok(n) if (1..=1_000_000).contains(&n) => s.tcp_max_per_source = n,
-                    _ => bad(format!("must be 1..=1000000, not {one:?}")),
-                },
-                "tcp_message_timeout_ms" => match one.parse::<u64>() {
-                    Ok(ms) if (1..=300_000).contains(&ms) => {
-                        s.tcp_message_timeout = Duration::from_millis(ms)
-                    }
-                    _ => bad(format!("must be 1..=300000 milliseconds, not {one:?}")),
-                },
-                "trusted" => {
-                    s.trusted.clear();
-                    for v in &vals {
-                        match v.parse::<Cidr>() {
-                            Ok(c) => s.trusted.push(c),
-                            Err(()) => bad(format!("must be an address or CIDR, not {v:?}")),
-                        }
-                    }
-                }
-                "nat" => match one.as_str() {
-                    "auto" => s.nat = NatMode::Auto,
-                    "always" => s.nat = NatMode::Always,
-                    "never" => s.nat = NatMode::Never,
-                    _ => bad(format!("must be auto, always or never, not {one:?}")),
-                },
-                "auth" => match one.as_str() {
-                    "digest" => s.auth = AuthMode::Digest,
-                    "off" => s.auth = AuthMode::Off,
-                    _ => bad(format!("must be digest or off, not {one:?}")),
-                },
-                "realm" => s.realm = Some(one.to_ascii_lowercase()).filter(|r| !r.is_empty()),
-                "auth_secret" => s.auth_secret = Some(one).filter(|t| !t.is_empty()),
-                "nonce_secs" => match one.parse::<u64>() {
-                    Ok(n) if (10..=86_400).contains(&n) => s.nonce_secs = n,
-                    _ => bad(format!("must be 10..=86400 seconds, not {one:?}")),
-                },
-                "credentials_cache_secs" => match one.parse::<u64>() {
-                    Ok(n) if n <= 3600 => s.credentials_cache_secs = n,
-                    _ => bad(format!("must be 0..=3600 seconds, not {one:?}")),
-                },
-                "auth_algorithms" => {
-                    let mut algs = Vec::new();
-                    for v in &vals {
-                        match crate::digest::Algorithm::parse(v) {
-                            Some(a) if !algs.contains(&a) => algs.push(a),
-                            Some(_) => {}
-                            None => bad(format!("must be md5 or sha-256, not {v:?}")),
-                        }
-                    }
-                    if algs.is_empty() {
-                        bad("needs at least one algorithm".into());
-                    } else {
-                        s.auth_algorithms = algs;
-                    }
-                }
-                "max_forwards" => match one.parse::<u32>() {
-                    Ok(n) if (1..=255).contains(&n) => s.max_forwards = n,
-                    _ => bad(format!("must be 1..=255, not {one:?}")),
-                },
-                _ => {}
+        let mut problems = self.0.resolve(|key, value| apply(&mut s, key, value));
+        problems.extend(s.problems());
+        SettingsError::check(problems).map(|()| s)
+    }
+}
+
+/// `v` as a number within `range`, or `why`.
+fn in_range<T>(v: &str, range: RangeInclusive<T>, why: &str) -> Result<T, Refusal>
+where
+    T: FromStr + PartialOrd,
+{
+    v.parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| why.into())
+}
+
+/// Parses one key into `s`: list keys read `value.list()`, the others
+/// `value.one()`.
+fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
+    match key {
+        "listen" => s.listen = value.one()?.parse().map_err(|_| "is not an ip:port")?,
+        "advertise" => {
+            s.advertise = Some(
+                value
+                    .one()?
+                    .parse::<Advertise>()
+                    .map_err(|()| "must be a host or host:port (IP address or DNS name)")?,
+            )
+        }
+        "locsvc" => {
+            let urls = value.list();
+            if urls.is_empty() {
+                return Err("needs at least one address".into());
+            }
+            let bad: Vec<&String> = urls
+                .iter()
+                .filter(|v| !(v.starts_with("http://") || v.starts_with("https://")))
+                .collect();
+            if !bad.is_empty() {
+                return Err(format!("must be http(s):// URLs, not {bad:?}").into());
+            }
+            s.locsvc = urls;
+        }
+        "domains" => {
+            s.domains = value
+                .list()
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect()
+        }
+        "mode" => {
+            s.mode = match value.one()? {
+                "proxy" => Mode::Proxy,
+                "redirect" => Mode::Redirect,
+                _ => return Err("must be proxy or redirect".into()),
             }
         }
-        self.errors.extend(s.problems());
-        if self.errors.is_empty() {
-            Ok(s)
-        } else {
-            Err(SettingsError(self.errors))
+        "table" => s.table = value.one()?.to_string(),
+        "locsvc_timeout_ms" => {
+            s.locsvc_timeout = Duration::from_millis(in_range(
+                value.one()?,
+                1..=10_000,
+                "must be 1..=10000 milliseconds",
+            )?)
         }
+        "max_in_flight" => {
+            s.max_in_flight = in_range(value.one()?, 1..=usize::MAX, "must be a positive integer")?
+        }
+        "locsvc_token" => s.locsvc_token = opt_string(value.one()?),
+        "locsvc_ca" => s.locsvc_ca = pem_path(value.one()?),
+        "locsvc_cert" => s.locsvc_cert = pem_path(value.one()?),
+        "locsvc_key" => s.locsvc_key = pem_path(value.one()?),
+        "locsvc_tls_domain" => {
+            s.locsvc_tls_domain = match value.one()? {
+                "" => None,
+                d if valid_server_name(d) => Some(d.to_ascii_lowercase()),
+                _ => {
+                    return Err("must be a DNS name or an IP address (the name in \
+                                locsvc's certificate)"
+                        .into());
+                }
+            }
+        }
+        "metrics_listen" => {
+            s.metrics_listen = match value.one()? {
+                "off" | "" => None,
+                v => Some(v.parse().map_err(|_| "must be an ip:port or `off`")?),
+            }
+        }
+        "log_level" => s.log_level = value.one()?.to_string(),
+        "rate_limit" => {
+            s.rate_limit = in_range(
+                value.one()?,
+                0..=1_000_000,
+                "must be 0..=1000000 messages per second (0 = off)",
+            )?
+        }
+        "rate_burst" => {
+            s.rate_burst = in_range(value.one()?, 1..=1_000_000, "must be 1..=1000000 messages")?
+        }
+        "ban_secs" => {
+            s.ban = Duration::from_secs(in_range(
+                value.one()?,
+                0..=86_400,
+                "must be 0..=86400 seconds",
+            )?)
+        }
+        "tcp_max_connections" => {
+            s.tcp_max_connections = in_range(value.one()?, 1..=1_000_000, "must be 1..=1000000")?
+        }
+        "tcp_max_per_source" => {
+            s.tcp_max_per_source = in_range(value.one()?, 1..=1_000_000, "must be 1..=1000000")?
+        }
+        "tcp_message_timeout_ms" => {
+            s.tcp_message_timeout = Duration::from_millis(in_range(
+                value.one()?,
+                1..=300_000,
+                "must be 1..=300000 milliseconds",
+            )?)
+        }
+        "trusted" => {
+            let (good, bad): (Vec<_>, Vec<_>) = value
+                .list()
+                .into_iter()
+                .map(|v| v.parse::<Cidr>().map_err(|()| v))
+                .partition(Result::is_ok);
+            if !bad.is_empty() {
+                let bad: Vec<String> = bad.into_iter().filter_map(Result::err).collect();
+                return Err(format!("must be addresses or CIDRs, not {bad:?}").into());
+            }
+            s.trusted = good.into_iter().filter_map(Result::ok).collect();
+        }
+        "nat" => {
+            s.nat = match value.one()? {
+                "auto" => NatMode::Auto,
+                "always" => NatMode::Always,
+                "never" => NatMode::Never,
+                _ => return Err("must be auto, always or never".into()),
+            }
+        }
+        "auth" => {
+            s.auth = match value.one()? {
+                "digest" => AuthMode::Digest,
+                "off" => AuthMode::Off,
+                _ => return Err("must be digest or off".into()),
+            }
+        }
+        "realm" => s.realm = opt_string(value.one()?).map(|r| r.to_ascii_lowercase()),
+        "auth_secret" => s.auth_secret = opt_string(value.one()?),
+        "nonce_secs" => {
+            s.nonce_secs = in_range(value.one()?, 10..=86_400, "must be 10..=86400 seconds")?
+        }
+        "credentials_cache_secs" => {
+            s.credentials_cache_secs = in_range(value.one()?, 0..=3600, "must be 0..=3600 seconds")?
+        }
+        "auth_algorithms" => {
+            let mut algs = Vec::new();
+            let mut bad = Vec::new();
+            for v in value.list() {
+                match crate::digest::Algorithm::parse(&v) {
+                    Some(a) if !algs.contains(&a) => algs.push(a),
+                    Some(_) => {}
+                    None => bad.push(v),
+                }
+            }
+            if !bad.is_empty() {
+                return Err(format!("must be md5 or sha-256, not {bad:?}").into());
+            }
+            if algs.is_empty() {
+                return Err("needs at least one algorithm".into());
+            }
+            s.auth_algorithms = algs;
+        }
+        "max_forwards" => s.max_forwards = in_range(value.one()?, 1..=255, "must be 1..=255")?,
+        _ => return Err(Refusal::Unknown),
     }
+    Ok(())
 }
 
 impl Settings {
@@ -482,18 +447,7 @@ impl Settings {
         overrides: Vec<(&str, Vec<String>)>,
     ) -> Result<Self, SettingsError> {
         let mut layers = Layers::default();
-        if let Some(path) = file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => layers.toml(&text, &path.display().to_string()),
-                Err(e) => layers
-                    .errors
-                    .push(format!("config file {}: {e}", path.display())),
-            }
-        }
-        layers.env(std::env::vars());
-        for (k, v) in overrides {
-            layers.set(k, v);
-        }
+        layers.0.stack(file, std::env::vars(), overrides);
         layers.resolve()
     }
 
@@ -577,10 +531,13 @@ impl Settings {
 }
 
 /// A PEM path setting; empty = unset.
-fn pem_path(v: String) -> Option<PathBuf> {
-    Some(v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+fn pem_path(v: &str) -> Option<PathBuf> {
+    opt_string(v).map(PathBuf::from)
+}
+
+/// An optional string setting; empty = unset.
+fn opt_string(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 /// An IP address or a DNS name (what rustls accepts as a server name).
@@ -657,6 +614,27 @@ mod tests {
         assert_eq!(s.locsvc, ["http://a:1", "http://b:2"]);
         assert_eq!(s.mode, Mode::Proxy);
         assert!(s.serves("example.com") && !s.serves("other.org"));
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated_and_single_values_keep_their_commas() {
+        let mut l = Layers::default();
+        l.env([
+            (
+                "PROXY_SHIM_DOMAINS".to_string(),
+                "A.example, b.example".to_string(),
+            ),
+            ("PROXY_SHIM_LOCSVC".into(), "http://a:1,http://b:2".into()),
+            (
+                "PROXY_SHIM_LOG_LEVEL".into(),
+                "info,proxy_shim=debug".into(),
+            ),
+            ("PROXY_SHIM_CONFIG".into(), "read by the flag".into()),
+        ]);
+        let s = l.resolve().unwrap();
+        assert_eq!(s.domains, ["a.example", "b.example"]);
+        assert_eq!(s.locsvc, ["http://a:1", "http://b:2"]);
+        assert_eq!(s.log_level, "info,proxy_shim=debug");
     }
 
     #[test]

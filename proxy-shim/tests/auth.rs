@@ -5,12 +5,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use proxy_shim::digest::Algorithm;
 use proxy_shim::settings::{AuthMode, Mode};
 use support::*;
-use tokio::net::UdpSocket;
 
 async fn env_auth(mode: Mode) -> Env {
     env_with(mode, |s| {
@@ -64,12 +62,6 @@ fn register(me: SocketAddr, user: &str, cseq: u32, auth: Option<&str>) -> String
     )
 }
 
-/// Sends `msg` from `sock` and returns the answer.
-async fn ask(sock: &UdpSocket, shim: SocketAddr, msg: &str) -> String {
-    sock.send_to(msg.as_bytes(), shim).await.expect("send");
-    recv_text(sock, Duration::from_secs(5)).await.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_is_challenged_then_accepted_refused_or_forbidden() {
     let e = env_auth(Mode::Proxy).await;
@@ -77,8 +69,7 @@ async fn register_is_challenged_then_accepted_refused_or_forbidden() {
         .add_subscriber("alice", "example.com", "s3cret")
         .await;
     e.locsvc.add_subscriber("bob", "example.com", "b0b").await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let me = sock.local_addr().expect("addr");
+    let (sock, me) = udp_socket().await;
 
     let unauthenticated = register(me, "alice", 1, None);
     let first = ask(&sock, e.shim.addr, &unauthenticated).await;
@@ -156,8 +147,7 @@ async fn a_password_change_applies_without_a_restart() {
     e.locsvc
         .add_subscriber("carol", "example.com", "old-pw")
         .await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let me = sock.local_addr().expect("addr");
+    let (sock, me) = udp_socket().await;
     let challenge = ask(&sock, e.shim.addr, &register(me, "carol", 1, None)).await;
     let nonce = param(header_values(&challenge, "WWW-Authenticate")[0], "nonce").to_string();
     let with = |pw: &str, nc: u32| {
@@ -210,8 +200,7 @@ async fn a_call_from_our_domain_needs_proxy_authorization_as_its_from_user() {
     e.locsvc
         .save("sip:bob@example.com", &[("sip:bob@192.0.2.2:5060", 1.0)])
         .await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let me = sock.local_addr().expect("addr");
+    let (sock, me) = udp_socket().await;
     let invite = |cseq: u32, auth: Option<&str>| {
         let auth = auth.map_or(String::new(), |a| format!("Proxy-Authorization: {a}\r\n"));
         format!(
@@ -257,20 +246,19 @@ async fn sipp_registers_a_thousand_subscribers_with_digest() {
         .map(|(u, p)| format!("{u};[authentication username={u} password={p}]"))
         .collect();
     std::fs::write(&csv, format!("SEQUENTIAL\n{}\n", rows.join("\n"))).expect("csv");
-    let (ok, log) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_auth.xml",
-        &[
-            "-inf",
-            &csv.display().to_string(),
-            "-m",
-            "1000",
-            "-r",
-            "200",
-        ],
-    )
-    .await;
+    let (ok, log) = e
+        .sipp(
+            "register_auth.xml",
+            &[
+                "-inf",
+                &csv.display().to_string(),
+                "-m",
+                "1000",
+                "-r",
+                "200",
+            ],
+        )
+        .await;
     assert!(ok, "{log}");
     for (u, _) in users.iter().step_by(97) {
         assert_eq!(
@@ -290,13 +278,12 @@ async fn sipp_registers_a_thousand_subscribers_with_digest() {
     e.locsvc
         .add_subscriber("wrong1", "example.com", "right")
         .await;
-    let (ok, _) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_auth.xml",
-        &["-inf", &bad.display().to_string(), "-m", "1"],
-    )
-    .await;
+    let (ok, _) = e
+        .sipp(
+            "register_auth.xml",
+            &["-inf", &bad.display().to_string(), "-m", "1"],
+        )
+        .await;
     assert!(!ok, "a wrong password must not register");
     assert!(e.locsvc.lookup("sip:wrong1@example.com").await.is_empty());
     e.finish().await;

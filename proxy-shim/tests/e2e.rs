@@ -9,17 +9,12 @@ use std::time::Duration;
 
 use proxy_shim::settings::Mode;
 use support::*;
+use testkit::{TestApp, eventually, init_tracing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_refresh_add_a_contact_unregister_one_and_query() {
     let e = env(Mode::Proxy).await;
-    let (ok, log) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_lifecycle.xml",
-        &["-m", "1"],
-    )
-    .await;
+    let (ok, log) = e.sipp("register_lifecycle.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
     let b = e.locsvc.lookup("sip:alice@example.com").await;
     let contacts: Vec<_> = b.iter().map(|b| b.contact.as_str()).collect();
@@ -38,7 +33,7 @@ async fn register_refresh_add_a_contact_unregister_one_and_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_star_with_expires_zero_removes_every_binding() {
     let e = env(Mode::Proxy).await;
-    let (ok, log) = sipp(e.dir.path(), e.shim.addr, "contact_star.xml", &["-m", "1"]).await;
+    let (ok, log) = e.sipp("contact_star.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
     assert!(e.locsvc.lookup("sip:carol@example.com").await.is_empty());
     e.finish().await;
@@ -47,7 +42,7 @@ async fn contact_star_with_expires_zero_removes_every_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_brief_expires_gets_423_with_min_expires_and_stores_nothing() {
     let e = env(Mode::Proxy).await;
-    let (ok, log) = sipp(e.dir.path(), e.shim.addr, "register_423.xml", &["-m", "1"]).await;
+    let (ok, log) = e.sipp("register_423.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
     assert!(e.locsvc.lookup("sip:dave@example.com").await.is_empty());
     e.finish().await;
@@ -56,7 +51,7 @@ async fn a_too_brief_expires_gets_423_with_min_expires_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_to_an_unknown_user_gets_404() {
     let e = env(Mode::Proxy).await;
-    let (ok, log) = sipp(e.dir.path(), e.shim.addr, "invite_404.xml", &["-m", "1"]).await;
+    let (ok, log) = e.sipp("invite_404.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
     e.finish().await;
 }
@@ -73,7 +68,7 @@ async fn redirect_mode_answers_302_with_every_contact_best_q_first() {
             ],
         )
         .await;
-    let (ok, log) = sipp(e.dir.path(), e.shim.addr, "invite_302.xml", &["-m", "1"]).await;
+    let (ok, log) = e.sipp("invite_302.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
     e.finish().await;
 }
@@ -90,15 +85,14 @@ async fn an_invite_is_proxied_to_a_registered_uas_answered_acked_and_byed() {
     // The UAS's contact is registered from the UAS's own port, so the shim
     // sees no NAT and routes to the contact itself.
     let uas_port = free_udp_port().to_string();
-    let (ok, log) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_once.xml",
-        &[
-            "-m", "1", "-p", &uas_port, "-key", "user", "svc", "-key", "cport", &uas_port,
-        ],
-    )
-    .await;
+    let (ok, log) = e
+        .sipp(
+            "register_once.xml",
+            &[
+                "-m", "1", "-p", &uas_port, "-key", "user", "svc", "-key", "cport", &uas_port,
+            ],
+        )
+        .await;
     assert!(ok, "REGISTER of the UAS: {log}");
     let uas_dir = e.dir.path().join("uas");
     std::fs::create_dir_all(&uas_dir).expect("uas dir");
@@ -108,7 +102,7 @@ async fn an_invite_is_proxied_to_a_registered_uas_answered_acked_and_byed() {
         tokio::spawn(
             async move { sipp(&uas_dir, shim, "uas.xml", &["-m", "1", "-p", &port]).await },
         );
-    let (ok, log) = sipp(e.dir.path(), e.shim.addr, "uac.xml", &["-m", "1"]).await;
+    let (ok, log) = e.sipp("uac.xml", &["-m", "1"]).await;
     assert!(ok, "UAC: {log}");
     let (ok, log) = uas.await.expect("uas task");
     assert!(ok, "UAS: {log}");
@@ -118,15 +112,14 @@ async fn an_invite_is_proxied_to_a_registered_uas_answered_acked_and_byed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_over_tcp_is_saved_with_a_tcp_socket() {
     let e = env(Mode::Proxy).await;
-    let (ok, log) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_once.xml",
-        &[
-            "-m", "1", "-t", "t1", "-key", "user", "tina", "-key", "cport", "5070",
-        ],
-    )
-    .await;
+    let (ok, log) = e
+        .sipp(
+            "register_once.xml",
+            &[
+                "-m", "1", "-t", "t1", "-key", "user", "tina", "-key", "cport", "5070",
+            ],
+        )
+        .await;
     assert!(ok, "{log}");
     let b = e.locsvc.lookup("sip:tina@example.com").await;
     assert_eq!(b.len(), 1, "{b:?}");
@@ -146,9 +139,7 @@ async fn a_register_over_tcp_is_saved_with_a_tcp_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_malformed_datagrams_is_dropped_and_a_valid_register_still_works() {
     let e = env(Mode::Proxy).await;
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let (sock, _) = udp_socket().await;
     let junk: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02garbage".to_vec(),
         b"REGISTER sip:example.com SIP/2.0\r\nVia: broken".to_vec(),
@@ -163,19 +154,19 @@ async fn a_burst_of_malformed_datagrams_is_dropped_and_a_valid_register_still_wo
             let _ = sock.send_to(j, e.shim.addr).await;
         }
     }
-    let m = e.shim.metrics.clone();
-    eventually("the shim to count the dropped datagrams", || {
-        let m = m.clone();
-        async move { m.dropped_count("unparsable") + m.dropped_count("too_large") >= 4 * bursts }
-    })
-    .await;
-    let (ok, log) = sipp(
-        e.dir.path(),
-        e.shim.addr,
-        "register_once.xml",
-        &["-m", "1", "-key", "user", "erin", "-key", "cport", "5070"],
+    let m = &e.shim.metrics;
+    eventually(
+        "the shim to count the dropped datagrams",
+        Duration::from_secs(10),
+        async || m.dropped_count("unparsable") + m.dropped_count("too_large") >= 4 * bursts,
     )
     .await;
+    let (ok, log) = e
+        .sipp(
+            "register_once.xml",
+            &["-m", "1", "-key", "user", "erin", "-key", "cport", "5070"],
+        )
+        .await;
     assert!(ok, "{log}");
     assert_eq!(e.locsvc.lookup("sip:erin@example.com").await.len(), 1);
     e.finish().await;
@@ -185,9 +176,9 @@ async fn a_burst_of_malformed_datagrams_is_dropped_and_a_valid_register_still_wo
 async fn the_shim_keeps_answering_through_the_first_locsvc_when_the_second_is_stopped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut first = Locsvc::start(&data).await;
+    let first = TestApp::embedded(&data).await;
     // The second instance shares the same databases (as two locsvc nodes would).
-    let mut second = Locsvc::start(&data).await;
+    let second = TestApp::embedded(&data).await;
     // The second is tried first, so stopping it exercises failover.
     let mut shim = RunningShim::start(&[&second, &first], Mode::Proxy).await;
     let (ok, log) = sipp(
@@ -236,7 +227,7 @@ async fn options_to_the_shim_itself_gets_200_and_a_foreign_domain_gets_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_while_locsvc_is_unreachable_gets_503_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut locsvc = Locsvc::start(&dir.path().join("data")).await;
+    let locsvc = TestApp::embedded(&dir.path().join("data")).await;
     let mut shim = RunningShim::start(&[&locsvc], Mode::Proxy).await;
     locsvc.stop().await;
     let reg = request(
@@ -279,17 +270,8 @@ async fn a_crlf_keepalive_on_tcp_is_answered_with_a_crlf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
     let e = env(Mode::Proxy).await;
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let me = sock.local_addr().expect("addr");
-    sock.send_to(
-        register_msg(me, "mia", "m1@test", 1).as_bytes(),
-        e.shim.addr,
-    )
-    .await
-    .expect("send");
-    let (answer, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    let (sock, me) = udp_socket().await;
+    let answer = ask(&sock, e.shim.addr, &register_msg(me, "mia", "m1@test", 1)).await;
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
     let text = e.shim.scrape().await;
     for line in [
@@ -307,25 +289,10 @@ async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_with_a_lower_cseq_on_the_same_call_id_gets_400_and_changes_nothing() {
     let e = env(Mode::Proxy).await;
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let me = sock.local_addr().expect("addr");
-    sock.send_to(
-        register_msg(me, "olga", "o1@test", 5).as_bytes(),
-        e.shim.addr,
-    )
-    .await
-    .expect("send");
-    let (first, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    let (sock, me) = udp_socket().await;
+    let first = ask(&sock, e.shim.addr, &register_msg(me, "olga", "o1@test", 5)).await;
     assert!(first.starts_with("SIP/2.0 200 OK\r\n"), "{first}");
-    sock.send_to(
-        register_msg(me, "olga", "o1@test", 4).as_bytes(),
-        e.shim.addr,
-    )
-    .await
-    .expect("send");
-    let (second, _) = recv_text(&sock, Duration::from_secs(5)).await;
+    let second = ask(&sock, e.shim.addr, &register_msg(me, "olga", "o1@test", 4)).await;
     assert!(second.starts_with("SIP/2.0 400 "), "{second}");
     assert_eq!(header_values(&second, "CSeq"), ["4 REGISTER"], "{second}");
     let b = e.locsvc.lookup("sip:olga@example.com").await;
@@ -336,10 +303,7 @@ async fn a_register_with_a_lower_cseq_on_the_same_call_id_gets_400_and_changes_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_once() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     // A "locsvc" that accepts TCP connections in the kernel but never
     // serves them: the first REGISTER holds the only permit until its
     // budget runs out or this listener is closed.
@@ -352,10 +316,7 @@ async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_on
         s.locsvc_timeout = Duration::from_secs(5);
     })
     .await;
-    let held = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let held_addr = held.local_addr().expect("addr");
+    let (held, held_addr) = udp_socket().await;
     held.send_to(
         register_msg(held_addr, "hank", "h1@test", 1).as_bytes(),
         shim.addr,
@@ -363,24 +324,20 @@ async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_on
     .await
     .expect("send");
     let m = shim.metrics.clone();
-    eventually("the first REGISTER to hold the only permit", || {
-        let m = m.clone();
-        async move { m.in_flight() == 1 }
-    })
+    eventually(
+        "the first REGISTER to hold the only permit",
+        Duration::from_secs(10),
+        async || m.in_flight() == 1,
+    )
     .await;
-    let other = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let other_addr = other.local_addr().expect("addr");
+    let (other, other_addr) = udp_socket().await;
     let started = std::time::Instant::now();
-    other
-        .send_to(
-            register_msg(other_addr, "ivy", "i1@test", 1).as_bytes(),
-            shim.addr,
-        )
-        .await
-        .expect("send");
-    let (answer, _) = recv_text(&other, Duration::from_secs(5)).await;
+    let answer = ask(
+        &other,
+        shim.addr,
+        &register_msg(other_addr, "ivy", "i1@test", 1),
+    )
+    .await;
     assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
     assert_eq!(header_values(&answer, "Retry-After"), ["1"], "{answer}");
     // At once: long before the held request's 5 s budget could free the permit.
@@ -397,10 +354,11 @@ async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_on
     drop(silent);
     let (late, _) = recv_text(&held, Duration::from_secs(10)).await;
     assert!(late.starts_with("SIP/2.0 503 "), "{late}");
-    eventually("the permit to be released", || {
-        let m = m.clone();
-        async move { m.in_flight() == 0 }
-    })
+    eventually(
+        "the permit to be released",
+        Duration::from_secs(10),
+        async || m.in_flight() == 0,
+    )
     .await;
     shim.stop().await;
 }
@@ -408,18 +366,12 @@ async fn when_max_in_flight_is_reached_a_request_gets_503_with_retry_after_at_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_follows_its_proxied_invite_to_the_same_contact_with_the_same_branch() {
     let e = env(Mode::Proxy).await;
-    let callee = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let callee_addr = callee.local_addr().expect("addr");
+    let (callee, callee_addr) = udp_socket().await;
     let contact = format!("sip:callee@{callee_addr}");
     e.locsvc
         .save("sip:callee@example.com", &[(&contact, 1.0)])
         .await;
-    let caller = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let caller_addr = caller.local_addr().expect("addr");
+    let (caller, caller_addr) = udp_socket().await;
     let msg = |method: &str| {
         format!(
             "{method} sip:callee@example.com SIP/2.0\r\n\

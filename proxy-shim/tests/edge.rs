@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use proxy_shim::settings::Mode;
 use support::*;
+use testkit::eventually;
 use tokio::net::UdpSocket;
 
 /// A socket on 127.0.0.2 (another loopback address: "elsewhere").
@@ -69,7 +70,7 @@ async fn finding_2_a_foreign_route_or_request_uri_is_refused_not_relayed() {
 async fn finding_3_a_forged_response_through_our_via_is_dropped() {
     let e = env(Mode::Proxy).await;
     let (far, far_addr) = elsewhere().await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (sock, _) = udp_socket().await;
     // Our branch prefix and our address on top, a victim in the second Via.
     let forged = format!(
         "SIP/2.0 200 OK\r\n\
@@ -82,11 +83,12 @@ async fn finding_3_a_forged_response_through_our_via_is_dropped() {
     sock.send_to(forged.as_bytes(), e.shim.addr)
         .await
         .expect("send");
-    let metrics = e.shim.metrics.clone();
-    eventually("the forged response is counted as dropped", || {
-        let m = metrics.clone();
-        async move { m.dropped_count("response_forged") == 1 }
-    })
+    let m = &e.shim.metrics;
+    eventually(
+        "the forged response is counted as dropped",
+        Duration::from_secs(10),
+        async || m.dropped_count("response_forged") == 1,
+    )
     .await;
     assert!(stays_silent(&far).await, "nothing reached {far_addr}");
     e.finish().await;
@@ -95,8 +97,8 @@ async fn finding_3_a_forged_response_through_our_via_is_dropped() {
 /// Sends an INVITE for `aor` to the shim from a fresh socket (kept open so
 /// the shim's answers have somewhere to go).
 async fn call(shim: SocketAddr, aor: &str) -> UdpSocket {
-    let caller = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let port = caller.local_addr().expect("addr").port().to_string();
+    let (caller, me) = udp_socket().await;
+    let port = me.port().to_string();
     let invite = request("INVITE", aor, aor, "").replace("{port}", &port);
     caller.send_to(invite.as_bytes(), shim).await.expect("send");
     caller
@@ -118,8 +120,7 @@ fn third_party_register(sent_by: &str, contact: &str, extra: &str) -> String {
 async fn finding_4_calls_go_to_the_contact_of_a_third_party_registration() {
     let e = env(Mode::Proxy).await;
     // The registering party (an edge) and the phone it registers.
-    let edge = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let edge_addr = edge.local_addr().expect("addr");
+    let (edge, edge_addr) = udp_socket().await;
     let (phone, phone_addr) = elsewhere().await;
     let reg = third_party_register(
         &edge_addr.to_string(),
@@ -154,8 +155,7 @@ async fn finding_4_calls_go_to_the_contact_of_a_third_party_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_4_a_phone_behind_nat_is_reached_at_its_source() {
     let e = env(Mode::Proxy).await;
-    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let phone_addr = phone.local_addr().expect("addr");
+    let (phone, phone_addr) = udp_socket().await;
     // The phone writes its private address in Via and Contact; the packet
     // comes from elsewhere (here: loopback), so it is behind NAT.
     let reg = third_party_register("192.168.1.5:5060", "sip:carol@192.168.1.5:5060", "");
@@ -195,8 +195,7 @@ async fn finding_5_a_302_over_udp_fits_one_datagram_whatever_was_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_5_answers_go_to_the_source_port_not_a_port_named_in_via() {
     let e = env(Mode::Proxy).await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let me = sock.local_addr().expect("addr");
+    let (sock, me) = udp_socket().await;
     let (victim, victim_addr) = elsewhere().await;
     // No rport, and a Via naming someone else's port.
     let ruri = format!("sip:{}", e.shim.addr);
@@ -256,13 +255,10 @@ async fn finding_5_max_forwards_255_is_capped() {
             &[(&format!("sip:dan@{phone_addr}"), 1.0)],
         )
         .await;
-    let caller = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (caller, me) = udp_socket().await;
     let invite = request("INVITE", "sip:dan@example.com", "sip:dan@example.com", "")
         .replace("Max-Forwards: 70", "Max-Forwards: 255")
-        .replace(
-            "{port}",
-            &caller.local_addr().expect("addr").port().to_string(),
-        );
+        .replace("{port}", &me.port().to_string());
     caller
         .send_to(invite.as_bytes(), e.shim.addr)
         .await

@@ -43,8 +43,8 @@ use proxy_shim::route::{self, Facts};
 use proxy_shim::settings::{AuthMode, Mode, Settings};
 use proxy_shim::sip::{self, Contacts, Parsed, Request, Response, StreamFramer};
 use proxy_shim::{digest, register, sanity};
+use testkit::Serving;
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
 
 const DEFAULT_SEED: u64 = 0x5eed_51b0_f022_2026;
 const DEFAULT_SECS: u64 = 10;
@@ -758,23 +758,16 @@ fn core(s: Settings) -> Core {
 /// A real shim on 127.0.0.1:0.
 struct Shim {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    serving: Serving<()>,
 }
 
 async fn start_shim(auth: AuthMode) -> Shim {
     let app = App::build(settings(auth, "127.0.0.1:0"))
         .await
         .expect("shim builds");
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
     Shim {
-        addr,
-        stop: Some(stop),
-        task,
+        addr: app.local_addr(),
+        serving: Serving::spawn(|signal| app.run(signal)),
     }
 }
 
@@ -1136,15 +1129,9 @@ async fn mutated_sip_never_panics_or_stalls_the_parser_or_the_shim() {
     );
     drain.abort();
     for s in &mut shims {
-        if let Some(stop) = s.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-    for s in shims {
-        tokio::time::timeout(Duration::from_secs(5), s.task)
+        tokio::time::timeout(Duration::from_secs(5), s.serving.stop())
             .await
-            .expect("the shim stops within 5 s")
-            .expect("the shim stops cleanly");
+            .expect("the shim stops within 5 s");
     }
     eprintln!(
         "fuzz: {iter} mutated inputs ({} in all) in {:.1} s = {:.0}/s; {stats:?}; \

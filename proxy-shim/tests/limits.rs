@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proxy_shim::settings::{Mode, Settings as ShimSettings};
-use support::{Locsvc, RunningShim};
+use support::RunningShim;
+use testkit::{TestApp, eventually, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
@@ -23,24 +24,8 @@ async fn start_shim(locsvc: String, tweak: impl FnOnce(&mut ShimSettings)) -> Ru
     RunningShim::start_with(vec![locsvc], Mode::Proxy, tweak).await
 }
 
-/// Polls `f` until it holds or 10 s pass (waiting on observable state).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+/// How long a wait on a counter may take.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// A REGISTER from `me` over `transport` (`UDP` or `TCP`).
 fn register(me: SocketAddr, transport: &str, user: &str, call_id: &str) -> String {
@@ -118,8 +103,8 @@ async fn closed_by_peer(conn: &mut TcpStream) -> bool {
 async fn a_udp_flood_from_one_source_is_limited_then_banned_while_another_source_is_still_served() {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut locsvc = Locsvc::start(&dir.path().join("data")).await;
-    let mut shim = start_shim(locsvc.url.clone(), |s| {
+    let locsvc = TestApp::embedded(&dir.path().join("data")).await;
+    let mut shim = start_shim(locsvc.url(), |s| {
         s.rate_limit = 5;
         s.rate_burst = 10;
         s.ban = Duration::from_secs(60);
@@ -134,14 +119,18 @@ async fn a_udp_flood_from_one_source_is_limited_then_banned_while_another_source
             .await
             .expect("send");
     }
-    eventually("the flooder to be limited once and then banned", || {
-        shim.metric(r#"proxy_shim_dropped_total{reason="rate_limited"}"#) == 1
-            && shim.metric(r#"proxy_shim_dropped_total{reason="banned"}"#) >= 1
-    })
+    eventually(
+        "the flooder to be limited once and then banned",
+        WAIT,
+        async || {
+            shim.metric(r#"proxy_shim_dropped_total{reason="rate_limited"}"#) == 1
+                && shim.metric(r#"proxy_shim_dropped_total{reason="banned"}"#) >= 1
+        },
+    )
     .await;
     assert_eq!(shim.metric("proxy_shim_bans_total"), 1);
     assert_eq!(shim.metric("proxy_shim_rate_limit_sources"), 1);
-    eventually("the allowed REGISTERs to be answered", || {
+    eventually("the allowed REGISTERs to be answered", WAIT, async || {
         shim.metrics.in_flight() == 0
     })
     .await;
@@ -190,9 +179,11 @@ async fn a_udp_flood_from_one_source_is_limited_then_banned_while_another_source
         )
         .await
         .expect("send");
-    eventually("the late REGISTER to be dropped as banned", || {
-        shim.metric(r#"proxy_shim_dropped_total{reason="banned"}"#) == banned + 1
-    })
+    eventually(
+        "the late REGISTER to be dropped as banned",
+        WAIT,
+        async || shim.metric(r#"proxy_shim_dropped_total{reason="banned"}"#) == banned + 1,
+    )
     .await;
     assert!(
         flooder.try_recv_from(&mut buf).is_err(),
@@ -212,8 +203,8 @@ async fn over_a_thousand_idle_tcp_connections_from_one_source_do_not_stop_anothe
 {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut locsvc = Locsvc::start(&dir.path().join("data")).await;
-    let mut shim = start_shim(locsvc.url.clone(), |s| {
+    let locsvc = TestApp::embedded(&dir.path().join("data")).await;
+    let mut shim = start_shim(locsvc.url(), |s| {
         s.tcp_max_per_source = 4;
     })
     .await;
@@ -226,7 +217,10 @@ async fn over_a_thousand_idle_tcp_connections_from_one_source_do_not_stop_anothe
     }
     eventually(
         "the connections over the per-source cap to be refused",
-        || shim.metric(r#"proxy_shim_tcp_rejected_total{reason="per_source"}"#) == attempts - 4,
+        WAIT,
+        async || {
+            shim.metric(r#"proxy_shim_tcp_rejected_total{reason="per_source"}"#) == attempts - 4
+        },
     )
     .await;
     assert_eq!(shim.metric("proxy_shim_tcp_connections"), 4);
@@ -238,7 +232,7 @@ async fn over_a_thousand_idle_tcp_connections_from_one_source_do_not_stop_anothe
         0
     );
     drop(idle);
-    eventually("the flooder's slots to be given back", || {
+    eventually("the flooder's slots to be given back", WAIT, async || {
         shim.metric("proxy_shim_tcp_connections") <= 1
     })
     .await;
@@ -251,8 +245,8 @@ async fn a_full_connection_table_closes_a_new_connection_at_once_and_serves_agai
  {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut locsvc = Locsvc::start(&dir.path().join("data")).await;
-    let mut shim = start_shim(locsvc.url.clone(), |s| {
+    let locsvc = TestApp::embedded(&dir.path().join("data")).await;
+    let mut shim = start_shim(locsvc.url(), |s| {
         s.tcp_max_connections = 3;
         s.tcp_max_per_source = 100;
     })
@@ -261,7 +255,7 @@ async fn a_full_connection_table_closes_a_new_connection_at_once_and_serves_agai
     for _ in 0..3 {
         held.push(tcp_from(FLOODER, shim.addr).await.expect("connect"));
     }
-    eventually("the table to fill", || {
+    eventually("the table to fill", WAIT, async || {
         shim.metric("proxy_shim_tcp_connections") == 3
     })
     .await;
@@ -275,7 +269,7 @@ async fn a_full_connection_table_closes_a_new_connection_at_once_and_serves_agai
         1
     );
     drop(held.pop());
-    eventually("a slot to be given back", || {
+    eventually("a slot to be given back", WAIT, async || {
         shim.metric("proxy_shim_tcp_connections") == 2
     })
     .await;
@@ -329,7 +323,7 @@ async fn a_slow_sender_trickling_a_message_byte_by_byte_is_disconnected_at_the_m
         elapsed >= Duration::from_millis(300),
         "not before the deadline: {elapsed:?}"
     );
-    eventually("the timeout to be counted", || {
+    eventually("the timeout to be counted", WAIT, async || {
         shim.metric(r#"proxy_shim_tcp_timeouts_total{kind="message"}"#) == 1
     })
     .await;
@@ -337,7 +331,7 @@ async fn a_slow_sender_trickling_a_message_byte_by_byte_is_disconnected_at_the_m
         shim.metric(r#"proxy_shim_tcp_timeouts_total{kind="idle"}"#),
         0
     );
-    eventually("the slot to be given back", || {
+    eventually("the slot to be given back", WAIT, async || {
         shim.metric("proxy_shim_tcp_connections") == 0
     })
     .await;
@@ -389,7 +383,7 @@ async fn junk_datagrams_are_counted_and_summarized_not_logged_one_by_one_at_info
             sent += 1;
         }
         // Paced by what the shim has read, so no datagram is lost to a full buffer.
-        eventually("the junk to be counted", || {
+        eventually("the junk to be counted", WAIT, async || {
             shim.metric(r#"proxy_shim_dropped_total{reason="unparsable"}"#) == sent
         })
         .await;
@@ -420,7 +414,7 @@ async fn a_trusted_source_is_never_limited() {
             sock.send_to(b"\x00junk", shim.addr).await.expect("send");
             sent += 1;
         }
-        eventually("the junk to be parsed (not limited)", || {
+        eventually("the junk to be parsed (not limited)", WAIT, async || {
             shim.metric(r#"proxy_shim_dropped_total{reason="unparsable"}"#) == sent
         })
         .await;

@@ -6,189 +6,43 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use locsvc_proto::v1::LookupRequest;
 use locsvc_proto::v1::location_client::LocationClient;
 use proxy_shim::app::{App as Shim, AppError};
 use proxy_shim::settings::{AuthMode, Mode, Settings as ShimSettings};
 use support::*;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use testkit::{Pki, TestApp, embedded_settings, init_tracing, lookup_contacts};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
-fn openssl(args: &[&str]) {
-    let st = std::process::Command::new("openssl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs (the TLS tests need the openssl command)");
-    assert!(st.success(), "openssl {args:?}");
+/// A throwaway CA in a tempdir, and a locsvc (embedded layout there)
+/// serving TLS on 127.0.0.1 and admitting only clients with a certificate
+/// from that CA.
+async fn tls_locsvc() -> (tempfile::TempDir, Pki, TestApp) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::create(dir.path());
+    let mut settings = embedded_settings(&dir.path().join("data"));
+    settings.grpc.tls_cert = Some(pki.server_cert.clone());
+    settings.grpc.tls_key = Some(pki.server_key.clone());
+    settings.grpc.tls_client_ca = Some(pki.ca.clone());
+    (dir, pki, TestApp::spawn(settings).await)
 }
 
-/// A throwaway CA, a server certificate for 127.0.0.1 and localhost, and a
-/// client certificate, all PEM files in one directory.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let p = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_string();
-    let (ca, ca_key) = (p("ca.pem"), p("ca.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=proxy-shim test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "client",
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        std::fs::write(p(&format!("{name}.ext")), ext).expect("write ext");
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &p(&format!("{name}.key")),
-            "-out",
-            &p(&format!("{name}.csr")),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p(&format!("{name}.csr")),
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p(&format!("{name}.ext")),
-            "-out",
-            &p(&format!("{name}.pem")),
-        ]);
-    }
-    Pki {
-        ca: ca.into(),
-        server_cert: p("server.pem").into(),
-        server_key: p("server.key").into(),
-        client_cert: p("client.pem").into(),
-        client_key: p("client.key").into(),
-    }
-}
-
-/// An in-process locsvc serving TLS on 127.0.0.1 and admitting only
-/// clients with a certificate from the test CA.
-struct TlsLocsvc {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl TlsLocsvc {
-    async fn start(data_dir: &Path, pki: &Pki) -> Self {
-        let mut settings = locsvc::settings::Settings {
-            data_dir: data_dir.to_path_buf(),
-            metrics_listen: None,
-            ..locsvc::settings::Settings::default()
-        };
-        settings.grpc.listen = "127.0.0.1:0".parse().expect("addr");
-        settings.grpc.tls_cert = Some(pki.server_cert.clone());
-        settings.grpc.tls_key = Some(pki.server_key.clone());
-        settings.grpc.tls_client_ca = Some(pki.ca.clone());
-        let app = locsvc::app::App::build(settings)
-            .await
-            .expect("locsvc builds");
-        let addr = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("locsvc runs");
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// The valid contacts of `aor`, asked over mTLS (not through the shim).
-    async fn lookup(&self, pki: &Pki, aor: &str) -> Vec<String> {
-        let read = |p: &Path| std::fs::read(p).expect("read PEM");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&pki.ca)))
-            .identity(Identity::from_pem(
-                read(&pki.client_cert),
-                read(&pki.client_key),
-            ));
-        let channel = Endpoint::from_shared(format!("https://{}", self.addr))
-            .expect("uri")
-            .tls_config(tls)
-            .expect("tls config")
-            .connect()
-            .await
-            .expect("connect to locsvc over mTLS");
-        LocationClient::new(channel)
-            .lookup(LookupRequest {
-                table: String::new(),
-                aor: aor.into(),
-            })
-            .await
-            .expect("lookup")
-            .into_inner()
-            .bindings
-            .into_iter()
-            .map(|b| b.contact)
-            .collect()
-    }
-
-    async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.expect("locsvc stops cleanly");
-        }
-    }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+/// The valid contacts of `aor`, asked of `locsvc` over mTLS (not through
+/// the shim).
+async fn lookup(locsvc: &TestApp, pki: &Pki, aor: &str) -> Vec<String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(pki.ca_certificate())
+        .identity(pki.client_identity());
+    let channel = Endpoint::from_shared(format!("https://{}", locsvc.addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("connect to locsvc over mTLS");
+    lookup_contacts(&mut LocationClient::new(channel), aor).await
 }
 
 /// A shim without digest authentication pointed at `url`, with `tweak`
@@ -205,21 +59,18 @@ async fn shim(url: String, tweak: impl FnOnce(&mut ShimSettings)) -> RunningShim
 
 /// Sends one REGISTER for `user` and returns the answer.
 async fn register(shim: SocketAddr, user: &str) -> String {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let me = sock.local_addr().expect("addr");
-    let msg = register_msg(me, user, &format!("tls-{user}@test"), 1);
-    sock.send_to(msg.as_bytes(), shim).await.expect("send");
-    recv_text(&sock, Duration::from_secs(10)).await.0
+    let (sock, me) = udp_socket().await;
+    ask(
+        &sock,
+        shim,
+        &register_msg(me, user, &format!("tls-{user}@test"), 1),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_reaches_locsvc_over_mutual_tls() {
-    init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path());
-    let mut locsvc = TlsLocsvc::start(&dir.path().join("data"), &pki).await;
+    let (_dir, pki, locsvc) = tls_locsvc().await;
     let mut shim = shim(format!("https://{}", locsvc.addr), |s| {
         s.locsvc_ca = Some(pki.ca.clone());
         s.locsvc_cert = Some(pki.client_cert.clone());
@@ -228,7 +79,7 @@ async fn register_reaches_locsvc_over_mutual_tls() {
     .await;
     let answer = register(shim.addr, "alice").await;
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
-    let contacts = locsvc.lookup(&pki, "sip:alice@example.com").await;
+    let contacts = lookup(&locsvc, &pki, "sip:alice@example.com").await;
     assert_eq!(contacts.len(), 1, "{contacts:?}");
     assert!(
         contacts[0].starts_with("sip:alice@127.0.0.1:"),
@@ -240,10 +91,7 @@ async fn register_reaches_locsvc_over_mutual_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_client_certificate_a_locsvc_that_requires_one_is_a_503() {
-    init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path());
-    let mut locsvc = TlsLocsvc::start(&dir.path().join("data"), &pki).await;
+    let (_dir, pki, locsvc) = tls_locsvc().await;
     let mut shim = shim(format!("https://{}", locsvc.addr), |s| {
         s.locsvc_ca = Some(pki.ca.clone());
     })
@@ -258,7 +106,9 @@ async fn without_a_client_certificate_a_locsvc_that_requires_one_is_a_503() {
         "{answer}"
     );
     assert!(
-        locsvc.lookup(&pki, "sip:bob@example.com").await.is_empty(),
+        lookup(&locsvc, &pki, "sip:bob@example.com")
+            .await
+            .is_empty(),
         "nothing was saved"
     );
     shim.stop().await;
@@ -271,10 +121,7 @@ async fn without_a_client_certificate_a_locsvc_that_requires_one_is_a_503() {
 /// locsvc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_upgrades_http_and_the_tls_domain_is_what_is_verified() {
-    init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path());
-    let mut locsvc = TlsLocsvc::start(&dir.path().join("data"), &pki).await;
+    let (_dir, pki, locsvc) = tls_locsvc().await;
     let with_domain = |domain: &str| {
         let (pki, domain) = (&pki, domain.to_string());
         move |s: &mut ShimSettings| {
@@ -294,8 +141,15 @@ async fn the_ca_upgrades_http_and_the_tls_domain_is_what_is_verified() {
         answer.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
         "{answer}"
     );
-    assert_eq!(locsvc.lookup(&pki, "sip:carol@example.com").await.len(), 1);
-    assert!(locsvc.lookup(&pki, "sip:dave@example.com").await.is_empty());
+    assert_eq!(
+        lookup(&locsvc, &pki, "sip:carol@example.com").await.len(),
+        1
+    );
+    assert!(
+        lookup(&locsvc, &pki, "sip:dave@example.com")
+            .await
+            .is_empty()
+    );
     good.stop().await;
     wrong.stop().await;
     locsvc.stop().await;

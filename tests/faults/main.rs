@@ -674,28 +674,6 @@ async fn with_every_member_hung_locsvc_still_answers_within_the_callers_deadline
     app.stop().await;
 }
 
-/// A binding of `contact` for the store-level test below.
-fn binding(contact: &str, now: i64) -> locsvc::domain::Binding {
-    locsvc::domain::Binding {
-        ruid: format!("r-{contact}"),
-        contact: contact.into(),
-        expires: now + 3600,
-        q: None,
-        call_id: "c".into(),
-        cseq: 1,
-        path: vec![],
-        received: None,
-        user_agent: "t".into(),
-        socket: None,
-        instance: None,
-        reg_id: 0,
-        methods: None,
-        flags: 0,
-        cflags: 0,
-        last_modified: now,
-    }
-}
-
 /// A transactional write cut off by its deadline while the server is hung
 /// (its `BEGIN` sent, never answered) must not leave a pooled connection
 /// that the resumed server holds inside that transaction: every later
@@ -736,7 +714,7 @@ async fn a_write_cut_off_on_a_hung_server_leaves_no_transaction_open_behind() {
         .apply(
             "location",
             &alice,
-            &[binding("sip:a@192.0.2.1", now)],
+            &[binding("r-a", "sip:a@192.0.2.1", now + 3600, now)],
             &gone,
         )
         .await
@@ -748,7 +726,7 @@ async fn a_write_cut_off_on_a_hung_server_leaves_no_transaction_open_behind() {
         .apply(
             "location",
             &alice,
-            &[binding("sip:a2@192.0.2.1", now)],
+            &[binding("r-a2", "sip:a2@192.0.2.1", now + 3600, now)],
             &gone,
         )
         .await;
@@ -760,7 +738,12 @@ async fn a_write_cut_off_on_a_hung_server_leaves_no_transaction_open_behind() {
     let bob = aor("bob");
     let mut attempts = 0;
     while let Err(e) = store
-        .apply("location", &bob, &[binding("sip:b@192.0.2.2", now)], &[])
+        .apply(
+            "location",
+            &bob,
+            &[binding("r-b", "sip:b@192.0.2.2", now + 3600, now)],
+            &[],
+        )
         .await
     {
         // The server may take a moment to serve again after SIGCONT.

@@ -8,7 +8,7 @@ use locsvc_proto::v1::cluster_client::ClusterClient;
 use locsvc_proto::v1::location_client::LocationClient;
 use locsvc_proto::v1::subscribers_client::SubscribersClient;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 
 use crate::harness::*;
@@ -27,7 +27,7 @@ fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 async fn channel(app: &TestApp) -> Channel {
-    Endpoint::from_shared(format!("http://{}", app.addr))
+    Endpoint::from_shared(app.url())
         .unwrap()
         .connect()
         .await
@@ -262,109 +262,22 @@ async fn a_data_token_without_an_admin_token_disables_administration() {
     app.stop().await;
 }
 
-fn openssl(args: &[&str]) {
-    let st = std::process::Command::new("openssl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(st.success(), "openssl {args:?}");
-}
-
-/// A throwaway CA with a server certificate for localhost and a client
-/// certificate, all PEM files in `dir`.
-pub struct Pki {
-    pub ca: String,
-    pub server_cert: String,
-    pub server_key: String,
-    pub client_cert: String,
-    pub client_key: String,
-}
-
-pub fn make_pki(dir: &std::path::Path) -> Pki {
-    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
-    let (ca, ca_key) = (p("ca.pem"), p("ca.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=locsvc test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    let leaf = |name: &str, cn: &str, ext: &str| {
-        std::fs::write(p(&format!("{name}.ext")), ext).unwrap();
-        let (cert, key, csr) = (
-            p(&format!("{name}.pem")),
-            p(&format!("{name}.key")),
-            p(&format!("{name}.csr")),
-        );
-        openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", cn, "-keyout", &key, "-out", &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p(&format!("{name}.ext")),
-            "-out",
-            &cert,
-        ]);
-        (cert, key)
-    };
-    let (server_cert, server_key) = leaf(
-        "server",
-        "/CN=localhost",
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
-    let (client_cert, client_key) = leaf(
-        "client",
-        "/CN=sip-front",
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    );
-    Pki {
-        ca,
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-    }
-}
-
 #[tokio::test]
 async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = Pki::create(dir.path());
     // A second CA the server does not trust for clients.
     let rogue_dir = dir.path().join("rogue");
     std::fs::create_dir(&rogue_dir).unwrap();
-    let rogue = make_pki(&rogue_dir);
+    let rogue = Pki::create(&rogue_dir);
     let mut settings = test_settings(dir.path());
-    settings.grpc.tls_cert = Some(pki.server_cert.clone().into());
-    settings.grpc.tls_key = Some(pki.server_key.clone().into());
-    settings.grpc.tls_client_ca = Some(pki.ca.clone().into());
+    settings.grpc.tls_cert = Some(pki.server_cert.clone());
+    settings.grpc.tls_key = Some(pki.server_key.clone());
+    settings.grpc.tls_client_ca = Some(pki.ca.clone());
     let app = TestApp::spawn(settings).await;
-    let read = |f: &str| std::fs::read(f).unwrap();
     let try_lookup = |identity: Option<Identity>| {
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&pki.ca)))
+            .ca_certificate(pki.ca_certificate())
             .domain_name("localhost");
         if let Some(i) = identity {
             tls = tls.identity(i);
@@ -387,23 +300,15 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
             anyhow::Ok(())
         }
     };
-    try_lookup(Some(Identity::from_pem(
-        read(&pki.client_cert),
-        read(&pki.client_key),
-    )))
-    .await
-    .expect("a client certificate from the client CA is admitted");
+    try_lookup(Some(pki.client_identity()))
+        .await
+        .expect("a client certificate from the client CA is admitted");
     assert!(
         try_lookup(None).await.is_err(),
         "no client certificate, no service"
     );
     assert!(
-        try_lookup(Some(Identity::from_pem(
-            read(&rogue.client_cert),
-            read(&rogue.client_key),
-        )))
-        .await
-        .is_err(),
+        try_lookup(Some(rogue.client_identity())).await.is_err(),
         "a certificate from another CA is refused"
     );
     app.stop().await;

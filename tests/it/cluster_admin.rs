@@ -11,16 +11,7 @@ use locsvc_proto::v1::cluster_client::ClusterClient;
 use crate::harness::*;
 
 async fn wait_for(app: &TestApp, what: &str, f: impl Fn(&TestApp) -> bool) {
-    let mut rx = app.service.router().subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !f(app) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        // A new snapshot, or a resync finishing, changes the answer.
-        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-    }
+    eventually(what, Duration::from_secs(20), async || f(app)).await;
 }
 
 fn readable(app: &TestApp) -> usize {
@@ -192,22 +183,13 @@ async fn a_group_with_no_complete_member_is_merged_and_read_again() {
         let s = open_store(&layout.members[0][no], true);
         let aor = Aor::parse(&format!("sip:{user}@example.com"), KeyPolicy::default()).unwrap();
         let b = vec![locsvc::domain::Binding {
-            ruid: format!("r-{user}"),
-            contact: format!("sip:{user}@192.0.2.9"),
-            expires: now + 600,
-            q: None,
             call_id: user.into(),
-            cseq: 1,
-            path: vec![],
-            received: None,
-            user_agent: String::new(),
-            socket: None,
-            instance: None,
-            reg_id: 0,
-            methods: None,
-            flags: 0,
-            cflags: 0,
-            last_modified: now - 10,
+            ..binding(
+                &format!("r-{user}"),
+                &format!("sip:{user}@192.0.2.9"),
+                now + 600,
+                now - 10,
+            )
         }];
         s.apply("location", &aor, &b, &[]).await.unwrap();
     }

@@ -10,15 +10,6 @@ use tonic_types::StatusExt;
 
 use crate::harness::*;
 
-fn contact(uri: &str, expires: Option<i64>, q: Option<f32>) -> pb::ContactSpec {
-    pb::ContactSpec {
-        uri: uri.into(),
-        expires,
-        q,
-        ..Default::default()
-    }
-}
-
 /// The user-visible flow every backend must support.
 async fn register_lookup_remove_round_trip(app: &TestApp) {
     let mut c = app.client().await;
@@ -115,7 +106,7 @@ async fn the_embedded_sqlite_layout_serves_a_full_round_trip() {
     register_lookup_remove_round_trip(&app).await;
     assert!(dir.path().join("data/master.db").exists());
     assert!(dir.path().join("data/group2-member2.db").exists());
-    let text = scrape(&app).await;
+    let text = app.scrape().await;
     assert!(text.contains("200 OK"), "{text}");
     assert!(
         text.contains(r#"locsvc_rpc_requests_total{code="Ok",method="Save"} 1"#),
@@ -440,44 +431,36 @@ async fn a_member_that_missed_a_write_is_not_read_until_it_cannot_lack_anything(
     // Every instance learns it through locdb.failover.
     let master = layout.master();
     let t = clock.now();
-    let mut recorded = false;
-    for _ in 0..500 {
-        let rows = master.load_locdb().await.unwrap();
-        if rows
-            .iter()
-            .any(|r| r.no == 2 && r.failover.and_utc().timestamp() == t)
-        {
-            recorded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        recorded,
-        "locdb.failover of member 2 records the missed write at {t}: {:?}",
-        master.load_locdb().await.unwrap()
-    );
+    eventually(
+        "locdb.failover of member 2 to record the missed write",
+        Duration::from_secs(5),
+        async || {
+            master
+                .load_locdb()
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.no == 2 && r.failover.and_utc().timestamp() == t)
+        },
+    )
+    .await;
     // Member 1 missed nothing: its "long ago" stays untouched.
     let m1 = &master.load_locdb().await.unwrap()[0];
     assert_eq!((m1.no, m1.failover), (1, locsvc::store::FAILOVER_RESET));
     let group = app.service.router().topology().groups[&1].clone();
     assert_eq!(app.service.router().readable_members(&group).len(), 1);
     clock.advance(window + 1);
-    let mut topo = app.service.router().subscribe();
     // The poll republishes once the failover column reached the snapshot;
     // after the window both members are readable again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let g = app.service.router().topology().groups[&1].clone();
-        if app.service.router().readable_members(&g).len() == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "member 2 readable again after the window"
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(200), topo.changed()).await;
-    }
+    eventually(
+        "member 2 readable again after the window",
+        Duration::from_secs(10),
+        async || {
+            let g = app.service.router().topology().groups[&1].clone();
+            app.service.router().readable_members(&g).len() == 2
+        },
+    )
+    .await;
     app.stop().await;
 }
 
@@ -554,7 +537,7 @@ async fn overload_is_refused_at_once_with_unavailable() {
     eventually(
         "the first save is in flight",
         Duration::from_secs(10),
-        || gauge.get() == 1,
+        async || gauge.get() == 1,
     )
     .await;
     let mut c2 = app.client().await;
@@ -605,81 +588,21 @@ async fn crc32_mode_places_aors_where_kamailio_p_usrloc_puts_them() {
     app.stop().await;
 }
 
-fn openssl(args: &[&str]) {
-    let st = std::process::Command::new("openssl")
-        .args(args)
-        .status()
-        .expect("openssl runs");
-    assert!(st.success(), "openssl {args:?}");
-}
-
 #[tokio::test]
 async fn tls_and_a_bearer_token_protect_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    // A throwaway CA and a leaf certificate for localhost signed by it.
-    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
-    let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
-    std::fs::write(
-        p("leaf.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=locsvc test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &key,
-        "-out",
-        &p("leaf.csr"),
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("leaf.csr"),
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("leaf.ext"),
-        "-out",
-        &cert,
-    ]);
+    let pki = Pki::create(dir.path());
     let mut settings = test_settings(dir.path());
-    settings.grpc.tls_cert = Some(cert.into());
-    settings.grpc.tls_key = Some(key.into());
+    settings.grpc.tls_cert = Some(pki.server_cert.clone());
+    settings.grpc.tls_key = Some(pki.server_key.clone());
     settings.grpc.token = Some("t0ken".into());
     let app = TestApp::spawn(settings).await;
-    let ca = tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap());
     let channel =
         tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", app.addr.port()))
             .unwrap()
             .tls_config(
                 tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(ca)
+                    .ca_certificate(pki.ca_certificate())
                     .domain_name("localhost"),
             )
             .unwrap()

@@ -86,7 +86,7 @@ async fn a_lookup_after_an_acknowledged_save_never_reads_the_member_still_writin
     eventually(
         "member 2 confirms the write",
         Duration::from_secs(10),
-        || !group.members[1].health.unconfirmed.is_behind(key),
+        async || !group.members[1].health.unconfirmed.is_behind(key),
     )
     .await;
     assert_eq!(group.members[1].health.missed_write_at(), 0);

@@ -24,22 +24,9 @@ fn aor(s: &str) -> Aor {
 
 fn binding(ruid: &str, contact: &str, expires: i64) -> Binding {
     Binding {
-        ruid: ruid.into(),
-        contact: contact.into(),
-        expires,
-        q: None,
-        call_id: format!("cid-{ruid}"),
         cseq: 7,
-        path: vec![],
-        received: None,
         user_agent: "ua".into(),
-        socket: None,
-        instance: None,
-        reg_id: 0,
-        methods: None,
-        flags: 0,
-        cflags: 0,
-        last_modified: T0,
+        ..testkit::binding(ruid, contact, expires, T0)
     }
 }
 

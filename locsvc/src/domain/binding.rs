@@ -41,28 +41,35 @@ impl Binding {
         self.expires > now
     }
 
-    /// A binding of `contact` (ruid derived from it) expiring at `expires`,
-    /// with neutral values elsewhere: for unit tests.
-    #[cfg(test)]
-    pub(crate) fn sample(contact: &str, expires: UnixTime) -> Self {
+    /// A binding with this identity and these times, every other field
+    /// neutral (no q, Path, NAT, instance or flags): what tests, fixtures
+    /// and bulk loads build on.
+    pub fn new(ruid: &str, contact: &str, expires: UnixTime, last_modified: UnixTime) -> Self {
         Self {
-            ruid: format!("r-{contact}"),
+            ruid: ruid.into(),
             contact: contact.into(),
             expires,
             q: None,
-            call_id: "c".into(),
+            call_id: format!("cid-{ruid}"),
             cseq: 1,
             path: vec![],
             received: None,
-            user_agent: "t".into(),
+            user_agent: String::new(),
             socket: None,
             instance: None,
             reg_id: 0,
             methods: None,
             flags: 0,
             cflags: 0,
-            last_modified: expires - 3600,
+            last_modified,
         }
+    }
+
+    /// A binding of `contact` (ruid derived from it) expiring at `expires`,
+    /// registered an hour earlier: for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(contact: &str, expires: UnixTime) -> Self {
+        Self::new(&format!("r-{contact}"), contact, expires, expires - 3600)
     }
 }
 

@@ -231,8 +231,13 @@ fn options() -> StoreOptions {
     StoreOptions {
         tables: vec!["location".into()],
         use_domain: true,
-        pool: PoolSettings::default(),
-        query_timeout: std::time::Duration::from_secs(5),
+        // A loaded test machine can hold SQLite's single writer longer
+        // than the default acquire wait.
+        pool: PoolSettings {
+            acquire_timeout: std::time::Duration::from_secs(10),
+            ..PoolSettings::default()
+        },
+        query_timeout: std::time::Duration::from_secs(10),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::location_server::Location;
+use svc_base::metrics::InFlight;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -109,22 +110,6 @@ impl LocationApi {
             .with_label_values(&[method, &code])
             .inc();
         r.map(Response::new)
-    }
-}
-
-/// Counts a request in flight until dropped (also when the client cancels).
-struct InFlight(prometheus::IntGauge);
-
-impl InFlight {
-    fn enter(g: &prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -14,11 +14,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnectionMetadata;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use super::{DbUrl, Dialect, StoreError};
 
@@ -76,6 +74,16 @@ fn ping_if_idle<C: sqlx::Connection>(
     })
 }
 
+/// The pool options every driver shares, with at most `max` connections.
+fn pool_options<DB: sqlx::Database>(s: &PoolSettings, max: u32) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .before_acquire(ping_if_idle)
+        .acquire_timeout(s.acquire_timeout)
+        .idle_timeout(s.idle_timeout)
+}
+
 /// A pool of one of the three drivers.
 #[derive(Debug, Clone)]
 pub enum DbPool {
@@ -104,27 +112,11 @@ impl DbPool {
         Ok(match url.dialect() {
             Dialect::MySql => {
                 let o = MySqlConnectOptions::from_str(url.expose()).map_err(cfg)?;
-                Self::MySql(
-                    MySqlPoolOptions::new()
-                        .max_connections(s.max_connections)
-                        .test_before_acquire(false)
-                        .before_acquire(ping_if_idle)
-                        .acquire_timeout(s.acquire_timeout)
-                        .idle_timeout(s.idle_timeout)
-                        .connect_lazy_with(o),
-                )
+                Self::MySql(pool_options(s, s.max_connections).connect_lazy_with(o))
             }
             Dialect::Postgres => {
                 let o = PgConnectOptions::from_str(url.expose()).map_err(cfg)?;
-                Self::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(s.max_connections)
-                        .test_before_acquire(false)
-                        .before_acquire(ping_if_idle)
-                        .acquire_timeout(s.acquire_timeout)
-                        .idle_timeout(s.idle_timeout)
-                        .connect_lazy_with(o),
-                )
+                Self::Postgres(pool_options(s, s.max_connections).connect_lazy_with(o))
             }
             Dialect::Sqlite => {
                 let o = SqliteConnectOptions::from_str(url.expose())
@@ -134,15 +126,7 @@ impl DbPool {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(s.acquire_timeout);
-                Self::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(s.max_connections.min(8))
-                        .test_before_acquire(false)
-                        .before_acquire(ping_if_idle)
-                        .acquire_timeout(s.acquire_timeout)
-                        .idle_timeout(s.idle_timeout)
-                        .connect_lazy_with(o),
-                )
+                Self::Sqlite(pool_options(s, s.max_connections.min(8)).connect_lazy_with(o))
             }
         })
     }

@@ -1,188 +1,31 @@
-//! The harness the shim's end-to-end tests share: a real locsvc (embedded
-//! SQLite in a tempdir) and a real shim, both in-process on port 0, sipp as
-//! a child process, and raw-datagram helpers. Each test binary uses part of it.
+//! The harness the shim's end-to-end tests share: a real shim in-process on
+//! port 0 in front of a real locsvc (`testkit::TestApp`, embedded SQLite in
+//! a tempdir), sipp as a child process, and raw-datagram helpers. Each test
+//! binary uses part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use locsvc_proto::v1::location_client::LocationClient;
-use locsvc_proto::v1::{Binding, ContactSpec, LookupRequest, SaveRequest};
 use proxy_shim::app::App as Shim;
 use proxy_shim::settings::{Mode, Settings as ShimSettings};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use testkit::{Serving, TestApp, init_tracing};
+use tokio::net::UdpSocket;
 
 pub const SIPP: &str = "/usr/bin/sipp";
-
-/// One running in-process locsvc.
-pub struct Locsvc {
-    pub url: String,
-    pub stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<()>>,
-}
-
-impl Locsvc {
-    pub async fn start(data_dir: &Path) -> Self {
-        let mut settings = locsvc::settings::Settings {
-            data_dir: data_dir.to_path_buf(),
-            metrics_listen: None,
-            ..locsvc::settings::Settings::default()
-        };
-        settings.grpc.listen = "127.0.0.1:0".parse().expect("addr");
-        let app = locsvc::app::App::build(settings)
-            .await
-            .expect("locsvc builds");
-        let url = format!("http://{}", app.grpc_addr());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("locsvc runs");
-        });
-        let me = Self {
-            url,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        me.warm_up().await;
-        me
-    }
-
-    /// Writes (then removes) a binding in every group, so every member's
-    /// pool and queues exist before a test's first REGISTER: the shim gives
-    /// locsvc 400 ms, and a cold start on a loaded machine can take longer
-    /// (it is not what the tests measure).
-    async fn warm_up(&self) {
-        let mut c = self.client().await;
-        let mut groups = std::collections::BTreeSet::new();
-        for i in 0..64 {
-            let aor = format!("sip:warmup-{i}@example.com");
-            let saved = c
-                .save(SaveRequest {
-                    aor: aor.clone(),
-                    contacts: vec![ContactSpec {
-                        uri: format!("sip:warmup-{i}@192.0.2.250"),
-                        ..Default::default()
-                    }],
-                    expires: Some(60),
-                    call_id: "warm-up".into(),
-                    cseq: 1,
-                    ..Default::default()
-                })
-                .await
-                .expect("warm-up save")
-                .into_inner();
-            c.remove(locsvc_proto::v1::RemoveRequest {
-                table: String::new(),
-                aor,
-                contact: String::new(),
-            })
-            .await
-            .expect("warm-up remove");
-            groups.insert(saved.group);
-            if groups.len() >= 2 {
-                break;
-            }
-        }
-    }
-
-    /// Stops the instance and waits until it no longer serves.
-    pub async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.expect("locsvc stops cleanly");
-        }
-    }
-
-    pub async fn client(&self) -> LocationClient<tonic::transport::Channel> {
-        LocationClient::connect(self.url.clone())
-            .await
-            .expect("connect to locsvc")
-    }
-
-    pub async fn lookup(&self, aor: &str) -> Vec<Binding> {
-        self.client()
-            .await
-            .lookup(LookupRequest {
-                table: String::new(),
-                aor: aor.into(),
-            })
-            .await
-            .expect("lookup")
-            .into_inner()
-            .bindings
-    }
-
-    /// Adds a subscriber through the admin API (the test locsvc has no
-    /// tokens).
-    pub async fn add_subscriber(&self, username: &str, domain: &str, password: &str) {
-        locsvc_proto::v1::subscribers_client::SubscribersClient::connect(self.url.clone())
-            .await
-            .expect("connect to locsvc")
-            .add(locsvc_proto::v1::AddSubscriberRequest {
-                username: username.into(),
-                domain: domain.into(),
-                password: password.into(),
-            })
-            .await
-            .expect("add subscriber");
-    }
-
-    /// Changes a subscriber's password through the admin API.
-    pub async fn set_password(&self, username: &str, domain: &str, password: &str) {
-        locsvc_proto::v1::subscribers_client::SubscribersClient::connect(self.url.clone())
-            .await
-            .expect("connect to locsvc")
-            .set_password(locsvc_proto::v1::SetPasswordRequest {
-                username: username.into(),
-                domain: domain.into(),
-                password: password.into(),
-            })
-            .await
-            .expect("set password");
-    }
-
-    pub async fn save(&self, aor: &str, contacts: &[(&str, f32)]) {
-        self.client()
-            .await
-            .save(SaveRequest {
-                aor: aor.into(),
-                contacts: contacts
-                    .iter()
-                    .map(|(uri, q)| ContactSpec {
-                        uri: uri.to_string(),
-                        q: Some(*q),
-                        ..Default::default()
-                    })
-                    .collect(),
-                expires: Some(600),
-                call_id: "seed".into(),
-                cseq: 1,
-                ..Default::default()
-            })
-            .await
-            .expect("save");
-    }
-}
 
 /// One running in-process shim.
 pub struct RunningShim {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub metrics: std::sync::Arc<proxy_shim::metrics::Metrics>,
-    pub stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<()>>,
+    serving: Serving<()>,
 }
 
 impl RunningShim {
-    pub async fn start(locsvc: &[&Locsvc], mode: Mode) -> Self {
-        let urls = locsvc.iter().map(|l| l.url.clone()).collect();
+    pub async fn start(locsvc: &[&TestApp], mode: Mode) -> Self {
+        let urls = locsvc.iter().map(|l| l.url()).collect();
         Self::start_with(urls, mode, |_| {}).await
     }
 
@@ -204,19 +47,11 @@ impl RunningShim {
         };
         tweak(&mut settings);
         let app = Shim::build(settings).await.expect("shim builds");
-        let addr = app.local_addr();
-        let metrics_addr = app.metrics_addr().expect("metrics are served");
-        let metrics = app.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
         Self {
-            addr,
-            metrics_addr,
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
+            addr: app.local_addr(),
+            metrics_addr: app.metrics_addr().expect("metrics are served"),
+            metrics: app.metrics(),
+            serving: Serving::spawn(|signal| app.run(signal)),
         }
     }
 
@@ -229,31 +64,13 @@ impl RunningShim {
             .unwrap_or(0)
     }
 
-    /// `GET /metrics` over plain HTTP/1.1.
+    /// `GET /metrics` from the shim's metrics listener.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .expect("connect to the metrics listener");
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send the scrape");
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut text))
-            .await
-            .expect("a scrape answer within 5 s")
-            .expect("read the scrape");
-        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-        text
+        testkit::scrape(self.metrics_addr).await
     }
 
     pub async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.expect("shim stops cleanly");
-        }
+        self.serving.stop().await;
     }
 }
 
@@ -318,26 +135,9 @@ pub fn free_udp_port() -> u16 {
         .expect("a free port")
 }
 
-/// Polls `f` until it holds or the deadline passes (waiting on observable
-/// state, not sleeping for a guessed duration).
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub struct Env {
     pub dir: tempfile::TempDir,
-    pub locsvc: Locsvc,
+    pub locsvc: TestApp,
     pub shim: RunningShim,
 }
 
@@ -347,39 +147,45 @@ pub async fn env(mode: Mode) -> Env {
 
 /// `env` with `tweak` applied to the shim's settings.
 pub async fn env_with(mode: Mode, tweak: impl FnOnce(&mut ShimSettings)) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let locsvc = Locsvc::start(&dir.path().join("data")).await;
-    let shim = RunningShim::start_with(vec![locsvc.url.clone()], mode, tweak).await;
+    let locsvc = TestApp::embedded(&dir.path().join("data")).await;
+    let shim = RunningShim::start_with(vec![locsvc.url()], mode, tweak).await;
     Env { dir, locsvc, shim }
 }
 
 impl Env {
+    /// Runs sipp's scenario `name` against the shim, in the tempdir.
+    pub async fn sipp(&self, name: &str, extra: &[&str]) -> (bool, String) {
+        sipp(self.dir.path(), self.shim.addr, name, extra).await
+    }
+
     pub async fn finish(mut self) {
         self.shim.stop().await;
         self.locsvc.stop().await;
     }
 }
 
-/// Sends one datagram to the shim and waits (bounded) for one answer.
+/// A UDP socket on 127.0.0.1 at an ephemeral port, and its address.
+pub async fn udp_socket() -> (UdpSocket, SocketAddr) {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    (sock, addr)
+}
+
+/// Sends `msg` from `sock` to `to` and returns the next datagram `sock`
+/// receives (bounded: 10 s, enough for a first request that pays for a
+/// TLS handshake to locsvc on a loaded machine).
+pub async fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    sock.send_to(msg.as_bytes(), to).await.expect("send");
+    recv_text(sock, Duration::from_secs(10)).await.0
+}
+
+/// Sends one datagram to the shim from a fresh socket (`{port}` in `msg`
+/// becomes that socket's port) and waits (bounded) for one answer.
 pub async fn udp_exchange(shim: SocketAddr, msg: &str) -> String {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let msg = msg.replace(
-        "{port}",
-        &sock.local_addr().expect("addr").port().to_string(),
-    );
-    sock.send_to(msg.as_bytes(), shim).await.expect("send");
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-        .await
-        .expect("an answer within 5 s")
-        .expect("recv");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let (sock, me) = udp_socket().await;
+    ask(&sock, shim, &msg.replace("{port}", &me.port().to_string())).await
 }
 
 pub fn request(method: &str, ruri: &str, to: &str, extra: &str) -> String {
@@ -391,7 +197,7 @@ pub fn request(method: &str, ruri: &str, to: &str, extra: &str) -> String {
 }
 
 /// Receives one datagram (bounded), as text.
-pub async fn recv_text(sock: &tokio::net::UdpSocket, within: Duration) -> (String, SocketAddr) {
+pub async fn recv_text(sock: &UdpSocket, within: Duration) -> (String, SocketAddr) {
     let mut buf = vec![0u8; 65536];
     let (n, from) = tokio::time::timeout(within, sock.recv_from(&mut buf))
         .await

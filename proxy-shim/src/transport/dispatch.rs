@@ -1,0 +1,76 @@
+//! What both receive loops hand their messages to: a task per message,
+//! bounded by `max_in_flight`, whose answers go out through the `Outbox`.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::outbox::Outbox;
+use crate::envelope::Inbound;
+use crate::limits::Limits;
+use crate::sip::Parsed;
+use crate::state::Core;
+
+/// Everything a receive loop needs besides its socket; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    pub core: Arc<Core>,
+    pub outbox: Outbox,
+    /// Messages being handled at once (`max_in_flight` permits).
+    pub in_flight: Arc<Semaphore>,
+    pub limits: Arc<Limits>,
+    /// Every task spawned (connections and messages), awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the loops must stop receiving.
+    pub stop: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Handles one parsed message in its own task, or answers 503 at once
+    /// when `max_in_flight` messages are already being handled.
+    pub fn dispatch(&self, msg: Parsed, src: Inbound) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.overloaded(&msg, src);
+            return;
+        };
+        let (core, outbox) = (self.core.clone(), self.outbox.clone());
+        let in_flight = core.metrics.in_flight_guard();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let _in_flight = in_flight;
+            let out = match msg {
+                Parsed::Request(req) => core.handle_request(req, src).await,
+                Parsed::Response(resp) => {
+                    core.handle_response(resp, src).await.into_iter().collect()
+                }
+            };
+            for o in out {
+                outbox.send(&core.metrics, o).await;
+            }
+        });
+    }
+
+    /// A request gets 503 + Retry-After; an ACK or a response is dropped.
+    fn overloaded(&self, msg: &Parsed, src: Inbound) {
+        let core = &self.core;
+        let Parsed::Request(req) = msg else {
+            core.metrics.dropped("overloaded");
+            return;
+        };
+        if req.method() == "ACK" {
+            core.metrics.dropped("overloaded");
+            return;
+        }
+        core.metrics.overloaded();
+        let retry_after = [("Retry-After", "1".to_string())];
+        let out = core.reply(req, src, 503, "Service Unavailable", &retry_after);
+        let (core, outbox) = (core.clone(), self.outbox.clone());
+        self.tasks.spawn(async move {
+            for o in out {
+                outbox.send(&core.metrics, o).await;
+            }
+        });
+    }
+}
