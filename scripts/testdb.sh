@@ -46,7 +46,7 @@ SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
 readonly SCRIPT_PATH
 # log, die, usage, ports, processes, MariaDB: shared with benches/sip/layout.sh.
 # shellcheck source=SCRIPTDIR/lib/dbserver.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/dbserver.sh"
+source "$(dirname "$SCRIPT_PATH")/lib/dbserver.sh"
 
 kind_of() {
 	case $1 in

@@ -235,9 +235,16 @@ impl Layers {
             };
             match value {
                 Some(value) => self.set(&key, value, source),
-                None => self.problems.push(format!(
-                    "`{key}` ({source}): unsupported value {v} (expected a string, number, boolean or a list of them)"
-                )),
+                None => {
+                    let shown = if is_secret_key(&key) {
+                        "***".to_string()
+                    } else {
+                        redact(&v.to_string())
+                    };
+                    self.problems.push(format!(
+                        "`{key}` ({source}): unsupported value {shown} (expected a string, number, boolean or a list of them)"
+                    ));
+                }
             }
         }
     }
@@ -303,17 +310,19 @@ fn is_secret_key(key: &str) -> bool {
 /// `raw` with the password of a URL (`scheme://user:password@host`)
 /// replaced by `***`; anything else unchanged.
 pub fn redact(raw: &str) -> String {
-    let Some(start) = raw.find("://").map(|i| i + 3) else {
-        return raw.to_string();
-    };
-    // The last '@': a password may hold an unescaped '@'. One in the path
-    // or query then hides more than needed, which is the safe direction.
-    let Some(at) = raw.rfind('@').filter(|&at| at > start) else {
-        return raw.to_string();
-    };
-    match raw[start..at].find(':') {
-        Some(colon) => format!("{}***{}", &raw[..start + colon + 1], &raw[at..]),
-        None => raw.to_string(),
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        // Unparsable: where the user name ends is a guess, so hide everything
+        // between "://" and the last '@' (a password may hold an unescaped
+        // '@'; one in the path or query hides more, the safe direction).
+        Err(_) => match (raw.find("://"), raw.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &raw[..s + 3], &raw[at..]),
+            _ => raw.to_string(),
+        },
     }
 }
 
@@ -447,11 +456,43 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_show_in_unsupported_toml_values() {
+        let mut l = layers();
+        l.toml(
+            "auth_token = [[\"hunter2\"]]\nurls = [[\"mysql://u:hunter2@h/db\"]]\n\
+             [db]\npassword = [{ a = \"hunter2\" }]\n",
+            "f.toml",
+        );
+        let problems = l.resolve(|_, _| Ok(()));
+        let text = problems.join("\n");
+        assert_eq!(problems.len(), 3, "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("`auth_token` (f.toml): unsupported value ***"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`db.password` (f.toml): unsupported value ***"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"unsupported value [["mysql://***@h/db"]]"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn redact_masks_only_url_passwords() {
         assert_eq!(redact("mysql://u:pw@h:3306/db"), "mysql://u:***@h:3306/db");
         assert_eq!(redact("mysql://u:p@w@h/db"), "mysql://u:***@h/db");
         assert_eq!(redact("mysql://u@h/db"), "mysql://u@h/db");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
         assert_eq!(redact("127.0.0.1:5060"), "127.0.0.1:5060");
+    }
+
+    #[test]
+    fn unparsable_urls_are_still_redacted() {
+        assert_eq!(redact("mysql://u:p w@h/x"), "mysql://u:***@h/x");
+        assert_eq!(redact("mysql://u:pw@[bad/x"), "mysql://***@[bad/x");
     }
 }

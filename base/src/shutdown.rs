@@ -36,9 +36,10 @@ mod tests {
     async fn a_sigterm_after_the_call_resolves_the_future_instead_of_killing_the_process() {
         let stop = shutdown_signal().unwrap();
         // std has no kill(2); the `kill` command raises the signal.
-        let status = std::process::Command::new("kill")
+        let status = tokio::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])
             .status()
+            .await
             .unwrap();
         assert!(status.success());
         tokio::time::timeout(std::time::Duration::from_secs(5), stop)

@@ -62,7 +62,7 @@ readonly REPO
 readonly MIGRATIONS=${BENCH_MIGRATIONS:-$REPO/migrations/mysql}
 # log, die, usage, ports, processes, MariaDB: shared with scripts/testdb.sh.
 # shellcheck source=SCRIPTDIR/../../scripts/lib/dbserver.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/dbserver.sh"
+source "$(dirname "$SCRIPT_PATH")/../../scripts/lib/dbserver.sh"
 
 pid_file() { echo "$STATE_DIR/$1/pid"; }
 answers() { mariadb_answers_tcp "$1"; }
@@ -95,7 +95,10 @@ db_start() {
 		log "$name already up on 127.0.0.1:$(port_of "$name") (pid $pid)"
 		return 0
 	fi
-	if [[ -z $pid ]]; then
+	if [[ -n $pid ]]; then
+		log "$name (pid $pid) runs but does not answer yet; waiting"
+		mark_log "$STATE_DIR/$name/server.log"
+	else
 		mariadb_launch "$name" \
 			--innodb-buffer-pool-size="$BUFFER_POOL" \
 			--innodb-log-file-size=256M \

@@ -196,6 +196,18 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     Ok(report)
 }
 
+/// The master store, migrated first when it is the embedded layout or
+/// `cluster.auto_migrate` asks for it; and its URL.
+async fn open_migrated_master(settings: &Settings) -> Result<(DbUrl, SqlStore), AppError> {
+    let (url, embedded, master) = open_master(settings)?;
+    if embedded || settings.cluster.auto_migrate {
+        for line in migrate(settings).await? {
+            tracing::info!("{line}");
+        }
+    }
+    Ok((url, master))
+}
+
 /// The subscriber store: its own database when `subscribers_url` is set
 /// (true: its pool is ours to close), else the master's `subscriber` table.
 fn open_subscribers(
@@ -230,12 +242,7 @@ impl App {
 
     /// Builds an instance whose components read time from `clock`.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, AppError> {
-        let (url, embedded, master) = open_master(&settings)?;
-        if embedded || settings.cluster.auto_migrate {
-            for line in migrate(&settings).await? {
-                tracing::info!("{line}");
-            }
-        }
+        let (url, master) = open_migrated_master(&settings).await?;
         let metrics = Arc::new(Metrics::new());
         let opts = settings.store_options(settings.cluster_tables());
         let master = Arc::new(master);

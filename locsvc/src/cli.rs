@@ -122,7 +122,8 @@ pub struct ClientArgs {
 
 /// Adds the bearer token to every request.
 type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
-type Client = LocationClient<tonic::service::interceptor::InterceptedService<Channel, AuthFn>>;
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, AuthFn>;
+type Client = LocationClient<Intercepted>;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let (channel, auth) = channel(args, false).await?;
@@ -251,113 +252,150 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
             expires,
             q,
         } => {
-            let r = c
-                .save(pb::SaveRequest {
-                    table,
-                    aor: aor.clone(),
-                    contacts: vec![pb::ContactSpec {
-                        uri: contact.clone(),
-                        expires: *expires,
-                        q: *q,
-                        ..Default::default()
-                    }],
-                    call_id: format!("locsvc-cli-{}", uuid::Uuid::new_v4().simple()),
-                    cseq: 1,
-                    user_agent: "locsvc-cli".into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            print_bindings(args.json, aor, r.group, &r.bindings);
+            let spec = pb::ContactSpec {
+                uri: contact.clone(),
+                expires: *expires,
+                q: *q,
+                ..Default::default()
+            };
+            ul_save(&mut c, args.json, table, aor, spec).await
         }
-        UlCommand::Show { aor } => {
-            let r = c
-                .lookup(pb::LookupRequest {
-                    table,
-                    aor: aor.clone(),
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            print_bindings(args.json, aor, r.group, &r.bindings);
-        }
+        UlCommand::Show { aor } => ul_show(&mut c, args.json, table, aor).await,
         UlCommand::Rm { aor, contact } => {
-            let r = c
-                .remove(pb::RemoveRequest {
-                    table,
-                    aor: aor.clone(),
-                    contact: contact.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"aor": aor, "group": r.group, "removed": r.removed})
-                );
+            ul_rm(&mut c, args.json, table, aor, contact.as_deref()).await
+        }
+        UlCommand::Dump { group } => ul_dump(&mut c, args.json, table, *group).await,
+        UlCommand::Stats => ul_stats(&mut c, args.json, table).await,
+    }
+}
+
+/// `ul save`: registers one contact under a call-id of its own.
+async fn ul_save(
+    c: &mut Client,
+    json_out: bool,
+    table: String,
+    aor: &str,
+    contact: pb::ContactSpec,
+) -> anyhow::Result<()> {
+    let r = c
+        .save(pb::SaveRequest {
+            table,
+            aor: aor.to_string(),
+            contacts: vec![contact],
+            call_id: format!("locsvc-cli-{}", uuid::Uuid::new_v4().simple()),
+            cseq: 1,
+            user_agent: "locsvc-cli".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_bindings(json_out, aor, r.group, &r.bindings);
+    Ok(())
+}
+
+/// `ul show`.
+async fn ul_show(c: &mut Client, json_out: bool, table: String, aor: &str) -> anyhow::Result<()> {
+    let r = c
+        .lookup(pb::LookupRequest {
+            table,
+            aor: aor.to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_bindings(json_out, aor, r.group, &r.bindings);
+    Ok(())
+}
+
+/// `ul rm`: one contact, or all of them without one.
+async fn ul_rm(
+    c: &mut Client,
+    json_out: bool,
+    table: String,
+    aor: &str,
+    contact: Option<&str>,
+) -> anyhow::Result<()> {
+    let r = c
+        .remove(pb::RemoveRequest {
+            table,
+            aor: aor.to_string(),
+            contact: contact.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        println!(
+            "{}",
+            json!({"aor": aor, "group": r.group, "removed": r.removed})
+        );
+    } else {
+        println!(
+            "AoR: {aor} (group {}): {} binding(s) removed",
+            r.group, r.removed
+        );
+    }
+    Ok(())
+}
+
+/// `ul dump`: text is printed page by page as it streams in; JSON is one
+/// array, so it waits for the last page.
+async fn ul_dump(c: &mut Client, json_out: bool, table: String, group: u32) -> anyhow::Result<()> {
+    let mut stream = c
+        .dump(pb::DumpRequest {
+            table,
+            group,
+            page_size: 0,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(page) = stream.message().await.map_err(rpc_error)? {
+        for ab in page.bindings {
+            let Some(b) = ab.binding else { continue };
+            if json_out {
+                all.push(json!({"group": page.group, "aor": ab.aor, "binding": binding_json(&b)}));
             } else {
                 println!(
-                    "AoR: {aor} (group {}): {} binding(s) removed",
-                    r.group, r.removed
+                    "AoR: {} (group {})\n{}",
+                    ab.aor,
+                    page.group,
+                    binding_line(&b)
                 );
             }
         }
-        UlCommand::Dump { group } => {
-            let mut stream = c
-                .dump(pb::DumpRequest {
-                    table,
-                    group: *group,
-                    page_size: 0,
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            let mut all = Vec::new();
-            while let Some(page) = stream.message().await.map_err(rpc_error)? {
-                for ab in page.bindings {
-                    let Some(b) = ab.binding else { continue };
-                    if args.json {
-                        all.push(json!({"group": page.group, "aor": ab.aor, "binding": binding_json(&b)}));
-                    } else {
-                        println!(
-                            "AoR: {} (group {})\n{}",
-                            ab.aor,
-                            page.group,
-                            binding_line(&b)
-                        );
-                    }
-                }
-            }
-            if args.json {
-                println!("{}", Value::Array(all));
-            }
+    }
+    if json_out {
+        println!("{}", Value::Array(all));
+    }
+    Ok(())
+}
+
+/// `ul stats`.
+async fn ul_stats(c: &mut Client, json_out: bool, table: String) -> anyhow::Result<()> {
+    let r = c
+        .stats(pb::StatsRequest { table })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        let groups: Vec<Value> = r
+            .groups
+            .iter()
+            .map(|g| json!({"group": g.group, "contacts": g.contacts, "aors": g.aors, "member": g.member}))
+            .collect();
+        println!(
+            "{}",
+            json!({"contacts": r.contacts, "aors": r.aors, "groups": groups})
+        );
+    } else {
+        println!("{:>6} {:>10} {:>10}", "group", "contacts", "aors");
+        for g in &r.groups {
+            println!("{:>6} {:>10} {:>10}", g.group, g.contacts, g.aors);
         }
-        UlCommand::Stats => {
-            let r = c
-                .stats(pb::StatsRequest { table })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            if args.json {
-                let groups: Vec<Value> = r
-                    .groups
-                    .iter()
-                    .map(|g| json!({"group": g.group, "contacts": g.contacts, "aors": g.aors, "member": g.member}))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"contacts": r.contacts, "aors": r.aors, "groups": groups})
-                );
-            } else {
-                println!("{:>6} {:>10} {:>10}", "group", "contacts", "aors");
-                for g in &r.groups {
-                    println!("{:>6} {:>10} {:>10}", g.group, g.contacts, g.aors);
-                }
-                println!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
-            }
-        }
+        println!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
     }
     Ok(())
 }
@@ -373,69 +411,10 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            let status = |m: &pb::MemberInfo| match pb::MemberStatus::try_from(m.status) {
-                Ok(pb::MemberStatus::On) => "on",
-                Ok(pb::MemberStatus::Off) => "off",
-                Ok(pb::MemberStatus::Maintenance) => "maintenance",
-                _ => "?",
-            };
-            let failover = |t: i64| {
-                chrono::DateTime::from_timestamp(t, 0)
-                    .filter(|_| t > 0)
-                    .map_or_else(
-                        || "-".to_string(),
-                        |d| d.format("%Y-%m-%d %H:%M:%S").to_string(),
-                    )
-            };
             if args.json {
-                let members: Vec<Value> = r
-                    .members
-                    .iter()
-                    .map(|m| {
-                        json!({
-                            "group": m.group, "no": m.no, "url": m.url, "status": status(m),
-                            "errors": m.errors, "failover": m.failover, "readable": m.readable,
-                            "spare": m.spare, "rg": m.risk_group, "transport_errors": m.transport_errors,
-                            "last_probe_ms": m.last_probe_ms, "last_probe_ok": m.last_probe_ok,
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"generation": r.generation, "members": members, "problems": r.problems})
-                );
-                return Ok(());
-            }
-            println!(
-                "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  url",
-                "group", "no", "status", "readable", "errors", "failover", "probe"
-            );
-            for m in &r.members {
-                let probe = match m.last_probe_ms {
-                    Some(ms) => {
-                        format!("{ms:.1}ms {}", if m.last_probe_ok { "ok" } else { "FAIL" })
-                    }
-                    None => "-".into(),
-                };
-                let kind = if m.spare {
-                    format!("{} spare", status(m))
-                } else {
-                    status(m).to_string()
-                };
-                println!(
-                    "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  {}",
-                    m.group,
-                    m.no,
-                    kind,
-                    if m.readable { "yes" } else { "no" },
-                    m.errors,
-                    failover(m.failover),
-                    probe,
-                    m.url
-                );
-            }
-            for p in &r.problems {
-                println!("problem: {p}");
+                print_groups_json(&r);
+            } else {
+                print_groups_table(&r);
             }
         }
         GroupsCommand::SetStatus {
@@ -467,37 +446,107 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
     Ok(())
 }
 
+/// A member's locdb status as `groups set-status` spells it.
+fn member_status(m: &pb::MemberInfo) -> &'static str {
+    match pb::MemberStatus::try_from(m.status) {
+        Ok(pb::MemberStatus::On) => "on",
+        Ok(pb::MemberStatus::Off) => "off",
+        Ok(pb::MemberStatus::Maintenance) => "maintenance",
+        _ => "?",
+    }
+}
+
+/// A failover time in UTC; `-` for "never" (0, or a reset before 1970).
+fn failover_time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .filter(|_| t > 0)
+        .map_or_else(
+            || "-".to_string(),
+            |d| d.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+}
+
+/// `groups list --json`.
+fn print_groups_json(r: &pb::ListGroupsResponse) {
+    let members: Vec<Value> = r
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "group": m.group, "no": m.no, "url": m.url, "status": member_status(m),
+                "errors": m.errors, "failover": m.failover, "readable": m.readable,
+                "spare": m.spare, "rg": m.risk_group, "transport_errors": m.transport_errors,
+                "last_probe_ms": m.last_probe_ms, "last_probe_ok": m.last_probe_ok,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({"generation": r.generation, "members": members, "problems": r.problems})
+    );
+}
+
+/// `groups list`: one line per member, then the layout's problems.
+fn print_groups_table(r: &pb::ListGroupsResponse) {
+    println!(
+        "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  url",
+        "group", "no", "status", "readable", "errors", "failover", "probe"
+    );
+    for m in &r.members {
+        let probe = match m.last_probe_ms {
+            Some(ms) => {
+                format!("{ms:.1}ms {}", if m.last_probe_ok { "ok" } else { "FAIL" })
+            }
+            None => "-".into(),
+        };
+        let kind = if m.spare {
+            format!("{} spare", member_status(m))
+        } else {
+            member_status(m).to_string()
+        };
+        println!(
+            "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  {}",
+            m.group,
+            m.no,
+            kind,
+            if m.readable { "yes" } else { "no" },
+            m.errors,
+            failover_time(m.failover),
+            probe,
+            m.url
+        );
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+}
+
 /// Runs one `subscriber` command against the server.
 pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyhow::Result<()> {
     let (channel, auth) = channel(args, true).await?;
     let mut c = SubscribersClient::with_interceptor(channel, auth);
-    let account = |aor: &str| -> anyhow::Result<(String, String)> {
-        let (u, d) = split_aor(aor).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok((u.to_string(), d.to_string()))
-    };
     match cmd {
-        SubscriberCommand::Add { aor, password } | SubscriberCommand::Passwd { aor, password } => {
+        SubscriberCommand::Add { aor, password } => {
             let (username, domain) = account(aor)?;
-            let (u, d, password) = (username.clone(), domain.clone(), password.clone());
-            let (key, text) = if matches!(cmd, SubscriberCommand::Add { .. }) {
-                let req = pb::AddSubscriberRequest {
-                    username: u,
-                    domain: d,
-                    password,
-                };
-                c.add(req).await.map_err(rpc_error)?;
-                ("added", format!("subscriber {username}@{domain} added"))
-            } else {
-                let req = pb::SetPasswordRequest {
-                    username: u,
-                    domain: d,
-                    password,
-                };
-                c.set_password(req).await.map_err(rpc_error)?;
-                let text = format!("password of {username}@{domain} changed");
-                ("password_set", text)
+            let req = pb::AddSubscriberRequest {
+                username: username.clone(),
+                domain: domain.clone(),
+                password: password.clone(),
             };
-            print_account(args.json, &username, &domain, (key, true), &text);
+            c.add(req).await.map_err(rpc_error)?;
+            let text = format!("subscriber {username}@{domain} added");
+            print_account(args.json, &username, &domain, ("added", true), &text);
+        }
+        SubscriberCommand::Passwd { aor, password } => {
+            let (username, domain) = account(aor)?;
+            let req = pb::SetPasswordRequest {
+                username: username.clone(),
+                domain: domain.clone(),
+                password: password.clone(),
+            };
+            c.set_password(req).await.map_err(rpc_error)?;
+            let text = format!("password of {username}@{domain} changed");
+            print_account(args.json, &username, &domain, ("password_set", true), &text);
         }
         SubscriberCommand::Rm { aor } => {
             let (username, domain) = account(aor)?;
@@ -517,44 +566,63 @@ pub async fn run_subscriber(args: &ClientArgs, cmd: &SubscriberCommand) -> anyho
             print_account(args.json, &username, &domain, ("removed", r.removed), &text);
         }
         SubscriberCommand::List { domain } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let r = c
-                    .list(pb::ListSubscribersRequest {
-                        domain: domain.clone().unwrap_or_default(),
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await
-                    .map_err(rpc_error)?
-                    .into_inner();
-                all.extend(r.subscribers);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
-            }
-            if args.json {
-                let v: Vec<Value> = all
-                    .iter()
-                    .map(|s| json!({"username": s.username, "domain": s.domain, "has_password": s.has_password}))
-                    .collect();
-                println!("{}", Value::Array(v));
-            } else {
-                for s in &all {
-                    let kind = if s.has_password {
-                        "password"
-                    } else {
-                        "ha1 only"
-                    };
-                    println!("{}@{}  ({kind})", s.username, s.domain);
-                }
-                println!("{} subscriber(s)", all.len());
-            }
+            let all = list_subscribers(&mut c, domain.clone().unwrap_or_default()).await?;
+            print_subscribers(args.json, &all);
         }
     }
     Ok(())
+}
+
+/// User and domain of a subscriber's AoR (`sip:user@domain` or `user@domain`).
+fn account(aor: &str) -> anyhow::Result<(String, String)> {
+    let (u, d) = split_aor(aor).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((u.to_string(), d.to_string()))
+}
+
+/// Every subscriber (of `domain` unless empty), page after page.
+async fn list_subscribers(
+    c: &mut SubscribersClient<Intercepted>,
+    domain: String,
+) -> anyhow::Result<Vec<pb::SubscriberInfo>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = c
+            .list(pb::ListSubscribersRequest {
+                domain: domain.clone(),
+                page_size: 0,
+                page_token,
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        all.extend(r.subscribers);
+        if r.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+/// `subscriber list`.
+fn print_subscribers(json_out: bool, all: &[pb::SubscriberInfo]) {
+    if json_out {
+        let v: Vec<Value> = all
+            .iter()
+            .map(|s| json!({"username": s.username, "domain": s.domain, "has_password": s.has_password}))
+            .collect();
+        println!("{}", Value::Array(v));
+    } else {
+        for s in all {
+            let kind = if s.has_password {
+                "password"
+            } else {
+                "ha1 only"
+            };
+            println!("{}@{}  ({kind})", s.username, s.domain);
+        }
+        println!("{} subscriber(s)", all.len());
+    }
 }
 
 /// Prints what a subscriber command did to `username@domain`: with `--json`

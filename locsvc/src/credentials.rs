@@ -9,8 +9,6 @@
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-use crate::store::subscriber::SubscriberRow;
-
 /// Longest username and domain (kamctl column size, bytes).
 pub const MAX_NAME: usize = 64;
 /// Longest password (kamctl column size, bytes).
@@ -122,24 +120,31 @@ pub struct DigestSecrets {
     pub ha1_sha256: String,
 }
 
+/// What a subscriber row holds that digest secrets are derived from.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub username: &'a str,
+    pub domain: &'a str,
+    /// Plain password; empty when the row holds only hashes.
+    pub password: &'a str,
+    /// kamctl's MD5 HA1 for `domain`.
+    pub ha1: &'a str,
+}
+
 /// The HA1s of `row` for `realm` (empty realm = the row's domain). With a
 /// stored password both are computed for the realm; without one (a
 /// Kamailio row holding only hashes) the stored `ha1` serves its own
 /// domain, and nothing else can be derived.
-pub fn secrets_for(row: &SubscriberRow, realm: &str) -> DigestSecrets {
-    let realm = if realm.is_empty() {
-        row.domain.as_str()
-    } else {
-        realm
-    };
+pub fn secrets_for(row: Stored<'_>, realm: &str) -> DigestSecrets {
+    let realm = if realm.is_empty() { row.domain } else { realm };
     if !row.password.is_empty() {
         return DigestSecrets {
-            ha1_md5: md5_hex(&row.username, realm, &row.password),
-            ha1_sha256: sha256_hex(&row.username, realm, &row.password),
+            ha1_md5: md5_hex(row.username, realm, row.password),
+            ha1_sha256: sha256_hex(row.username, realm, row.password),
         };
     }
     // Realms compare like host names (RFC 3261 §22.1 suggests the domain).
-    if realm.eq_ignore_ascii_case(&row.domain) {
+    if realm.eq_ignore_ascii_case(row.domain) {
         return DigestSecrets {
             ha1_md5: row.ha1.to_ascii_lowercase(),
             ha1_sha256: String::new(),
@@ -152,14 +157,12 @@ pub fn secrets_for(row: &SubscriberRow, realm: &str) -> DigestSecrets {
 mod tests {
     use super::*;
 
-    fn row(password: &str, ha1: &str) -> SubscriberRow {
-        SubscriberRow {
-            id: 1,
-            username: "alice".into(),
-            domain: "example.com".into(),
-            password: password.into(),
-            ha1: ha1.into(),
-            ha1b: String::new(),
+    fn row<'a>(password: &'a str, ha1: &'a str) -> Stored<'a> {
+        Stored {
+            username: "alice",
+            domain: "example.com",
+            password,
+            ha1,
         }
     }
 
@@ -185,19 +188,19 @@ mod tests {
     fn a_password_serves_every_realm_and_a_bare_ha1_only_its_domain() {
         let p = row("secret", "");
         assert_eq!(
-            secrets_for(&p, "other.org").ha1_md5,
+            secrets_for(p, "other.org").ha1_md5,
             md5_hex("alice", "other.org", "secret")
         );
         assert_eq!(
-            secrets_for(&p, "").ha1_md5,
+            secrets_for(p, "").ha1_md5,
             ha1("alice", "example.com", "secret")
         );
-        assert_eq!(secrets_for(&p, "").ha1_sha256.len(), 64);
+        assert_eq!(secrets_for(p, "").ha1_sha256.len(), 64);
         let h = row("", "ABCDEF0123456789abcdef0123456789");
-        let s = secrets_for(&h, "Example.COM");
+        let s = secrets_for(h, "Example.COM");
         assert_eq!(s.ha1_md5, "abcdef0123456789abcdef0123456789");
         assert!(s.ha1_sha256.is_empty());
-        assert_eq!(secrets_for(&h, "other.org"), DigestSecrets::default());
+        assert_eq!(secrets_for(h, "other.org"), DigestSecrets::default());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! state, so two instances can run in one test), served as text over HTTP
 //! by `svc_base::metrics`.
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -52,113 +53,30 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("locsvc".into()), None).unwrap_or_else(|_| Registry::new());
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let rpc_requests = counter_vec(
-            "rpc_requests_total",
-            "RPCs by method and code",
-            &["method", "code"],
-        );
-        let member_errors = counter_vec(
-            "member_errors_total",
-            "Member operation failures",
-            &["group", "member", "kind"],
-        );
-        let member_missed_writes = counter_vec(
-            "member_missed_writes_total",
-            "Writes a member missed while its partner took them",
-            &["group", "member"],
-        );
-        let failover_actions = counter_vec(
-            "failover_actions_total",
-            "Failover decisions by action and result",
-            &["action", "result"],
-        );
-        let writes_acked_before_member = counter_vec(
-            "writes_acked_before_member_total",
-            "Writes acknowledged before this member confirmed them",
-            &["group", "member"],
-        );
-        let circuit_opened = counter_vec(
-            "member_circuit_opened_total",
-            "Times a member's circuit opened on a transport failure",
-            &["group", "member"],
-        );
-        let circuit_skips = counter_vec(
-            "member_circuit_skips_total",
-            "Writes not sent to a member because its circuit was open",
-            &["group", "member"],
-        );
-        let config_reloads = counter_vec(
-            "config_reloads_total",
-            "locdb reloads by result",
-            &["result"],
-        );
-        let rpc_seconds = HistogramVec::new(
-            HistogramOpts::new("rpc_duration_seconds", "RPC latency").buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-            ]),
-            &["method"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rpc_seconds.clone()))
-            .expect("unique metric");
-        let write_confirm_spread = Histogram::with_opts(
-            HistogramOpts::new(
-                "write_confirm_spread_seconds",
-                "Time between the first and the last member confirming one write",
-            )
-            .buckets(vec![
-                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(write_confirm_spread.clone()))
-            .expect("unique metric");
-        let member_status = IntGaugeVec::new(
-            Opts::new(
-                "member_status",
-                "locdb status per member (0 off, 1 on, 2 maintenance)",
-            ),
-            &["group", "member"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(member_status.clone()))
-            .expect("unique metric");
-        let rpc_shed = IntCounter::new("rpc_shed_total", "RPCs refused by load shedding")
-            .expect("valid metric");
-        registry
-            .register(Box::new(rpc_shed.clone()))
-            .expect("unique metric");
-        let rpc_in_flight =
-            IntGauge::new("rpc_in_flight", "RPCs being served now").expect("valid metric");
-        registry
-            .register(Box::new(rpc_in_flight.clone()))
-            .expect("unique metric");
-        let hedged_reads =
-            IntCounter::new("hedged_reads_total", "Reads also sent to a second member")
-                .expect("valid metric");
-        registry
-            .register(Box::new(hedged_reads.clone()))
-            .expect("unique metric");
-        let contacts_swept = IntCounter::new("contacts_swept_total", "Expired bindings deleted")
-            .expect("valid metric");
-        registry
-            .register(Box::new(contacts_swept.clone()))
-            .expect("unique metric");
-        let config_problems =
-            IntGauge::new("config_problems", "Current locdb problems").expect("valid metric");
-        registry
-            .register(Box::new(config_problems.clone()))
-            .expect("unique metric");
+        let Rpc {
+            rpc_requests,
+            rpc_seconds,
+            rpc_shed,
+            rpc_in_flight,
+            hedged_reads,
+        } = Rpc::register(&registry);
+        let Members {
+            member_errors,
+            member_status,
+            circuit_opened,
+            circuit_skips,
+            failover_actions,
+        } = Members::register(&registry);
+        let Writes {
+            member_missed_writes,
+            writes_acked_before_member,
+            write_confirm_spread,
+        } = Writes::register(&registry);
+        let Housekeeping {
+            contacts_swept,
+            config_reloads,
+            config_problems,
+        } = Housekeeping::register(&registry);
         Self {
             registry,
             rpc_requests,
@@ -184,6 +102,179 @@ impl Metrics {
     pub fn render(&self) -> String {
         svc_base::metrics::render(&self.registry)
     }
+}
+
+// One family per struct, its fields named as in `Metrics`, so `new` moves
+// them over by name and cannot swap two of a type.
+
+/// The serving side: requests, latency, shedding, hedged reads.
+struct Rpc {
+    rpc_requests: IntCounterVec,
+    rpc_seconds: HistogramVec,
+    rpc_shed: IntCounter,
+    rpc_in_flight: IntGauge,
+    hedged_reads: IntCounter,
+}
+
+impl Rpc {
+    fn register(registry: &Registry) -> Self {
+        let rpc_seconds = HistogramVec::new(
+            HistogramOpts::new("rpc_duration_seconds", "RPC latency").buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        Self {
+            rpc_requests: counter_vec(
+                registry,
+                "rpc_requests_total",
+                "RPCs by method and code",
+                &["method", "code"],
+            ),
+            rpc_seconds: registered(registry, rpc_seconds),
+            rpc_shed: counter(registry, "rpc_shed_total", "RPCs refused by load shedding"),
+            rpc_in_flight: registered(
+                registry,
+                IntGauge::new("rpc_in_flight", "RPCs being served now").expect("valid metric"),
+            ),
+            hedged_reads: counter(
+                registry,
+                "hedged_reads_total",
+                "Reads also sent to a second member",
+            ),
+        }
+    }
+}
+
+/// Member health and failover: errors, status, circuits, actions taken.
+struct Members {
+    member_errors: IntCounterVec,
+    member_status: IntGaugeVec,
+    circuit_opened: IntCounterVec,
+    circuit_skips: IntCounterVec,
+    failover_actions: IntCounterVec,
+}
+
+impl Members {
+    fn register(registry: &Registry) -> Self {
+        let member_status = IntGaugeVec::new(
+            Opts::new(
+                "member_status",
+                "locdb status per member (0 off, 1 on, 2 maintenance)",
+            ),
+            &["group", "member"],
+        )
+        .expect("valid metric");
+        Self {
+            member_errors: counter_vec(
+                registry,
+                "member_errors_total",
+                "Member operation failures",
+                &["group", "member", "kind"],
+            ),
+            member_status: registered(registry, member_status),
+            circuit_opened: counter_vec(
+                registry,
+                "member_circuit_opened_total",
+                "Times a member's circuit opened on a transport failure",
+                &["group", "member"],
+            ),
+            circuit_skips: counter_vec(
+                registry,
+                "member_circuit_skips_total",
+                "Writes not sent to a member because its circuit was open",
+                &["group", "member"],
+            ),
+            failover_actions: counter_vec(
+                registry,
+                "failover_actions_total",
+                "Failover decisions by action and result",
+                &["action", "result"],
+            ),
+        }
+    }
+}
+
+/// How the members of a group took each write.
+struct Writes {
+    member_missed_writes: IntCounterVec,
+    writes_acked_before_member: IntCounterVec,
+    write_confirm_spread: Histogram,
+}
+
+impl Writes {
+    fn register(registry: &Registry) -> Self {
+        let write_confirm_spread = Histogram::with_opts(
+            HistogramOpts::new(
+                "write_confirm_spread_seconds",
+                "Time between the first and the last member confirming one write",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+            ]),
+        )
+        .expect("valid metric");
+        Self {
+            member_missed_writes: counter_vec(
+                registry,
+                "member_missed_writes_total",
+                "Writes a member missed while its partner took them",
+                &["group", "member"],
+            ),
+            writes_acked_before_member: counter_vec(
+                registry,
+                "writes_acked_before_member_total",
+                "Writes acknowledged before this member confirmed them",
+                &["group", "member"],
+            ),
+            write_confirm_spread: registered(registry, write_confirm_spread),
+        }
+    }
+}
+
+/// Background work: the expiry sweep and `locdb` reloads.
+struct Housekeeping {
+    contacts_swept: IntCounter,
+    config_reloads: IntCounterVec,
+    config_problems: IntGauge,
+}
+
+impl Housekeeping {
+    fn register(registry: &Registry) -> Self {
+        Self {
+            contacts_swept: counter(registry, "contacts_swept_total", "Expired bindings deleted"),
+            config_reloads: counter_vec(
+                registry,
+                "config_reloads_total",
+                "locdb reloads by result",
+                &["result"],
+            ),
+            config_problems: registered(
+                registry,
+                IntGauge::new("config_problems", "Current locdb problems").expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// `metric`, registered in `registry`; a clash is a bug in this module.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// A registered counter.
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+/// A registered counter with `labels`.
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registered(registry, c)
 }
 
 impl svc_base::metrics::RegistryOwner for Metrics {

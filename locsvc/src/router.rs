@@ -128,10 +128,8 @@ impl Default for RouterSettings {
     }
 }
 
-/// Default `ack_grace`: above the spread between two healthy members'
-/// confirmations of one write at any sustainable load (BENCHMARKS.md,
-/// "acknowledge on the first member").
-pub const ACK_GRACE_MS: u64 = 20;
+/// Default `ack_grace` (owned by failover, whose settings carry it).
+pub use crate::failover::ACK_GRACE_MS;
 
 /// Chooses members and runs store operations on them.
 #[derive(Clone)]

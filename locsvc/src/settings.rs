@@ -198,37 +198,38 @@ fn opt_string(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_string())
 }
 
+fn opt_url(v: &str) -> Result<Option<DbUrl>, String> {
+    if v.is_empty() {
+        Ok(None)
+    } else {
+        DbUrl::parse(v).map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// Sets what `key` names to `v`; a key no section knows is refused as
+/// unknown. `tables` collects this layer's `tables.*` keys.
 fn apply(
     s: &mut Settings,
     key: &str,
     v: &str,
     tables: &mut Option<BTreeMap<String, TableMode>>,
 ) -> Result<(), Refusal> {
+    let known = apply_root(s, key, v)?
+        || apply_grpc(&mut s.grpc, key, v)?
+        || apply_cluster(&mut s.cluster, key, v)?
+        || apply_registrar(&mut s.registrar, key, v)?
+        || apply_expiry(&mut s.expiry, key, v)?
+        || apply_failover(&mut s.failover, key, v)?
+        || apply_table(tables, key, v)?;
+    if known { Ok(()) } else { Err(Refusal::Unknown) }
+}
+
+/// Databases, metrics and logging; whether `key` is one of them.
+fn apply_root(s: &mut Settings, key: &str, v: &str) -> Result<bool, Refusal> {
     match key {
         "data_dir" => s.data_dir = PathBuf::from(v),
-        "master_url" => {
-            s.master_url = if v.is_empty() {
-                None
-            } else {
-                Some(DbUrl::parse(v).map_err(|e| e.to_string())?)
-            }
-        }
-        "grpc.listen" => s.grpc.listen = parse(v)?,
-        "grpc.token" => s.grpc.token = opt_string(v),
-        "grpc.admin_token" => s.grpc.admin_token = opt_string(v),
-        "grpc.tls_client_ca" => s.grpc.tls_client_ca = opt_string(v).map(PathBuf::from),
-        "subscribers.url" => {
-            s.subscribers_url = if v.is_empty() {
-                None
-            } else {
-                Some(DbUrl::parse(v).map_err(|e| e.to_string())?)
-            }
-        }
-        "grpc.tls_cert" => s.grpc.tls_cert = opt_string(v).map(PathBuf::from),
-        "grpc.tls_key" => s.grpc.tls_key = opt_string(v).map(PathBuf::from),
-        "grpc.insecure" => s.grpc.insecure = parse(v)?,
-        "grpc.max_in_flight" => s.grpc.max_in_flight = parse(v)?,
-        "grpc.request_timeout_ms" => s.grpc.request_timeout = millis(v)?,
+        "master_url" => s.master_url = opt_url(v)?,
+        "subscribers.url" => s.subscribers_url = opt_url(v)?,
         "metrics.listen" => s.metrics_listen = opt_addr(v)?,
         "log.format" => {
             s.log_format = match v {
@@ -238,71 +239,126 @@ fn apply(
             }
         }
         "log.level" => s.log_level = v.to_string(),
-        "cluster.poll_interval_ms" => s.cluster.poll_interval = millis(v)?,
-        "cluster.query_timeout_ms" => s.cluster.query_timeout = millis(v)?,
-        "cluster.acquire_timeout_ms" => s.cluster.pool.acquire_timeout = millis(v)?,
-        "cluster.pool_max_connections" => s.cluster.pool.max_connections = parse(v)?,
-        "cluster.write_batch_rows" => s.cluster.pool.write_batch_rows = parse(v)?,
-        "cluster.batch_writers" => s.cluster.pool.batch_writers = parse(v)?,
-        "cluster.read_batch_aors" => s.cluster.pool.read_batch_aors = parse(v)?,
-        "cluster.batch_readers" => s.cluster.pool.batch_readers = parse(v)?,
-        "cluster.auto_migrate" => s.cluster.auto_migrate = parse(v)?,
-        "partition.hash" => s.cluster.hash = parse(v)?,
-        "partition.use_domain" => s.cluster.key_policy.use_domain = parse(v)?,
-        "partition.case_sensitive" => s.cluster.key_policy.case_sensitive = parse(v)?,
-        "registrar.default_expires" => s.registrar.default_expires = parse(v)?,
-        "registrar.min_expires" => s.registrar.min_expires = parse(v)?,
-        "registrar.max_expires" => s.registrar.max_expires = parse(v)?,
-        "registrar.max_contacts" => s.registrar.max_contacts = parse(v)?,
-        "registrar.cseq_delay" => s.registrar.cseq_delay = parse(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `grpc.*`; whether `key` is one of them.
+fn apply_grpc(g: &mut GrpcSettings, key: &str, v: &str) -> Result<bool, Refusal> {
+    match key {
+        "grpc.listen" => g.listen = parse(v)?,
+        "grpc.token" => g.token = opt_string(v),
+        "grpc.admin_token" => g.admin_token = opt_string(v),
+        "grpc.tls_client_ca" => g.tls_client_ca = opt_string(v).map(PathBuf::from),
+        "grpc.tls_cert" => g.tls_cert = opt_string(v).map(PathBuf::from),
+        "grpc.tls_key" => g.tls_key = opt_string(v).map(PathBuf::from),
+        "grpc.insecure" => g.insecure = parse(v)?,
+        "grpc.max_in_flight" => g.max_in_flight = parse(v)?,
+        "grpc.request_timeout_ms" => g.request_timeout = millis(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `cluster.*` and `partition.*`; whether `key` is one of them.
+fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Refusal> {
+    match key {
+        "cluster.poll_interval_ms" => c.poll_interval = millis(v)?,
+        "cluster.query_timeout_ms" => c.query_timeout = millis(v)?,
+        "cluster.acquire_timeout_ms" => c.pool.acquire_timeout = millis(v)?,
+        "cluster.pool_max_connections" => c.pool.max_connections = parse(v)?,
+        "cluster.write_batch_rows" => c.pool.write_batch_rows = parse(v)?,
+        "cluster.batch_writers" => c.pool.batch_writers = parse(v)?,
+        "cluster.read_batch_aors" => c.pool.read_batch_aors = parse(v)?,
+        "cluster.batch_readers" => c.pool.batch_readers = parse(v)?,
+        "cluster.auto_migrate" => c.auto_migrate = parse(v)?,
+        "partition.hash" => c.hash = parse(v)?,
+        "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
+        "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `registrar.*`; whether `key` is one of them.
+fn apply_registrar(r: &mut RegistrarPolicy, key: &str, v: &str) -> Result<bool, Refusal> {
+    match key {
+        "registrar.default_expires" => r.default_expires = parse(v)?,
+        "registrar.min_expires" => r.min_expires = parse(v)?,
+        "registrar.max_expires" => r.max_expires = parse(v)?,
+        "registrar.max_contacts" => r.max_contacts = parse(v)?,
+        "registrar.cseq_delay" => r.cseq_delay = parse(v)?,
         "registrar.min_expires_mode" => {
-            s.registrar.min_expires_mode = match v {
+            r.min_expires_mode = match v {
                 "reject" => MinExpiresMode::Reject,
                 "raise" => MinExpiresMode::Raise,
                 _ => return Err("expected reject or raise".into()),
             }
         }
-        "expiry.interval_ms" => s.expiry.interval = millis(v)?,
-        "expiry.batch_size" => s.expiry.batch = parse(v)?,
-        "expiry.max_batches" => s.expiry.max_batches = parse(v)?,
-        "expiry.grace_secs" => s.expiry.grace = parse(v)?,
-        "failover.error_threshold" => s.failover.monitor.error_threshold = parse(v)?,
-        "failover.error_window_ms" => {
-            s.failover.monitor.error_window_ms = millis(v)?.as_millis() as u64
-        }
-        "failover.down_after" => s.failover.monitor.down_after = parse(v)?,
-        "failover.up_after" => s.failover.monitor.up_after = parse(v)?,
-        "failover.probe_interval_ms" => s.failover.probe_interval = millis(v)?,
-        "failover.hedge_delay_ms" => s.failover.hedge_delay = millis(v)?,
-        "failover.ack_grace_ms" => s.failover.ack_grace = Duration::from_millis(parse(v)?),
-        "failover.circuit_probe_ms" => s.failover.circuit_probe_interval = millis(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `expiry.*`; whether `key` is one of them.
+fn apply_expiry(x: &mut SweepSettings, key: &str, v: &str) -> Result<bool, Refusal> {
+    match key {
+        "expiry.interval_ms" => x.interval = millis(v)?,
+        "expiry.batch_size" => x.batch = parse(v)?,
+        "expiry.max_batches" => x.max_batches = parse(v)?,
+        "expiry.grace_secs" => x.grace = parse(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `failover.*`; whether `key` is one of them.
+fn apply_failover(f: &mut FailoverSettings, key: &str, v: &str) -> Result<bool, Refusal> {
+    match key {
+        "failover.error_threshold" => f.monitor.error_threshold = parse(v)?,
+        "failover.error_window_ms" => f.monitor.error_window_ms = millis(v)?.as_millis() as u64,
+        "failover.down_after" => f.monitor.down_after = parse(v)?,
+        "failover.up_after" => f.monitor.up_after = parse(v)?,
+        "failover.probe_interval_ms" => f.probe_interval = millis(v)?,
+        "failover.hedge_delay_ms" => f.hedge_delay = millis(v)?,
+        "failover.ack_grace_ms" => f.ack_grace = Duration::from_millis(parse(v)?),
+        "failover.circuit_probe_ms" => f.circuit_probe_interval = millis(v)?,
         "failover.level" => {
-            s.failover.level = match v {
+            f.level = match v {
                 "1" => 1,
                 "2" => 2,
                 _ => return Err("expected 1 (switch off) or 2 (promote a spare)".into()),
             }
         }
-        "failover.resync_batch" => s.failover.resync.batch = parse(v)?,
-        "failover.resync_pause_ms" => s.failover.resync.pause = Duration::from_millis(parse(v)?),
-        _ => {
-            let Some(name) = key.strip_prefix("tables.") else {
-                return Err(Refusal::Unknown);
-            };
-            if !valid_table_name(name) {
-                return Err("table names are letters, digits and _ (not locdb)".into());
-            }
-            let mode = match v {
-                "cluster" => TableMode::Cluster,
-                "single" => TableMode::Single,
-                _ => return Err("expected cluster or single".into()),
-            };
-            tables
-                .get_or_insert_with(BTreeMap::new)
-                .insert(name.to_string(), mode);
-        }
+        "failover.resync_batch" => f.resync.batch = parse(v)?,
+        "failover.resync_pause_ms" => f.resync.pause = Duration::from_millis(parse(v)?),
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
+}
+
+/// `tables.<name>`, into `tables`; whether `key` is one.
+fn apply_table(
+    tables: &mut Option<BTreeMap<String, TableMode>>,
+    key: &str,
+    v: &str,
+) -> Result<bool, Refusal> {
+    let Some(name) = key.strip_prefix("tables.") else {
+        return Ok(false);
+    };
+    if !valid_table_name(name) {
+        return Err("table names are letters, digits and _ (not locdb)".into());
+    }
+    let mode = match v {
+        "cluster" => TableMode::Cluster,
+        "single" => TableMode::Single,
+        _ => return Err("expected cluster or single".into()),
+    };
+    tables
+        .get_or_insert_with(BTreeMap::new)
+        .insert(name.to_string(), mode);
+    Ok(true)
 }
 
 /// Rules that involve several settings.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use locsvc::settings::Settings;
-use testkit::{Pki, TestApp, embedded_settings, eventually};
+use testkit::{Pki, TestApp, embedded_settings, eventually_every};
 
 /// Runs the `locsvc` binary with `args` (no token from the environment):
 /// (success, stdout, stderr).
@@ -161,9 +161,11 @@ async fn groups_set_status_needs_force_for_the_last_readable_member() {
     let first = groups(&["set-status", "1", "2", "maintenance"]).await;
     assert!(first.0, "{first:?}");
     // The change is applied by a reload this instance starts at once.
-    eventually(
+    // Every poll spawns a locsvc process: ask ten times a second, not 100.
+    eventually_every(
         "member 1/2 listed in maintenance, not readable",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         async || {
             let listed = groups(&["list", "--json"]).await;
             let v: serde_json::Value = serde_json::from_str(listed.1.trim()).unwrap();

@@ -26,16 +26,21 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Why the app could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// The locsvc client could not be built from the settings.
     #[error(transparent)]
     Client(#[from] ClientError),
     /// A `locsvc_ca`/`locsvc_cert`/`locsvc_key` file (named with its path).
     #[error(transparent)]
     TlsFile(#[from] TlsFileError),
+    /// The settings break a rule across settings; the text says which.
     #[error("invalid configuration: {0}")]
     Settings(String),
 }

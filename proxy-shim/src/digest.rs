@@ -28,7 +28,9 @@ use subtle::ConstantTimeEq;
 /// A digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// `MD5` (RFC 2617), what most phones send.
     Md5,
+    /// `SHA-256` (RFC 7616).
     Sha256,
 }
 
@@ -63,14 +65,23 @@ impl Algorithm {
 /// The fields of an `Authorization` / `Proxy-Authorization` header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Credentials {
+    /// `username`: the user part of the AoR.
     pub username: String,
+    /// `realm`: the domain the credentials are for.
     pub realm: String,
+    /// `nonce`: as our challenge gave it.
     pub nonce: String,
+    /// `uri`: the digest-uri the response was computed over.
     pub uri: String,
+    /// `response`: the client's hash, lower-case hex.
     pub response: String,
+    /// `algorithm`: MD5 when absent.
     pub algorithm: Option<String>,
+    /// `cnonce`: the client's nonce, with `qop`.
     pub cnonce: Option<String>,
+    /// `qop`: `auth` when the client chose one.
     pub qop: Option<String>,
+    /// `nc`: the nonce count (hex), with `qop`.
     pub nc: Option<String>,
 }
 
@@ -165,6 +176,7 @@ pub enum Verdict {
 /// HA1s of one user for one realm, as the credential store gives them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ha1 {
+    /// The MD5 HA1, lower-case hex.
     pub md5: String,
     /// Empty when only an MD5 hash is stored.
     pub sha256: String,

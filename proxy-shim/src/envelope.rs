@@ -12,7 +12,9 @@ use crate::sip::{UriView, ViaView};
 /// A transport the shim speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// Datagrams.
     Udp,
+    /// A connection, messages framed by Content-Length.
     Tcp,
 }
 
@@ -47,15 +49,21 @@ impl Transport {
 /// Where a message came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound {
+    /// The transport it arrived over.
     pub transport: Transport,
+    /// The sender's address.
     pub peer: SocketAddr,
+    /// Our address it arrived at.
     pub local: SocketAddr,
 }
 
 /// Bytes to send, and where.
 #[derive(Debug, Clone)]
 pub struct Outbound {
+    /// The transport to send over.
     pub transport: Transport,
+    /// The destination address.
     pub dest: SocketAddr,
+    /// The whole message.
     pub bytes: Bytes,
 }

@@ -5,15 +5,11 @@
 //! sockets; the shared state is `state::Core`.
 
 use crate::auth::Gate;
-use crate::hop_mac::Hop;
+use crate::envelope::{Inbound, Outbound, Transport};
+use crate::hop_mac::{Hop, return_hop};
 use crate::netaddr::resolve;
 use crate::sip::{Request, Response};
-
-// Where tests and tools have always found the pipeline's types.
-pub use crate::envelope::{Inbound, Outbound, Transport};
-pub use crate::hop_mac::return_hop;
-pub use crate::identity::{BRANCH_PREFIX, TAG_PREFIX};
-pub use crate::state::Core;
+use crate::state::Core;
 
 impl Core {
     /// Handles one request: sanity, authentication, then REGISTER goes to

@@ -32,8 +32,11 @@ impl std::fmt::Debug for HopKey {
 /// Where a relayed response goes: transport and address as the Via says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop<'a> {
+    /// The Via's transport, upper-case (`UDP`, `TCP`).
     pub transport: &'a str,
+    /// `received`, else the sent-by host.
     pub host: &'a str,
+    /// `rport`, else the sent-by port, else 5060.
     pub port: u16,
 }
 

@@ -14,6 +14,7 @@ use prometheus::{
 use svc_base::metrics::{InFlight, RegistryOwner};
 pub use svc_base::metrics::{describe, serve};
 
+/// The shim's Prometheus series, in a registry of its own.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +44,7 @@ fn method_label(method: &str) -> &str {
 }
 
 impl Metrics {
+    /// Creates every series in a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -114,24 +116,28 @@ impl Metrics {
         }
     }
 
+    /// Counts a request received.
     pub fn request(&self, method: &str) {
         self.requests
             .with_label_values(&[method_label(method)])
             .inc();
     }
 
+    /// Counts a response the shim generated to a `method` request.
     pub fn response(&self, method: &str, status: u16) {
         self.responses
             .with_label_values(&[method_label(method), status.to_string().as_str()])
             .inc();
     }
 
+    /// Counts a request forwarded.
     pub fn forwarded(&self, method: &str) {
         self.forwarded
             .with_label_values(&[method_label(method)])
             .inc();
     }
 
+    /// Counts a response relayed, by status class.
     pub fn relayed(&self, status: u16) {
         let class = match status {
             100..=699 => ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"][usize::from(status / 100 - 1)],
@@ -140,6 +146,7 @@ impl Metrics {
         self.relayed.with_label_values(&[class]).inc();
     }
 
+    /// Counts input dropped without an answer.
     pub fn dropped(&self, reason: &'static str) {
         self.dropped.with_label_values(&[reason]).inc();
     }
@@ -151,6 +158,7 @@ impl Metrics {
             .get()
     }
 
+    /// Input dropped for `reason` so far (tests).
     pub fn dropped_count(&self, reason: &str) -> u64 {
         self.dropped.with_label_values(&[reason]).get()
     }
@@ -160,6 +168,7 @@ impl Metrics {
         &self.registry
     }
 
+    /// Counts a request refused at once because `max_in_flight` was reached.
     pub fn overloaded(&self) {
         self.overloaded.inc();
     }
@@ -174,6 +183,7 @@ impl Metrics {
         self.in_flight.get()
     }
 
+    /// Records the latency and result of one locsvc call.
     pub fn locsvc_call(&self, op: &'static str, ok: bool, secs: f64) {
         self.locsvc
             .with_label_values(&[op, if ok { "ok" } else { "error" }])

@@ -27,15 +27,27 @@ pub enum Decision {
     Drop(&'static str),
     /// Look up the AoR and forward to (or redirect at) its contacts;
     /// `pop_route` when the top Route named us.
-    Lookup { aor: String, pop_route: bool },
+    Lookup {
+        /// The AoR to look up.
+        aor: String,
+        /// The top Route named us: remove it before forwarding.
+        pop_route: bool,
+    },
     /// Forward to `next` (a trusted source's route or in-dialog target);
     /// `pop_route` when the top Route named us.
-    Relay { next: String, pop_route: bool },
+    Relay {
+        /// The next hop's URI.
+        next: String,
+        /// The top Route named us: remove it before forwarding.
+        pop_route: bool,
+    },
 }
 
 /// The request as routing sees it.
 pub struct Facts<'a> {
+    /// What the sanity checks established.
     pub checked: &'a Checked,
+    /// The Route header values, top first.
     pub routes: &'a [String],
     /// The To tag starts with our prefix (an ACK of our own answer).
     pub our_to_tag: bool,

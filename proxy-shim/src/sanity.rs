@@ -8,7 +8,9 @@ use crate::sip::{HeaderProblem, Request, UriView};
 /// A request refused before it reaches routing or locsvc.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The SIP status to answer with.
     pub code: u16,
+    /// The reason phrase, naming what is wrong.
     pub reason: String,
 }
 
@@ -31,8 +33,11 @@ impl From<HeaderProblem> for Refusal {
 /// What the checks established about a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
+    /// The request method.
     pub method: String,
+    /// The Request-URI (sip or sips).
     pub uri: UriView,
+    /// The To URI.
     pub to: UriView,
     /// The To tag: present means the request is inside a dialog.
     pub to_tag: Option<String>,

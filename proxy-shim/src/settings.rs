@@ -47,6 +47,7 @@ pub struct Settings {
     /// Domains served, lower-case; `*` serves every domain. Required: a
     /// shim that serves every domain by accident registers anything.
     pub domains: Vec<String>,
+    /// Forward to contacts, or redirect to them.
     pub mode: Mode,
     /// Location table (empty = locsvc's default `location`).
     pub table: String,
@@ -71,6 +72,7 @@ pub struct Settings {
     pub locsvc_tls_domain: Option<String>,
     /// Where Prometheus metrics are served over HTTP; None = not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// A tracing filter (`info`, `info,proxy_shim=debug`).
     pub log_level: String,
     /// Sources that may relay through us and bring Path (edge proxies
     /// that authenticate their users themselves).
@@ -138,7 +140,9 @@ pub use crate::netaddr::Cidr;
 /// port (None = the bound port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advertise {
+    /// An IP address (without brackets) or a host name.
     pub host: String,
+    /// The port, when one is given.
     pub port: Option<u16>,
 }
 
@@ -279,6 +283,16 @@ where
 /// Parses one key into `s`: list keys read `value.list()`, the others
 /// `value.one()`.
 fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
+    let known = apply_sip(s, key, value)?
+        || apply_locsvc(s, key, value)?
+        || apply_limits(s, key, value)?
+        || apply_auth(s, key, value)?;
+    if known { Ok(()) } else { Err(Refusal::Unknown) }
+}
+
+/// The SIP side: addresses, domains, routing, observability; whether `key`
+/// is one of them.
+fn apply_sip(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal> {
     match key {
         "listen" => s.listen = value.one()?.parse().map_err(|_| "is not an ip:port")?,
         "advertise" => {
@@ -288,20 +302,6 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
                     .parse::<Advertise>()
                     .map_err(|()| "must be a host or host:port (IP address or DNS name)")?,
             )
-        }
-        "locsvc" => {
-            let urls = value.list();
-            if urls.is_empty() {
-                return Err("needs at least one address".into());
-            }
-            let bad: Vec<&String> = urls
-                .iter()
-                .filter(|v| !(v.starts_with("http://") || v.starts_with("https://")))
-                .collect();
-            if !bad.is_empty() {
-                return Err(format!("must be http(s):// URLs, not {bad:?}").into());
-            }
-            s.locsvc = urls;
         }
         "domains" => {
             s.domains = value
@@ -317,6 +317,32 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
                 _ => return Err("must be proxy or redirect".into()),
             }
         }
+        "metrics_listen" => {
+            s.metrics_listen = match value.one()? {
+                "off" | "" => None,
+                v => Some(v.parse().map_err(|_| "must be an ip:port or `off`")?),
+            }
+        }
+        "log_level" => s.log_level = value.one()?.to_string(),
+        "trusted" => s.trusted = trusted(value)?,
+        "nat" => {
+            s.nat = match value.one()? {
+                "auto" => NatMode::Auto,
+                "always" => NatMode::Always,
+                "never" => NatMode::Never,
+                _ => return Err("must be auto, always or never".into()),
+            }
+        }
+        "max_forwards" => s.max_forwards = in_range(value.one()?, 1..=255, "must be 1..=255")?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// How locsvc is reached; whether `key` is one of those settings.
+fn apply_locsvc(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal> {
+    match key {
+        "locsvc" => s.locsvc = locsvc_urls(value)?,
         "table" => s.table = value.one()?.to_string(),
         "locsvc_timeout_ms" => {
             s.locsvc_timeout = Duration::from_millis(in_range(
@@ -324,9 +350,6 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
                 1..=10_000,
                 "must be 1..=10000 milliseconds",
             )?)
-        }
-        "max_in_flight" => {
-            s.max_in_flight = in_range(value.one()?, 1..=usize::MAX, "must be a positive integer")?
         }
         "locsvc_token" => s.locsvc_token = opt_string(value.one()?),
         "locsvc_ca" => s.locsvc_ca = pem_path(value.one()?),
@@ -343,13 +366,17 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
                 }
             }
         }
-        "metrics_listen" => {
-            s.metrics_listen = match value.one()? {
-                "off" | "" => None,
-                v => Some(v.parse().map_err(|_| "must be an ip:port or `off`")?),
-            }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Load and flood limits; whether `key` is one of them.
+fn apply_limits(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal> {
+    match key {
+        "max_in_flight" => {
+            s.max_in_flight = in_range(value.one()?, 1..=usize::MAX, "must be a positive integer")?
         }
-        "log_level" => s.log_level = value.one()?.to_string(),
         "rate_limit" => {
             s.rate_limit = in_range(
                 value.one()?,
@@ -380,26 +407,14 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
                 "must be 1..=300000 milliseconds",
             )?)
         }
-        "trusted" => {
-            let (good, bad): (Vec<_>, Vec<_>) = value
-                .list()
-                .into_iter()
-                .map(|v| v.parse::<Cidr>().map_err(|()| v))
-                .partition(Result::is_ok);
-            if !bad.is_empty() {
-                let bad: Vec<String> = bad.into_iter().filter_map(Result::err).collect();
-                return Err(format!("must be addresses or CIDRs, not {bad:?}").into());
-            }
-            s.trusted = good.into_iter().filter_map(Result::ok).collect();
-        }
-        "nat" => {
-            s.nat = match value.one()? {
-                "auto" => NatMode::Auto,
-                "always" => NatMode::Always,
-                "never" => NatMode::Never,
-                _ => return Err("must be auto, always or never".into()),
-            }
-        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Digest authentication; whether `key` is one of its settings.
+fn apply_auth(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal> {
+    match key {
         "auth" => {
             s.auth = match value.one()? {
                 "digest" => AuthMode::Digest,
@@ -415,28 +430,60 @@ fn apply(s: &mut Settings, key: &str, value: &Value) -> Result<(), Refusal> {
         "credentials_cache_secs" => {
             s.credentials_cache_secs = in_range(value.one()?, 0..=3600, "must be 0..=3600 seconds")?
         }
-        "auth_algorithms" => {
-            let mut algs = Vec::new();
-            let mut bad = Vec::new();
-            for v in value.list() {
-                match crate::digest::Algorithm::parse(&v) {
-                    Some(a) if !algs.contains(&a) => algs.push(a),
-                    Some(_) => {}
-                    None => bad.push(v),
-                }
-            }
-            if !bad.is_empty() {
-                return Err(format!("must be md5 or sha-256, not {bad:?}").into());
-            }
-            if algs.is_empty() {
-                return Err("needs at least one algorithm".into());
-            }
-            s.auth_algorithms = algs;
-        }
-        "max_forwards" => s.max_forwards = in_range(value.one()?, 1..=255, "must be 1..=255")?,
-        _ => return Err(Refusal::Unknown),
+        "auth_algorithms" => s.auth_algorithms = auth_algorithms(value)?,
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The `locsvc` list: at least one address, each `http://` or `https://`.
+fn locsvc_urls(value: &Value) -> Result<Vec<String>, Refusal> {
+    let urls = value.list();
+    if urls.is_empty() {
+        return Err("needs at least one address".into());
+    }
+    let bad: Vec<&String> = urls
+        .iter()
+        .filter(|v| !(v.starts_with("http://") || v.starts_with("https://")))
+        .collect();
+    if !bad.is_empty() {
+        return Err(format!("must be http(s):// URLs, not {bad:?}").into());
+    }
+    Ok(urls)
+}
+
+/// The `trusted` list: every item an address or a CIDR.
+fn trusted(value: &Value) -> Result<Vec<Cidr>, Refusal> {
+    let (good, bad): (Vec<_>, Vec<_>) = value
+        .list()
+        .into_iter()
+        .map(|v| v.parse::<Cidr>().map_err(|()| v))
+        .partition(Result::is_ok);
+    if !bad.is_empty() {
+        let bad: Vec<String> = bad.into_iter().filter_map(Result::err).collect();
+        return Err(format!("must be addresses or CIDRs, not {bad:?}").into());
+    }
+    Ok(good.into_iter().filter_map(Result::ok).collect())
+}
+
+/// The `auth_algorithms` list: known names, duplicates dropped, at least one.
+fn auth_algorithms(value: &Value) -> Result<Vec<crate::digest::Algorithm>, Refusal> {
+    let mut algs = Vec::new();
+    let mut bad = Vec::new();
+    for v in value.list() {
+        match crate::digest::Algorithm::parse(&v) {
+            Some(a) if !algs.contains(&a) => algs.push(a),
+            Some(_) => {}
+            None => bad.push(v),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(format!("must be md5 or sha-256, not {bad:?}").into());
+    }
+    if algs.is_empty() {
+        return Err("needs at least one algorithm".into());
+    }
+    Ok(algs)
 }
 
 impl Settings {

@@ -18,8 +18,11 @@ use crate::sip::{self, Request};
 /// Shared state of the request handlers.
 #[derive(Debug)]
 pub struct Core {
+    /// The settings the shim was built with.
     pub settings: Settings,
+    /// locsvc, over every configured instance.
     pub client: LocsvcClient,
+    /// The shim's metrics.
     pub metrics: Arc<Metrics>,
     /// The bound and advertised addresses, and the Via we push.
     pub identity: Identity,

@@ -35,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proxy_shim::app::App;
-use proxy_shim::handler::{BRANCH_PREFIX, Core, Inbound, Transport, return_hop};
-use proxy_shim::hop_mac::{Hop, HopKey};
+use proxy_shim::envelope::{Inbound, Transport};
+use proxy_shim::hop_mac::{Hop, HopKey, return_hop};
+use proxy_shim::identity::BRANCH_PREFIX;
 use proxy_shim::locsvc_client::LocsvcClient;
 use proxy_shim::metrics::Metrics;
 use proxy_shim::route::{self, Facts};
 use proxy_shim::settings::{AuthMode, Mode, Settings};
 use proxy_shim::sip::{self, Contacts, Parsed, Request, Response, StreamFramer};
+use proxy_shim::state::Core;
 use proxy_shim::{digest, register, sanity};
 use testkit::Serving;
 use tokio::net::UdpSocket;

@@ -43,10 +43,15 @@ pub fn test_settings(dir: &Path) -> Settings {
 /// A running in-process locsvc. Stop it with [`TestApp::stop`], which waits
 /// until it no longer serves; dropping it only asks it to stop.
 pub struct TestApp {
+    /// The bound gRPC address (loopback, port picked by the OS).
     pub addr: SocketAddr,
+    /// The bound metrics address, when the settings serve metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// The app's service, to inspect its router and topology directly.
     pub service: Arc<LocationService>,
+    /// The expiry sweeper, for tests that run a sweep themselves.
     pub sweeper: locsvc::expiry::Sweeper,
+    /// The app's metrics, to read counters without scraping.
     pub metrics: Arc<locsvc::metrics::Metrics>,
     serving: Serving<Result<(), AppError>>,
 }

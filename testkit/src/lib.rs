@@ -19,4 +19,4 @@ pub use fixtures::{
 };
 pub use pki::Pki;
 pub use serving::{Serving, StopSignal};
-pub use wait::{eventually, init_tracing};
+pub use wait::{eventually, eventually_every, init_tracing};

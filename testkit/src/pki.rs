@@ -10,9 +10,13 @@ pub struct Pki {
     /// The CA's certificate (`ca.pem`): what clients trust, and what a
     /// server requiring client certificates admits.
     pub ca: PathBuf,
+    /// The server's certificate (for `127.0.0.1` and `localhost`).
     pub server_cert: PathBuf,
+    /// The server certificate's private key.
     pub server_key: PathBuf,
+    /// A client certificate signed by the CA, for mTLS.
     pub client_cert: PathBuf,
+    /// The client certificate's private key.
     pub client_key: PathBuf,
 }
 

@@ -10,6 +10,16 @@ use tonic_types::StatusExt;
 
 use crate::harness::*;
 
+/// A wait's description written only when the wait fails, so it shows what
+/// the condition saw last rather than what was known when the wait began.
+struct Lazy<F>(F);
+
+impl<F: Fn() -> String> std::fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
+}
+
 /// The user-visible flow every backend must support.
 async fn register_lookup_remove_round_trip(app: &TestApp) {
     let mut c = app.client().await;
@@ -431,16 +441,24 @@ async fn a_member_that_missed_a_write_is_not_read_until_it_cannot_lack_anything(
     // Every instance learns it through locdb.failover.
     let master = layout.master();
     let t = clock.now();
+    let started = std::time::Instant::now();
+    let last_rows = std::cell::RefCell::new(Vec::new());
     eventually(
-        "locdb.failover of member 2 to record the missed write",
+        Lazy(|| {
+            format!(
+                "locdb.failover of member 2 to record the missed write at {t}; rows after {:?}: {:?}",
+                started.elapsed(),
+                last_rows.borrow()
+            )
+        }),
         Duration::from_secs(5),
         async || {
-            master
-                .load_locdb()
-                .await
-                .unwrap()
+            let rows = master.load_locdb().await.unwrap();
+            let recorded = rows
                 .iter()
-                .any(|r| r.no == 2 && r.failover.and_utc().timestamp() == t)
+                .any(|r| r.no == 2 && r.failover.and_utc().timestamp() == t);
+            *last_rows.borrow_mut() = rows;
+            recorded
         },
     )
     .await;

@@ -61,12 +61,15 @@ async fn upsert_writes_kamctl_ha1_and_ha1b_for_a_known_triple(b: Backend) {
         (row.password.as_str(), row.ha1.as_str(), row.ha1b.as_str()),
         ("secret", HA1, HA1B)
     );
-    let own = secrets_for(&row, "");
+    let own = secrets_for((&row).into(), "");
     assert_eq!(
         (own.ha1_md5.as_str(), own.ha1_sha256.as_str()),
         (HA1, HA1_SHA256)
     );
-    assert_eq!(secrets_for(&row, "other.org").ha1_md5, HA1_OTHER_REALM);
+    assert_eq!(
+        secrets_for((&row).into(), "other.org").ha1_md5,
+        HA1_OTHER_REALM
+    );
     // An upsert replaces password and both hashes.
     s.upsert("alice", "example.com", "n3w").await.unwrap();
     let row = s.get("alice", "example.com").await.unwrap().unwrap();
@@ -120,10 +123,10 @@ async fn a_kamailio_row_with_only_ha1_serves_its_own_domain(b: Backend) {
     .await;
     let row = s.get("alice", "example.com").await.unwrap().unwrap();
     assert!(row.password.is_empty());
-    let own = secrets_for(&row, "example.com");
+    let own = secrets_for((&row).into(), "example.com");
     assert_eq!(own.ha1_md5, HA1);
     assert!(own.ha1_sha256.is_empty(), "no password, no SHA-256");
-    let other = secrets_for(&row, "other.org");
+    let other = secrets_for((&row).into(), "other.org");
     assert!(other.ha1_md5.is_empty() && other.ha1_sha256.is_empty());
 }
 

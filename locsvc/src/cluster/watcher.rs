@@ -167,19 +167,7 @@ impl ClusterWatcher {
             }
             groups.insert(*id, Arc::new(Group { id: *id, members }));
         }
-        // Pools of members that left the layout are closed in the background.
-        let gone: Vec<String> = self
-            .stores
-            .keys()
-            .filter(|u| !live_urls.contains(*u))
-            .cloned()
-            .collect();
-        for u in gone {
-            if let Some(s) = self.stores.remove(&u) {
-                self.tasks.spawn(async move { s.close().await });
-            }
-        }
-        self.health.retain(|k, _| live_keys.contains(k));
+        self.forget_gone(&live_urls, &live_keys);
         let generation = self.tx.borrow().generation + 1;
         let topo = Topology {
             generation,
@@ -200,6 +188,23 @@ impl ClusterWatcher {
         for m in to_mark {
             self.marks.record_layout_miss(m.group, m.no, now).await;
         }
+    }
+
+    /// Closes, in the background, the pools of members that left the
+    /// layout, and forgets the health of slots that did.
+    fn forget_gone(&mut self, live_urls: &HashSet<String>, live_keys: &HashSet<MemberKey>) {
+        let gone: Vec<String> = self
+            .stores
+            .keys()
+            .filter(|u| !live_urls.contains(*u))
+            .cloned()
+            .collect();
+        for u in gone {
+            if let Some(s) = self.stores.remove(&u) {
+                self.tasks.spawn(async move { s.close().await });
+            }
+        }
+        self.health.retain(|k, _| live_keys.contains(k));
     }
 
     fn store_for(&mut self, m: &model::MemberConfig) -> Result<Arc<SqlStore>, StoreError> {

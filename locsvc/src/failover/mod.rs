@@ -82,7 +82,7 @@ impl Default for FailoverSettings {
             probe_interval: Duration::from_secs(1),
             probe_table: "location".into(),
             hedge_delay: Duration::from_millis(50),
-            ack_grace: Duration::from_millis(crate::router::ACK_GRACE_MS),
+            ack_grace: Duration::from_millis(ACK_GRACE_MS),
             circuit_probe_interval: Duration::from_millis(100),
             resync: ResyncSettings::default(),
             level: 1,
@@ -91,6 +91,11 @@ impl Default for FailoverSettings {
         }
     }
 }
+
+/// Default `ack_grace`: above the spread between two healthy members'
+/// confirmations of one write at any sustainable load (BENCHMARKS.md,
+/// "acknowledge on the first member").
+pub const ACK_GRACE_MS: u64 = 20;
 
 type MemberKey = (u32, u32, String);
 

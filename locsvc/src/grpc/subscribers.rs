@@ -55,7 +55,7 @@ impl Subscribers for SubscribersApi {
         let Some(row) = row else {
             return Ok(Response::new(pb::GetCredentialsResponse::default()));
         };
-        let s = secrets_for(&row, &r.realm);
+        let s = secrets_for((&row).into(), &r.realm);
         Ok(Response::new(pb::GetCredentialsResponse {
             found: true,
             ha1_md5: s.ha1_md5,

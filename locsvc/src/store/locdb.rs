@@ -188,13 +188,7 @@ impl SqlStore {
         errors: u32,
         at: UnixTime,
     ) -> Result<Promotion, StoreError> {
-        let PromoteSql {
-            check,
-            pick,
-            max_no,
-            retire,
-            promote,
-        } = PromoteSql::new(self.dialect(), avoid_rgs.len());
+        let sql = PromoteSql::new(self.dialect(), avoid_rgs.len());
         let at = to_db_time(at);
         with_pool!(&self.pool, p => {
             self.timed(async {
@@ -202,7 +196,7 @@ impl SqlStore {
                 // Early returns roll back; the connection is released after.
                 let r = async {
                     let mut tx = sqlx::Connection::begin(held.conn()).await?;
-                    let still: Option<i64> = sqlx::query_scalar(&check)
+                    let still: Option<i64> = sqlx::query_scalar(&sql.check)
                         .bind(id as i32)
                         .bind(no as i32)
                         .bind(url)
@@ -212,7 +206,7 @@ impl SqlStore {
                         tx.rollback().await?;
                         return Ok(Promotion::AlreadyDone);
                     }
-                    let mut q = sqlx::query(&pick);
+                    let mut q = sqlx::query(&sql.pick);
                     for rg in avoid_rgs {
                         q = q.bind(*rg as i32);
                     }
@@ -222,9 +216,9 @@ impl SqlStore {
                     };
                     let (sid, sno, surl): (i64, i64, String) =
                         (row.try_get("id")?, row.try_get("no")?, row.try_get("url")?);
-                    let top: Option<i64> = sqlx::query_scalar(&max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
+                    let top: Option<i64> = sqlx::query_scalar(&sql.max_no).bind(sid as i32).fetch_one(&mut *tx).await?;
                     let new_no = top.unwrap_or(sno) + 1;
-                    let moved = sqlx::query(&retire)
+                    let moved = sqlx::query(&sql.retire)
                         .bind(sid as i32)
                         .bind(new_no as i32)
                         .bind(at)
@@ -239,7 +233,7 @@ impl SqlStore {
                         tx.rollback().await?;
                         return Ok(Promotion::AlreadyDone);
                     }
-                    let taken = sqlx::query(&promote)
+                    let taken = sqlx::query(&sql.promote)
                         .bind(id as i32)
                         .bind(no as i32)
                         .bind(at)

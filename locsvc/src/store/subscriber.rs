@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::exec::timed;
 use super::{DbPool, DbUrl, Dialect, PoolSettings, StoreError, with_pool};
-use crate::credentials::{ha1, ha1b};
+use crate::credentials::{Stored, ha1, ha1b};
 
 /// One `subscriber` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,17 @@ pub struct SubscriberRow {
     pub password: String,
     pub ha1: String,
     pub ha1b: String,
+}
+
+impl<'a> From<&'a SubscriberRow> for Stored<'a> {
+    fn from(r: &'a SubscriberRow) -> Self {
+        Stored {
+            username: &r.username,
+            domain: &r.domain,
+            password: &r.password,
+            ha1: &r.ha1,
+        }
+    }
 }
 
 /// Statements, built once.

@@ -90,21 +90,9 @@ impl DbUrl {
     }
 }
 
-/// Replaces the password of a URL-shaped string with `***`.
-pub fn redact(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => raw.to_string(),
-        // Unparsable: hide everything between "://" and the last '@'.
-        Err(_) => match (raw.find("://"), raw.rfind('@')) {
-            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &raw[..s + 3], &raw[at..]),
-            _ => raw.to_string(),
-        },
-    }
-}
+/// Replaces the password of a URL-shaped string with `***`: the one
+/// implementation, shared with the settings engine.
+pub use svc_base::settings::redact;
 
 impl fmt::Debug for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,11 +163,5 @@ mod tests {
         assert_eq!(DbUrl::parse(""), Err(DbUrlError::Empty));
         assert!(DbUrl::parse("no-scheme-here").is_err());
         assert!(DbUrl::parse("mysql://").is_err());
-    }
-
-    #[test]
-    fn unparsable_urls_are_still_redacted() {
-        assert_eq!(redact("mysql://u:p w@h/x"), "mysql://u:***@h/x");
-        assert_eq!(redact("mysql://u:pw@[bad/x"), "mysql://***@[bad/x");
     }
 }

@@ -27,8 +27,10 @@ pub enum Unforwardable {
     /// The next hop's host has no address (or DNS was too slow).
     #[error("Next Hop Unresolvable")]
     Unresolvable,
+    /// The top Via cannot be read back after stamping `received`/`rport`.
     #[error("Bad Via")]
     BadVia,
+    /// Our Via cannot be pushed onto the request.
     #[error("Cannot Add Via")]
     CannotAddVia,
 }

@@ -57,16 +57,33 @@ struct Instance {
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// An address that is no usable URI.
     #[error("bad locsvc address {uri}: {reason}")]
-    BadUri { uri: String, reason: String },
+    BadUri {
+        /// The address as configured.
+        uri: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// `locsvc` lists no address.
     #[error("no locsvc address configured")]
     NoInstance,
+    /// An `https://` address without `locsvc_ca` to verify it with.
     #[error(
         "locsvc address {uri} is https:// but no CA is configured (`locsvc_ca`; this build has no system trust roots)"
     )]
-    HttpsWithoutCa { uri: String },
+    HttpsWithoutCa {
+        /// The address as configured.
+        uri: String,
+    },
+    /// The TLS settings could not be applied to this address.
     #[error("TLS to locsvc at {uri}: {reason}")]
-    Tls { uri: String, reason: String },
+    Tls {
+        /// The address as configured.
+        uri: String,
+        /// Why TLS could not be set up.
+        reason: String,
+    },
 }
 
 /// A client over several locsvc instances, tried in the configured order,

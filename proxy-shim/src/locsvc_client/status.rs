@@ -17,7 +17,10 @@ pub enum LocsvcError {
     BadRequest(String),
     /// FAILED_PRECONDITION / INTERVAL_TOO_BRIEF: 423 + Min-Expires.
     #[error("interval too brief (min {min_expires})")]
-    IntervalTooBrief { min_expires: u32 },
+    IntervalTooBrief {
+        /// The shortest expiry locsvc accepts (the Min-Expires value).
+        min_expires: u32,
+    },
     /// FAILED_PRECONDITION / CSEQ_OUT_OF_ORDER: 400 (RFC 3261 §10.3 step 7).
     #[error("CSeq out of order")]
     CseqOutOfOrder,
@@ -26,7 +29,12 @@ pub enum LocsvcError {
     TooManyContacts,
     /// Unreachable, overloaded, no healthy member, deadline: 503 + Retry-After.
     #[error("location service unavailable: {detail}")]
-    Unavailable { retry_after: u32, detail: String },
+    Unavailable {
+        /// Seconds for Retry-After.
+        retry_after: u32,
+        /// What failed, for the log.
+        detail: String,
+    },
     /// Anything else (INTERNAL, UNAUTHENTICATED, unknown table): 500.
     #[error("location service fault: {0}")]
     Internal(String),

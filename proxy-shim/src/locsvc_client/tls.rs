@@ -33,8 +33,11 @@ impl std::fmt::Debug for TlsClient {
 #[derive(Debug, thiserror::Error)]
 #[error("`{setting}` {}: {reason}", path.display())]
 pub struct TlsFileError {
+    /// The setting that names the file.
     pub setting: &'static str,
+    /// The file's path.
     pub path: PathBuf,
+    /// Why it could not be used.
     pub reason: String,
 }
 

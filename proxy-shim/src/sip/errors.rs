@@ -6,8 +6,10 @@
 /// the connection (TCP): without a parsed Via there is nowhere to answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
+    /// Over a size or count limit; the text says which.
     #[error("message larger than a configured limit: {0}")]
     TooLarge(String),
+    /// Does not parse as SIP; the text says where.
     #[error("not a SIP message: {0}")]
     Malformed(String),
 }
@@ -25,8 +27,10 @@ impl From<sipx_sip::error::ParseError> for ParseError {
 /// request gets a 400 whose reason phrase names the header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderProblem {
+    /// The named header is required but absent.
     #[error("Missing {0} header")]
     Missing(&'static str),
+    /// The named header is present but unusable.
     #[error("Bad {0} header")]
     Bad(&'static str),
 }

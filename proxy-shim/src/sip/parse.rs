@@ -23,7 +23,9 @@ fn limits() -> Limits {
 /// A parsed message: a request to handle or a response to relay.
 #[derive(Debug)]
 pub enum Parsed {
+    /// A request, to handle.
     Request(Request),
+    /// A response, to relay.
     Response(Response),
 }
 

@@ -10,11 +10,15 @@ use sipx_sip::{Uri, Via};
 /// The parts of a SIP URI routing needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriView {
+    /// The scheme, lower-cased (`sip`, `sips`).
     pub scheme: String,
+    /// The user part, as written.
     pub user: Option<String>,
     /// Host without IPv6 brackets.
     pub host: String,
+    /// The host when it is an IP address.
     pub ip: Option<IpAddr>,
+    /// The port, when the URI gives one.
     pub port: Option<u16>,
     /// `transport` URI parameter, lower-cased.
     pub transport: Option<String>,
@@ -71,20 +75,26 @@ pub fn bracket(host: &str) -> String {
 pub struct ContactEntry {
     /// The URI without angle brackets or header parameters.
     pub uri: String,
+    /// The `expires` parameter, when given.
     pub expires: Option<i64>,
+    /// The `q` parameter, when given.
     pub q: Option<f32>,
     /// `+sip.instance` as sent (quotes removed), e.g. `<urn:uuid:...>`.
     pub instance: String,
+    /// `reg-id` (RFC 5626), 0 when absent.
     pub reg_id: u32,
+    /// The URI's routing parts; None for a URI without a host.
     pub view: Option<UriView>,
 }
 
 /// The Contact header field(s) of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contacts {
+    /// No Contact header (a REGISTER that only queries).
     Absent,
     /// `Contact: *` (RFC 3261 §10.2.2).
     Wildcard,
+    /// One entry per contact, in order.
     List(Vec<ContactEntry>),
 }
 
@@ -93,11 +103,15 @@ pub enum Contacts {
 pub struct ViaView {
     /// Upper-cased transport, e.g. `UDP`.
     pub transport: String,
+    /// The sent-by host.
     pub host: String,
+    /// The sent-by port, when given.
     pub port: Option<u16>,
+    /// The `branch` parameter, when present.
     pub branch: Option<String>,
     /// `rport` present without value = `Some(None)` (RFC 3581).
     pub rport: Option<Option<u16>>,
+    /// The `received` parameter, when present.
     pub received: Option<String>,
 }
 

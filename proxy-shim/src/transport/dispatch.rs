@@ -16,10 +16,13 @@ use crate::state::Core;
 /// Everything a receive loop needs besides its socket; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
+    /// The state the request handlers share.
     pub core: Arc<Core>,
+    /// Where answers and forwarded messages are sent from.
     pub outbox: Outbox,
     /// Messages being handled at once (`max_in_flight` permits).
     pub in_flight: Arc<Semaphore>,
+    /// Flood limits: per-source rate and ban, TCP connection caps and deadlines.
     pub limits: Arc<Limits>,
     /// Every task spawned (connections and messages), awaited at shutdown.
     pub tasks: TaskTracker,

@@ -13,7 +13,18 @@ use proxy_shim::settings::{Mode, Settings as ShimSettings};
 use testkit::{Serving, TestApp, init_tracing};
 use tokio::net::UdpSocket;
 
-pub const SIPP: &str = "/usr/bin/sipp";
+/// The sipp binary: `$SIPP` when set, else `sipp` found on `PATH`; None
+/// when neither names a file.
+pub fn sipp_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SIPP").filter(|p| !p.is_empty()) {
+        // Absolute: sipp runs in the test's directory, not ours.
+        let path = std::path::absolute(path).ok()?;
+        return path.is_file().then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("sipp"))
+        .find(|p| p.is_file())
+}
 
 /// One running in-process shim.
 pub struct RunningShim {
@@ -83,12 +94,14 @@ pub fn scenario(name: &str) -> PathBuf {
 /// Runs sipp to completion (bounded by `-m` and a timeout) in `dir`;
 /// returns (success, combined output for the assertion message).
 pub async fn sipp(dir: &Path, target: SocketAddr, name: &str, extra: &[&str]) -> (bool, String) {
-    assert!(
-        Path::new(SIPP).exists(),
-        "sipp is required for the proxy-shim end-to-end tests: install the Debian package \
-         `sip-tester` (apt-get install sip-tester), which provides {SIPP}"
-    );
-    let mut cmd = tokio::process::Command::new(SIPP);
+    let Some(binary) = sipp_binary() else {
+        panic!(
+            "sipp is required for the proxy-shim end-to-end tests: install the Debian package \
+             `sip-tester` (apt-get install sip-tester), which provides `sipp` on PATH, or set \
+             SIPP to its path"
+        );
+    };
+    let mut cmd = tokio::process::Command::new(binary);
     cmd.current_dir(dir)
         .arg("-sf")
         .arg(scenario(name))
