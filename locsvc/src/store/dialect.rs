@@ -35,6 +35,25 @@ impl Dialect {
         out
     }
 
+    /// `INSERT INTO {into} VALUES {values}` that skips a row whose key is
+    /// there already.
+    pub fn insert_ignoring_duplicates(self, into: &str, values: &str) -> String {
+        match self {
+            Self::MySql => format!("INSERT IGNORE INTO {into} VALUES {values}"),
+            Self::Postgres | Self::Sqlite => {
+                format!("INSERT INTO {into} VALUES {values} ON CONFLICT DO NOTHING")
+            }
+        }
+    }
+
+    /// The column type of a UTC timestamp without zone.
+    pub fn timestamp_type(self) -> &'static str {
+        match self {
+            Self::MySql => "DATETIME",
+            Self::Postgres | Self::Sqlite => "TIMESTAMP WITHOUT TIME ZONE",
+        }
+    }
+
     /// `expr` cast to a 64-bit signed integer (decodes as i64 everywhere).
     pub fn int64(self, expr: &str) -> String {
         match self {
@@ -96,6 +115,8 @@ pub struct TableSql {
     pub delete_aor: String,
     pub delete_contact: String,
     pub sweep: String,
+    /// How many times `sweep` binds the cutoff before its batch size.
+    pub sweep_cutoffs: usize,
     pub dump_page: String,
     pub count_contacts: String,
     pub count_aors: String,
@@ -159,6 +180,7 @@ impl TableSql {
                 "DELETE FROM {table} WHERE {aor_filter} AND contact = ?"
             )),
             sweep: f(sweep),
+            sweep_cutoffs: if dialect == Dialect::MySql { 1 } else { 2 },
             dump_page: f(format!(
                 "SELECT {id} AS row_id, {cols} FROM {table} WHERE id > ? AND expires > ? \
                  ORDER BY id LIMIT ?",

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::exec::{BULK_KEYS, BULK_ROWS, Change, bind_aor, bind_binding, write_changes};
 use super::rows::{decode_row, to_db_time};
-use super::{Dialect, LocationStore, SqlStore, StoreError, StoredBinding, TableStats, with_pool};
+use super::{LocationStore, SqlStore, StoreError, StoredBinding, TableStats, with_pool};
 use crate::domain::{Aor, Binding, UnixTime};
 
 #[async_trait]
@@ -88,11 +88,11 @@ impl LocationStore for SqlStore {
         let sql = self.sql(table)?;
         let before = to_db_time(before);
         with_pool!(&self.pool, p => {
-            let q = sqlx::query(&sql.sweep).bind(before);
-            let q = match self.dialect() {
-                Dialect::MySql => q.bind(i64::from(batch)),
-                Dialect::Postgres | Dialect::Sqlite => q.bind(before).bind(i64::from(batch)),
-            };
+            let mut q = sqlx::query(&sql.sweep);
+            for _ in 0..sql.sweep_cutoffs {
+                q = q.bind(before);
+            }
+            let q = q.bind(i64::from(batch));
             Ok(self.timed(q.execute(p)).await?.rows_affected())
         })
     }

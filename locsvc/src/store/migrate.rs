@@ -123,25 +123,17 @@ impl SqlStore {
             }
         };
         let d = self.dialect();
-        let ts = match d {
-            Dialect::MySql => "DATETIME",
-            Dialect::Postgres | Dialect::Sqlite => "TIMESTAMP WITHOUT TIME ZONE",
-        };
+        let ts = d.timestamp_type();
         let create = format!(
             "CREATE TABLE IF NOT EXISTS locsvc_schema (scope VARCHAR(128) NOT NULL, \
              version INTEGER NOT NULL, name VARCHAR(255) NOT NULL, applied_at {ts} NOT NULL, \
              PRIMARY KEY (scope, version))"
         );
         let applied_sql = d.finish("SELECT version FROM locsvc_schema WHERE scope = ?");
-        let record = d.finish(match d {
-            Dialect::MySql => {
-                "INSERT IGNORE INTO locsvc_schema (scope, version, name, applied_at) VALUES (?, ?, ?, ?)"
-            }
-            Dialect::Postgres | Dialect::Sqlite => {
-                "INSERT INTO locsvc_schema (scope, version, name, applied_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING"
-            }
-        });
+        let record = d.finish(&d.insert_ignoring_duplicates(
+            "locsvc_schema (scope, version, name, applied_at)",
+            "(?, ?, ?, ?)",
+        ));
         let now = chrono::Utc::now().naive_utc();
         let mut ran = 0;
         with_pool!(self.pool(), p => {
