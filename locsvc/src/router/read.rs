@@ -16,8 +16,8 @@ use crate::store::StoreError;
 impl Router {
     /// Runs `op` on one readable member of `target`, falling back to the
     /// others; `spread` picks which member goes first. With `key` (see
-    /// `write_key`), members that may lack an acknowledged write of that AoR
-    /// are never asked. Answers by `deadline`.
+    /// `write_key`), a member that may lack an acknowledged write of that AoR
+    /// is asked only once it has confirmed it. Answers by `deadline`.
     pub async fn read<T>(
         &self,
         target: &Target,
@@ -62,11 +62,13 @@ impl Router {
                     && let Some(k) = key
                     && !self.caught_up(&m, k).await
                 {
+                    // Marked as missing the write already; not a failure of
+                    // the member's server, so nothing to record.
                     let e = StoreError::Unavailable("missed a write of this AoR".into());
-                    return (m, Err(e));
+                    return (m, Err(e), false);
                 }
                 let r = op(m.store.clone()).await;
-                (m, r)
+                (m, r, true)
             }
             .instrument(span)
         };
@@ -96,9 +98,11 @@ impl Router {
                 pending.next().await
             };
             match done {
-                Some((m, Ok(t))) => return Ok((t, m.config.no)),
-                Some((m, Err(e))) => {
-                    self.record_error(&m, &e, "read", false);
+                Some((m, Ok(t), _)) => return Ok((t, m.config.no)),
+                Some((m, Err(e), record)) => {
+                    if record {
+                        self.record_error(&m, &e, "read", false);
+                    }
                     last_err = Some(e);
                 }
                 None => break,
