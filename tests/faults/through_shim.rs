@@ -327,8 +327,29 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
         );
     }
     eprintln!("FAULT-SHIM {sig}: member 1 switched off in {switched_off} of 2 groups");
-    assert_eq!(reg.failed, 0, "failed REGISTERs\n{}", reg.log);
-    assert_eq!(inv.failed, 0, "failed lookups\n{}", inv.log);
+    // What locsvc saw, for a failure's diagnosis: which members failed
+    // statements (a stall of a surviving member is a second fault), what
+    // the RPCs answered, how often reads were hedged.
+    let seen: String = app
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "member_errors",
+                    "rpc_requests",
+                    "hedged",
+                    "circuit",
+                    "missed",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(reg.failed, 0, "failed REGISTERs\n{seen}\n{}", reg.log);
+    assert_eq!(inv.failed, 0, "failed lookups\n{seen}\n{}", inv.log);
     assert_eq!(
         reg.ok,
         reg_rate * secs,
