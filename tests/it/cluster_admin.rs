@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use locsvc::domain::{Aor, KeyPolicy};
-use locsvc::store::LocationStore;
+use locsvc::store::{LocationStore, LocdbUpdates};
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::cluster_client::ClusterClient;
 

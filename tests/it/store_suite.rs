@@ -3,7 +3,7 @@
 
 use locsvc::domain::{Aor, Binding, KeyPolicy};
 use locsvc::store::migrate::Scope;
-use locsvc::store::{LocationStore, SqlStore, StoredBinding};
+use locsvc::store::{LocationStore, LocdbUpdates, SqlStore, StoredBinding};
 
 use crate::harness::{Backend, fresh_db, locdb_row, open_store};
 

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use super::Master;
 use crate::clock::Clock;
 use crate::cluster::{GroupConfig, Member, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::{LocdbUpdates, StoreError};
 
 /// A `failover` at most this old already marks a member as lacking writes.
 const RECENT_SECS: i64 = 60;
@@ -48,7 +47,7 @@ pub fn layout_miss(
 
 /// Records missed writes, locally and in `locdb`.
 pub struct Marks {
-    pub(super) master: Arc<dyn Master>,
+    pub(super) master: Arc<dyn LocdbUpdates>,
     pub(super) clock: Clock,
     pub(super) metrics: Arc<Metrics>,
     /// Recordings in flight; shutdown awaits them.
@@ -58,7 +57,7 @@ pub struct Marks {
 impl Marks {
     /// Marks recorded on `master`, spawned on `tasks`.
     pub fn new(
-        master: Arc<dyn Master>,
+        master: Arc<dyn LocdbUpdates>,
         clock: Clock,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,

@@ -12,7 +12,6 @@ pub mod accrual;
 pub mod circuit;
 pub mod health;
 pub mod marks;
-pub mod master;
 pub mod monitor;
 pub mod resync;
 #[cfg(test)]
@@ -34,12 +33,11 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::cluster::{Member, MemberStatus, Topology};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 use crate::store::rows::to_db_time;
+use crate::store::{LocdbUpdates, StoreError};
 pub use circuit::Circuit;
 pub use health::MemberHealth;
 pub use marks::{Marks, layout_miss};
-pub use master::Master;
 pub use monitor::{Decision, MonitorSettings, Observation};
 pub use resync::{Progress, ResyncSettings};
 pub use unconfirmed::Unconfirmed;
@@ -123,7 +121,7 @@ fn key(m: &Member) -> MemberKey {
 pub struct Failover {
     settings: FailoverSettings,
     monitors: Mutex<HashMap<MemberKey, monitor::Monitor>>,
-    master: Arc<dyn Master>,
+    master: Arc<dyn LocdbUpdates>,
     marks: Arc<Marks>,
     clock: Clock,
     started: tokio::time::Instant,

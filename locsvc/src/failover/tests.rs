@@ -17,7 +17,9 @@ use crate::cluster::{Group, GroupConfig, MemberConfig, Topology};
 use crate::domain::{Aor, Binding, KeyPolicy, UnixTime};
 use crate::partition::{HashMode, Partitioner};
 use crate::store::migrate::Scope;
-use crate::store::{DbUrl, LocationStore, PoolSettings, Promotion, SqlStore, StoreOptions};
+use crate::store::{
+    DbUrl, LocationStore, LocdbUpdates, PoolSettings, Promotion, SqlStore, StoreOptions,
+};
 
 const T0: UnixTime = 1_800_000_000;
 
@@ -56,7 +58,7 @@ impl FakeMaster {
 }
 
 #[async_trait]
-impl Master for FakeMaster {
+impl LocdbUpdates for FakeMaster {
     async fn mark_failover(&self, _g: u32, no: u32, at: UnixTime) -> Result<u64, StoreError> {
         self.answer(Call::Mark { no, at })
     }

@@ -4,6 +4,7 @@
 //! status). Each update is one statement (or one transaction) whose
 //! conditions make concurrent instances agree: only one of them lands.
 
+use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use sqlx::Row;
 
@@ -47,11 +48,77 @@ pub const FAILOVER_RESET: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(
     None => NaiveDateTime::MIN,
 };
 
-/// A bind value of a `locdb` update.
-enum Arg {
+/// The conditional `locdb` updates failover and administration make, as a
+/// trait: failover's policies are unit-tested against a fake of it.
+#[async_trait]
+pub trait LocdbUpdates: Send + Sync + 'static {
+    /// Records that the member in slot (`id`, `no`) missed writes at `at`,
+    /// so every instance keeps reads off it (p_usrloc's "recent
+    /// failover"); a later recorded miss is kept. Rows changed.
+    async fn mark_failover(&self, id: u32, no: u32, at: UnixTime) -> Result<u64, StoreError>;
+
+    /// Switches an `on` member off (failover level 1), adding `errors` to
+    /// its counter. Returns 0 when another instance already did, or when no
+    /// other member of the group is on.
+    async fn deactivate(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Switches an `off` member back on; it warms up (is not read) until it
+    /// is known to be complete. Returns 0 when another instance already did.
+    async fn readmit(&self, id: u32, no: u32, url: &str, at: UnixTime) -> Result<u64, StoreError>;
+
+    /// Marks a member complete (resynced) unless a newer miss was recorded
+    /// since `expected` was read. Returns 0 when it was.
+    async fn clear_failover(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        expected: NaiveDateTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Sets a member's status (a `MemberStatus` code) by operator request,
+    /// dated `at`. Returns 0 when there is no such member.
+    async fn set_status(
+        &self,
+        id: u32,
+        no: u32,
+        status: i64,
+        at: UnixTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Failover level 2: swaps broken member (`id`, `no`, `url`) for a spare
+    /// whose risk group differs from every rg in `avoid_rgs` (the broken
+    /// member's and its partners'), in one transaction, like p_usrloc's
+    /// `db_failover` but with both risk groups checked. The broken row
+    /// becomes an off spare; the spare takes its place, on, with a recent
+    /// `failover` so it is resynced before it is read. Exactly once across
+    /// instances: the first statement is conditional on the broken row.
+    async fn promote_spare(
+        &self,
+        id: u32,
+        no: u32,
+        url: &str,
+        avoid_rgs: &[i64],
+        errors: u32,
+        at: UnixTime,
+    ) -> Result<Promotion, StoreError>;
+}
+
+/// A bind value of a `locdb` update, in statement order.
+enum Arg<'a> {
     Time(UnixTime),
     Naive(NaiveDateTime),
     Int(i64),
+    /// A group id or member number (`INT` columns).
+    Key(u32),
+    Text(&'a str),
 }
 
 impl SqlStore {
@@ -99,28 +166,34 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Records in `locdb` that the member in slot (`id`, `no`) missed
-    /// writes at `at`, so every instance keeps reads off it (p_usrloc's
-    /// "recent failover").
-    pub async fn mark_failover(&self, id: u32, no: u32, at: UnixTime) -> Result<u64, StoreError> {
-        let sql = &self.locdb.mark_failover;
-        let done = with_pool!(&self.pool, p => self
-            .timed(
-                sqlx::query(sql)
-                    .bind(to_db_time(at))
-                    .bind(id as i32)
-                    .bind(no as i32)
-                    .execute(p),
-            )
-            .await?
-            .rows_affected());
+    /// Runs a `locdb` update with `args` bound in order; rows changed.
+    async fn locdb_update(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let done = with_pool!(&self.pool, p => {
+            let mut q = sqlx::query(sql);
+            for a in args {
+                q = match a {
+                    Arg::Time(t) => q.bind(to_db_time(*t)),
+                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Int(i) => q.bind(*i),
+                    Arg::Key(k) => q.bind(*k as i32),
+                    Arg::Text(t) => q.bind(*t),
+                };
+            }
+            self.timed(q.execute(p)).await?.rows_affected()
+        });
         Ok(done)
     }
+}
 
-    /// Switches an `on` member off (failover level 1), adding `errors` to
-    /// its counter. Returns 0 when another instance already did, or when no
-    /// other member of the group is on.
-    pub async fn deactivate(
+#[async_trait]
+impl LocdbUpdates for SqlStore {
+    async fn mark_failover(&self, id: u32, no: u32, at: UnixTime) -> Result<u64, StoreError> {
+        // Keyed by the slot, not the URL: see `LocdbSql::mark_failover`.
+        let args = [Arg::Time(at), Arg::Key(id), Arg::Key(no)];
+        self.locdb_update(&self.locdb.mark_failover, &args).await
+    }
+
+    async fn deactivate(
         &self,
         id: u32,
         no: u32,
@@ -128,58 +201,58 @@ impl SqlStore {
         errors: u32,
         at: UnixTime,
     ) -> Result<u64, StoreError> {
-        self.locdb_update(
-            &self.locdb.deactivate,
-            &[Arg::Time(at), Arg::Int(i64::from(errors))],
-            id,
-            no,
-            url,
-            &[Arg::Int(i64::from(id)), Arg::Int(i64::from(no))],
-        )
-        .await
+        let args = [
+            Arg::Time(at),
+            Arg::Int(i64::from(errors)),
+            Arg::Key(id),
+            Arg::Key(no),
+            Arg::Text(url),
+            // The "another member is on" sub-select.
+            Arg::Key(id),
+            Arg::Key(no),
+        ];
+        self.locdb_update(&self.locdb.deactivate, &args).await
     }
 
-    /// Switches an `off` member back on; it warms up (is not read) until
-    /// it is known to be complete. Returns 0 when another instance already did.
-    pub async fn readmit(
-        &self,
-        id: u32,
-        no: u32,
-        url: &str,
-        at: UnixTime,
-    ) -> Result<u64, StoreError> {
-        self.locdb_update(&self.locdb.readmit, &[Arg::Time(at)], id, no, url, &[])
-            .await
+    async fn readmit(&self, id: u32, no: u32, url: &str, at: UnixTime) -> Result<u64, StoreError> {
+        let args = [Arg::Time(at), Arg::Key(id), Arg::Key(no), Arg::Text(url)];
+        self.locdb_update(&self.locdb.readmit, &args).await
     }
 
-    /// Marks a member complete (resynced) unless a newer miss was recorded
-    /// since `expected` was read. Returns 0 when it was.
-    pub async fn clear_failover(
+    async fn clear_failover(
         &self,
         id: u32,
         no: u32,
         url: &str,
         expected: NaiveDateTime,
     ) -> Result<u64, StoreError> {
-        self.locdb_update(
-            &self.locdb.clear_failover,
-            &[Arg::Naive(FAILOVER_RESET)],
-            id,
-            no,
-            url,
-            &[Arg::Naive(expected)],
-        )
-        .await
+        let args = [
+            Arg::Naive(FAILOVER_RESET),
+            Arg::Key(id),
+            Arg::Key(no),
+            Arg::Text(url),
+            Arg::Naive(expected),
+        ];
+        self.locdb_update(&self.locdb.clear_failover, &args).await
     }
 
-    /// Failover level 2: swaps broken member (`id`, `no`, `url`) for a spare
-    /// whose risk group differs from every rg in `avoid_rgs` (the broken
-    /// member's and its partners'), in one transaction, like p_usrloc's
-    /// `db_failover` but with both risk groups checked. The broken row
-    /// becomes an off spare; the spare takes its place, on, with a recent
-    /// `failover` so it is resynced before it is read. Exactly once across
-    /// instances: the first statement is conditional on the broken row.
-    pub async fn promote_spare(
+    async fn set_status(
+        &self,
+        id: u32,
+        no: u32,
+        status: i64,
+        at: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let args = [
+            Arg::Key(status as u32),
+            Arg::Time(at),
+            Arg::Key(id),
+            Arg::Key(no),
+        ];
+        self.locdb_update(&self.locdb.set_status, &args).await
+    }
+
+    async fn promote_spare(
         &self,
         id: u32,
         no: u32,
@@ -256,60 +329,5 @@ impl SqlStore {
             })
             .await
         })
-    }
-
-    /// Sets a member's status by operator request.
-    pub async fn set_status(
-        &self,
-        id: u32,
-        no: u32,
-        status: i64,
-        at: UnixTime,
-    ) -> Result<u64, StoreError> {
-        let sql = &self.locdb.set_status;
-        let done = with_pool!(&self.pool, p => self
-            .timed(
-                sqlx::query(sql)
-                    .bind(status as i32)
-                    .bind(to_db_time(at))
-                    .bind(id as i32)
-                    .bind(no as i32)
-                    .execute(p),
-            )
-            .await?
-            .rows_affected());
-        Ok(done)
-    }
-
-    /// Runs a `locdb` update bound as: `head`, id, no, url, `tail`.
-    async fn locdb_update(
-        &self,
-        sql: &str,
-        head: &[Arg],
-        id: u32,
-        no: u32,
-        url: &str,
-        tail: &[Arg],
-    ) -> Result<u64, StoreError> {
-        let done = with_pool!(&self.pool, p => {
-            let mut q = sqlx::query(sql);
-            for a in head {
-                q = match a {
-                    Arg::Time(t) => q.bind(to_db_time(*t)),
-                    Arg::Naive(t) => q.bind(*t),
-                    Arg::Int(i) => q.bind(*i),
-                };
-            }
-            q = q.bind(id as i32).bind(no as i32).bind(url);
-            for a in tail {
-                q = match a {
-                    Arg::Time(t) => q.bind(to_db_time(*t)),
-                    Arg::Naive(t) => q.bind(*t),
-                    Arg::Int(i) => q.bind(*i),
-                };
-            }
-            self.timed(q.execute(p)).await?.rows_affected()
-        });
-        Ok(done)
     }
 }

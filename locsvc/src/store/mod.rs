@@ -31,7 +31,7 @@ pub use batch::BatchStats;
 use batch::Coalescer;
 pub use dialect::{COLUMNS, Dialect, LocdbSql, TableSql};
 pub use error::StoreError;
-pub use locdb::{FAILOVER_RESET, LocdbRow, Promotion};
+pub use locdb::{FAILOVER_RESET, LocdbRow, LocdbUpdates, Promotion};
 pub(crate) use pool::with_pool;
 pub use pool::{DbPool, PoolSettings};
 pub use rows::StoredBinding;
