@@ -4,6 +4,7 @@
 //! test binaries one after another) and its tests take a lock, so no other
 //! test ever sees the faulted server.
 
+mod canary;
 #[path = "../it/harness.rs"]
 #[allow(dead_code)]
 mod harness;

@@ -171,7 +171,7 @@ fn percentiles(rtt: &[(f64, f64)], from: f64, to: f64) -> (usize, f64, f64, f64)
     )
 }
 
-fn now_ms() -> f64 {
+pub(crate) fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -288,6 +288,7 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
             shim_addr,
         ),
     );
+    let canaries = super::canary::Canaries::start(Backend::MariaDb2, layout.dir.path()).await;
     let restore = Restore("m1");
     let metrics = app.metrics.clone();
     let fault = async move {
@@ -313,6 +314,7 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
     for a in resume {
         signal("m1", a);
     }
+    let canaries = canaries.finish().await;
 
     let rows = layout.master().load_locdb().await.unwrap();
     let switched_off = rows.iter().filter(|r| r.no == 1 && r.status == 0).count();
@@ -327,27 +329,34 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
         );
     }
     eprintln!("FAULT-SHIM {sig}: member 1 switched off in {switched_off} of 2 groups");
+    let second_fault = format!(
+        "fault window: {}\nwhole run: {}",
+        canaries.summary(window.0, window.1, fault_at),
+        canaries.summary(0.0, f64::MAX, fault_at)
+    );
+    eprintln!("FAULT-SHIM {sig}: {second_fault}");
     // What locsvc saw, for a failure's diagnosis: which members failed
     // statements (a stall of a surviving member is a second fault), what
     // the RPCs answered, how often reads were hedged.
-    let seen: String = app
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| {
-            !l.starts_with('#')
-                && [
-                    "member_errors",
-                    "rpc_requests",
-                    "hedged",
-                    "circuit",
-                    "missed",
-                ]
-                .iter()
-                .any(|k| l.contains(k))
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let seen = format!("{second_fault}\n")
+        + &app
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && [
+                        "member_errors",
+                        "rpc_requests",
+                        "hedged",
+                        "circuit",
+                        "missed",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
     assert_eq!(reg.failed, 0, "failed REGISTERs\n{seen}\n{}", reg.log);
     assert_eq!(inv.failed, 0, "failed lookups\n{seen}\n{}", inv.log);
     assert_eq!(
