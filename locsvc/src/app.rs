@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::aor_lock::AorLocks;
 use crate::clock::{self, Clock};
-use crate::cluster::ClusterWatcher;
+use crate::cluster::{ClusterWatcher, Registry};
 use crate::expiry::Sweeper;
 use crate::failover::{Failover, Marks};
 use crate::grpc::{ClusterApi, Level, LocationApi, SubscribersApi, Tokens};
@@ -28,6 +29,10 @@ use crate::settings::Settings;
 use crate::store::migrate::Scope;
 use crate::store::subscriber::SubscriberStore;
 use crate::store::{DbUrl, LocdbRow, SqlStore, StoreError};
+
+/// A peer heard from within this long (or three polls) is waited for
+/// before serving; one silent for longer is presumed dead.
+const JOIN_RECENT: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -70,6 +75,8 @@ pub struct App {
     subscribers: SubscriberStore,
     own_subscriber_pool: bool,
     topology: tokio::sync::watch::Receiver<Arc<crate::cluster::Topology>>,
+    /// This instance in `locsvc_instances`.
+    registry: Arc<Registry>,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
@@ -226,6 +233,36 @@ fn open_subscribers(
     }
 }
 
+/// The cross-instance AoR locks: on the master's database when its
+/// dialect has session locks.
+fn open_aor_locks(
+    settings: &Settings,
+    url: &DbUrl,
+    peers: tokio::sync::watch::Receiver<crate::cluster::Peers>,
+    metrics: &Arc<Metrics>,
+    tasks: &TaskTracker,
+) -> Result<AorLocks, AppError> {
+    // The lock's own deadline bounds the wait for a session, not the pool's.
+    let pool = crate::store::PoolSettings {
+        max_connections: settings.cluster.aor_lock_connections,
+        acquire_timeout: Duration::from_secs(60),
+        ..settings.cluster.pool.clone()
+    };
+    let locks =
+        crate::store::AdvisoryLocks::open(url, &pool).map_err(|source| AppError::Master {
+            url: url.redacted(),
+            source,
+        })?;
+    Ok(AorLocks::new(
+        settings.cluster.aor_lock,
+        locks,
+        peers,
+        metrics.clone(),
+        settings.cluster.query_timeout,
+        tasks.clone(),
+    ))
+}
+
 /// A listener on `addr`, and the address it got (port 0 picks one).
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
     let bound = |source| AppError::Bind { addr, source };
@@ -266,6 +303,17 @@ impl App {
             url: url.redacted(),
             source,
         })?;
+        let (registry, peers) = Registry::register(
+            master.clone(),
+            settings.cluster.instance_lease,
+            metrics.clone(),
+        )
+        .await
+        .map_err(|source| AppError::Master {
+            url: url.redacted(),
+            source,
+        })?;
+        let cross = open_aor_locks(&settings, &url, peers, &metrics, &tasks)?;
         let failover = Arc::new(Failover::new(
             settings.failover_settings(),
             marks.clone(),
@@ -283,6 +331,7 @@ impl App {
         );
         let service = Arc::new(LocationService::new(
             router.clone(),
+            cross,
             settings.registrar.clone(),
             settings.cluster.key_policy,
             clock.clone(),
@@ -294,6 +343,15 @@ impl App {
             settings.stale_window(),
         );
         let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
+        // Serve only once every other instance knows of this one, so their
+        // Saves of an AoR are serialized with ours (docs/layout-changes.md).
+        let poll = settings.cluster.poll_interval;
+        registry
+            .join(
+                poll.min(Duration::from_millis(200)),
+                (poll * 3).max(JOIN_RECENT),
+            )
+            .await;
         let (grpc, grpc_addr) = bind(settings.grpc.listen).await?;
         let (metrics_listener, metrics_addr) = match settings.metrics_listen {
             Some(a) => {
@@ -313,6 +371,7 @@ impl App {
             subscribers,
             own_subscriber_pool,
             topology,
+            registry,
             grpc,
             grpc_addr,
             metrics_listener,
@@ -371,14 +430,16 @@ impl App {
                 })
                 .await
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            self.watcher.run(s.cluster.poll_interval, token.clone()),
-        ));
-        tasks.push(tokio::spawn(self.sweeper.run(token.clone())));
-        tasks.push(tokio::spawn(
-            self.failover.run(self.topology, token.clone()),
-        ));
+        let mut tasks = vec![
+            tokio::spawn(self.watcher.run(s.cluster.poll_interval, token.clone())),
+            tokio::spawn(self.sweeper.run(token.clone())),
+            tokio::spawn(
+                self.registry
+                    .clone()
+                    .run(s.cluster.poll_interval, token.clone()),
+            ),
+            tokio::spawn(self.failover.run(self.topology, token.clone())),
+        ];
         if let Some(l) = self.metrics_listener {
             let (m, t) = (self.metrics.clone(), token.clone());
             tasks.push(tokio::spawn(async move {
@@ -413,6 +474,9 @@ impl App {
                 Ok(())
             }
         };
+        // Serving nothing any more; member writes still finishing keep
+        // their AoR locks until they settle.
+        self.registry.leave().await;
         drain_background(self.service.router().background(), &token, &self.tasks).await;
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;

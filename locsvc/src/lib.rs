@@ -7,8 +7,10 @@
 //! reads from one member that is known to be up to date; `store` speaks SQL to
 //! MySQL/MariaDB, PostgreSQL and SQLite; `expiry` removes expired bindings;
 //! `credentials` and `store::subscriber` hold SIP digest credentials;
-//! `grpc` is the API edge.
+//! `grpc` is the API edge; `aor_lock` serializes one AoR's writes across
+//! instances.
 
+pub mod aor_lock;
 pub mod app;
 pub mod cli;
 pub mod clock;

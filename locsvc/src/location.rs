@@ -8,10 +8,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use tokio::time::{Instant, timeout_at};
 
+use crate::aor_lock::{AorLockGuard, AorLocks};
 use crate::clock::Clock;
 use crate::domain::{Aor, AorError, Binding, KeyPolicy, SaveInput, UnixTime};
 use crate::registrar::{self, RegistrarError, RegistrarPolicy};
-use crate::router::{RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key};
+use crate::router::{Hold, RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key};
 use crate::store::{LocationStore, StoreError, StoredBinding, TableStats};
 
 /// Why a location operation failed.
@@ -55,13 +56,13 @@ pub struct GroupStats {
 /// two concurrent REGISTERs cannot both read, then both write, and lose one
 /// binding (p_usrloc has no locking, reference §7.1). Held until the write is
 /// acknowledged; members still finishing it keep the AoR's order themselves
-/// (`failover::unconfirmed`). Across instances the per-row upserts keyed on
-/// ruid keep distinct contacts from overwriting each other.
-struct AorLocks {
+/// (`failover::unconfirmed`). Across instances, `aor_lock` adds a lock in the
+/// master, held until every member has settled the write.
+struct LocalLocks {
     stripes: Box<[Mutex<()>]>,
 }
 
-impl AorLocks {
+impl LocalLocks {
     fn new(n: usize) -> Self {
         Self {
             stripes: (0..n.max(1)).map(|_| Mutex::new(())).collect(),
@@ -76,10 +77,27 @@ impl AorLocks {
     }
 }
 
+/// An AoR's route and the locks held on it for one operation.
+struct Locked<'a> {
+    target: Target,
+    key: u64,
+    _local: MutexGuard<'a, ()>,
+    cross: Option<Arc<AorLockGuard>>,
+}
+
+impl Locked<'_> {
+    /// The cross-instance lock, for the write to keep until every member
+    /// has it (or every instance knows which does not).
+    fn hold(&self) -> Option<Hold> {
+        self.cross.clone().map(|g| g as Hold)
+    }
+}
+
 /// The location service.
 pub struct LocationService {
     router: Router,
-    locks: AorLocks,
+    locks: LocalLocks,
+    cross: AorLocks,
     policy: RegistrarPolicy,
     key_policy: KeyPolicy,
     clock: Clock,
@@ -90,16 +108,18 @@ fn new_ruid() -> String {
 }
 
 impl LocationService {
-    /// A service over `router`.
+    /// A service over `router`; `cross` serializes writes across instances.
     pub fn new(
         router: Router,
+        cross: AorLocks,
         policy: RegistrarPolicy,
         key_policy: KeyPolicy,
         clock: Clock,
     ) -> Self {
         Self {
             router,
-            locks: AorLocks::new(4096),
+            locks: LocalLocks::new(4096),
+            cross,
             policy,
             key_policy,
             clock,
@@ -121,23 +141,37 @@ impl LocationService {
         Aor::parse(aor, self.key_policy)
     }
 
-    /// Where `aor` lives, its write key, and its lock, taken by `deadline`.
+    /// Where `aor` lives, its write key, and its locks, taken by
+    /// `deadline`: this instance's, then (when other instances may serve
+    /// it) the master's, which the write's member tasks keep until they
+    /// have all settled.
     async fn lock(
         &self,
         table: &str,
         aor: &Aor,
         deadline: Instant,
-    ) -> Result<(Target, u64, MutexGuard<'_, ()>), LocationError> {
+    ) -> Result<Locked<'_>, LocationError> {
         let target = self.router.target(table, aor)?;
         let key = write_key(table, aor);
-        let guard = self
+        let deadline_passed = || RouteError::Deadline {
+            group: target.group_id(),
+        };
+        let local = self
             .locks
             .lock(key, deadline)
             .await
-            .ok_or(RouteError::Deadline {
-                group: target.group_id(),
-            })?;
-        Ok((target, key, guard))
+            .ok_or_else(deadline_passed)?;
+        let cross = self
+            .cross
+            .lock(key, deadline)
+            .await
+            .map_err(|_| deadline_passed())?;
+        Ok(Locked {
+            target,
+            key,
+            _local: local,
+            cross,
+        })
     }
 
     /// Applies one REGISTER to `aor` (RFC 3261 §10.3), answering by
@@ -150,11 +184,12 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<Saved, LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let (target, key, _guard) = self.lock(table, aor, deadline).await?;
+        let locked = self.lock(table, aor, deadline).await?;
+        let (target, key) = (&locked.target, locked.key);
         let (existing, _) = self
             .router
             .read(
-                &target,
+                target,
                 spread_of(aor),
                 Some(key),
                 &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
@@ -174,7 +209,9 @@ impl LocationService {
                 let (upserts, deletes) = (upserts.clone(), deletes.clone());
                 Box::pin(async move { s.apply(&table, &aor, &upserts, &deletes).await })
             });
-            self.router.write(&target, key, op, deadline).await?;
+            self.router
+                .write(target, key, op, deadline, locked.hold())
+                .await?;
         }
         Ok(Saved {
             group: target.group_id(),
@@ -218,14 +255,18 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let (target, key, _guard) = self.lock(table, aor, deadline).await?;
+        let locked = self.lock(table, aor, deadline).await?;
+        let (target, key) = (&locked.target, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
         let contact: Option<Arc<str>> = contact.map(Arc::from);
         let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
             let (table, aor, contact) = (table.clone(), aor.clone(), contact.clone());
             Box::pin(async move { s.remove(&table, &aor, contact.as_deref()).await })
         });
-        let counts = self.router.write(&target, key, op, deadline).await?;
+        let counts = self
+            .router
+            .write(target, key, op, deadline, locked.hold())
+            .await?;
         Ok((target.group_id(), counts.into_iter().max().unwrap_or(0)))
     }
 

@@ -46,6 +46,10 @@ pub struct Metrics {
     /// Time between the first and the last member confirming one write
     /// (writes every member took); what `ack_grace` must cover.
     pub write_confirm_spread: Histogram,
+    /// Other locsvc instances heard from within the lease.
+    pub peers_live: IntGauge,
+    /// Cross-instance AoR locks by result (taken, busy, fallback).
+    pub aor_locks: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,6 +81,10 @@ impl Metrics {
             config_reloads,
             config_problems,
         } = Housekeeping::register(&registry);
+        let Serialization {
+            peers_live,
+            aor_locks,
+        } = Serialization::register(&registry);
         Self {
             registry,
             rpc_requests,
@@ -95,6 +103,8 @@ impl Metrics {
             circuit_opened,
             circuit_skips,
             write_confirm_spread,
+            peers_live,
+            aor_locks,
         }
     }
 
@@ -142,6 +152,36 @@ impl Rpc {
                 registry,
                 "hedged_reads_total",
                 "Reads also sent to a second member",
+            ),
+        }
+    }
+}
+
+/// Several instances on one cluster: who else serves, and the AoR locks
+/// that serialize their Saves.
+struct Serialization {
+    peers_live: IntGauge,
+    aor_locks: IntCounterVec,
+}
+
+impl Serialization {
+    fn register(registry: &Registry) -> Self {
+        Self {
+            peers_live: registered(
+                registry,
+                IntGauge::new(
+                    "peers_live",
+                    "Other locsvc instances heard from within the lease",
+                )
+                .expect("valid metric"),
+            ),
+            aor_locks: counter_vec(
+                registry,
+                "aor_locks_total",
+                "Cross-instance AoR locks in the master by result: taken, busy (held \
+                 elsewhere past the deadline), fallback (master unanswered: in-process \
+                 lock only)",
+                &["result"],
             ),
         }
     }

@@ -104,6 +104,11 @@ pub type StoreOp<'s, T> =
 pub type WriteOp<T> =
     Arc<dyn Fn(Arc<dyn LocationStore>) -> BoxFuture<'static, Result<T, StoreError>> + Send + Sync>;
 
+/// Something a write keeps alive until every member has it or every
+/// instance knows which does not: the AoR's cross-instance lock
+/// (`aor_lock`), opaque here.
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
+
 /// How the router waits on members.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterSettings {
@@ -116,6 +121,12 @@ pub struct RouterSettings {
     /// Once one member took a write, how long the others get to confirm it
     /// before the caller is answered without them.
     pub ack_grace: Duration,
+    /// How long a member that missed a held write is retried before the
+    /// miss is recorded and waited out.
+    pub repair_window: Duration,
+    /// How often every instance re-reads `locdb` (a recorded miss is known
+    /// everywhere one of these later).
+    pub poll_interval: Duration,
 }
 
 impl Default for RouterSettings {
@@ -124,6 +135,8 @@ impl Default for RouterSettings {
             stale_window: 3600,
             hedge_delay: Duration::from_millis(50),
             ack_grace: Duration::from_millis(ACK_GRACE_MS),
+            repair_window: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(2),
         }
     }
 }

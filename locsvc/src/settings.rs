@@ -12,6 +12,7 @@ use std::time::Duration;
 use svc_base::settings::Refusal;
 pub use svc_base::settings::SettingsError;
 
+use crate::aor_lock::AorLockMode;
 use crate::domain::KeyPolicy;
 use crate::expiry::SweepSettings;
 use crate::failover::FailoverSettings;
@@ -59,6 +60,12 @@ pub struct ClusterSettings {
     pub key_policy: KeyPolicy,
     /// Run migrations on master and members at start-up.
     pub auto_migrate: bool,
+    /// When Saves take a lock in the master to serialize across instances.
+    pub aor_lock: AorLockMode,
+    /// Master connections for those locks (each held for one Save).
+    pub aor_lock_connections: u32,
+    /// An instance not heard from for this long is gone (docs/layout-changes.md).
+    pub instance_lease: Duration,
 }
 
 /// Everything locsvc reads from configuration.
@@ -108,6 +115,9 @@ impl Default for Settings {
                 hash: HashMode::Xxh3,
                 key_policy: KeyPolicy::default(),
                 auto_migrate: false,
+                aor_lock: AorLockMode::Auto,
+                aor_lock_connections: 64,
+                instance_lease: Duration::from_secs(120),
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
@@ -273,6 +283,9 @@ fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Re
         "cluster.read_batch_aors" => c.pool.read_batch_aors = parse(v)?,
         "cluster.batch_readers" => c.pool.batch_readers = parse(v)?,
         "cluster.auto_migrate" => c.auto_migrate = parse(v)?,
+        "cluster.aor_lock" => c.aor_lock = parse(v)?,
+        "cluster.aor_lock_connections" => c.aor_lock_connections = parse(v)?,
+        "cluster.instance_lease_ms" => c.instance_lease = millis(v)?,
         "partition.hash" => c.hash = parse(v)?,
         "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
         "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,
@@ -489,6 +502,8 @@ impl Settings {
             stale_window: self.stale_window(),
             hedge_delay: self.failover.hedge_delay,
             ack_grace: self.failover.ack_grace,
+            repair_window: self.cluster.query_timeout * 2,
+            poll_interval: self.cluster.poll_interval,
         }
     }
 

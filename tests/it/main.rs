@@ -9,3 +9,4 @@ mod read_your_writes;
 mod reload;
 mod store_suite;
 mod subscriber_store;
+mod two_instances;

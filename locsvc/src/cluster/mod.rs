@@ -1,11 +1,14 @@
 //! The cluster: what `locdb` says (`model`), the live snapshot the router
-//! reads (`topology`), and the task that keeps it current (`watcher`).
+//! reads (`topology`), the task that keeps it current (`watcher`), and the
+//! other locsvc instances serving it (`registry`).
 
 pub mod model;
+pub mod registry;
 pub mod topology;
 pub mod watcher;
 
 pub use crate::store::StoreOptions;
 pub use model::{ClusterConfig, ConfigProblem, GroupConfig, MemberConfig, MemberStatus};
+pub use registry::{Peers, Registry};
 pub use topology::{Group, Member, MemberHealth, Topology};
 pub use watcher::ClusterWatcher;

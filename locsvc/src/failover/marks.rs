@@ -89,6 +89,16 @@ impl Marks {
         }
     }
 
+    /// Records `m`'s miss in `locdb` now and waits for the answer (a held
+    /// write waits on it: other instances must learn of the miss before
+    /// they decide on that AoR).
+    pub async fn record_now(&self, m: &Arc<Member>) {
+        let (c, at) = (&m.config, m.health.missed_write_at());
+        if let Err(e) = self.master.mark_failover(c.group, c.no, at).await {
+            tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
+        }
+    }
+
     /// The layout shows that member `no` of `group` lacks writes (switched
     /// on by hand, new in a group, or holding a slot whose previous member
     /// missed one; its health is marked already): records it as of `at`,

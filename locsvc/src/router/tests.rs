@@ -222,6 +222,8 @@ impl Fixture {
                 stale_window: 3600,
                 hedge_delay: Duration::from_millis(20),
                 ack_grace: grace,
+                repair_window: Duration::from_millis(200),
+                poll_interval: Duration::from_millis(50),
             },
             Arc::new(Metrics::new()),
             marks,
@@ -262,7 +264,13 @@ impl Fixture {
         });
         let deadline = Instant::now() + Duration::from_secs(2);
         self.router
-            .write(&self.target(), write_key("location", aor), op, deadline)
+            .write(
+                &self.target(),
+                write_key("location", aor),
+                op,
+                deadline,
+                None,
+            )
             .await
     }
 
@@ -413,7 +421,7 @@ async fn nothing_confirmed_by_the_deadline_is_a_deadline_error_not_a_wait() {
     let deadline = start + Duration::from_millis(50);
     let e = f
         .router
-        .write(&f.target(), key, op, deadline)
+        .write(&f.target(), key, op, deadline, None)
         .await
         .unwrap_err();
     assert!(matches!(e, RouteError::Deadline { group: 1 }), "{e}");
@@ -489,4 +497,81 @@ async fn whole_group_reads_prefer_the_member_lacking_no_acknowledged_write() {
     f.stores[0].release(Release::Apply);
     f.settle().await;
     assert_eq!(f.router.whole_group_member(&f.group).unwrap().config.no, 1);
+}
+
+/// Sends when dropped: a write let go of its hold.
+struct Released(Mutex<Option<oneshot::Sender<()>>>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb() {
+    use crate::store::migrate::Scope;
+    let f = Fixture::new(Duration::from_millis(5));
+    // The fixture's master, with the group's rows this time.
+    let master = SqlStore::open(
+        &DbUrl::parse(&format!("sqlite://{}/master.db", f._dir.path().display())).unwrap(),
+        &StoreOptions {
+            tables: Vec::new(),
+            use_domain: true,
+            pool: PoolSettings::default(),
+            query_timeout: Duration::from_secs(1),
+        },
+    )
+    .unwrap();
+    master.migrate(Scope::Master).await.unwrap();
+    for no in 1..=2 {
+        let m = &f.member(no).config;
+        master
+            .insert_locdb(&crate::store::LocdbRow {
+                id: 1,
+                no: no as i64,
+                url: m.url.expose().to_string(),
+                status: 1,
+                errors: 0,
+                failover: crate::store::FAILOVER_RESET,
+                spare: 0,
+                rg: m.rg,
+            })
+            .await
+            .unwrap();
+    }
+    let alice = aor("sip:alice@example.com");
+    f.stores[1].hang();
+    let (released, gone) = oneshot::channel();
+    let hold: Hold = Arc::new(Released(Mutex::new(Some(released))));
+    let a = alice.clone();
+    let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
+        let a = a.clone();
+        let b = vec![Binding::sample("sip:a@192.0.2.1", 1_800_003_600)];
+        Box::pin(async move { s.apply("location", &a, &b, &[]).await })
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let key = write_key("location", &alice);
+    // Member 1 takes it; the caller is answered; the hold stays.
+    f.router
+        .write(&f.target(), key, op, deadline, Some(hold))
+        .await
+        .unwrap();
+    let mut gone = gone;
+    assert!(matches!(
+        gone.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    // Member 2 fails it (its circuit opens: no retry): the hold goes only
+    // once the miss is in locdb, for every instance to see.
+    f.stores[1].release(Release::Fail);
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the hold is let go")
+        .unwrap();
+    let rows = master.load_locdb().await.unwrap();
+    let m2 = rows.iter().find(|r| r.no == 2).unwrap();
+    assert!(m2.failover > crate::store::FAILOVER_RESET, "{m2:?}");
 }

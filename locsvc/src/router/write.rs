@@ -4,14 +4,34 @@
 //! come.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::{RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span};
+use futures::future::BoxFuture;
+
+use super::{Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span};
 use crate::cluster::Member;
-use crate::store::StoreError;
+use crate::store::{LocationStore, StoreError};
+
+/// A write again, on one member, its result dropped.
+type RepairOp =
+    Arc<dyn Fn(Arc<dyn LocationStore>) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+
+/// What a member that missed a held write needs to catch up on it.
+struct Repair {
+    op: RepairOp,
+    hold: Hold,
+}
+
+/// Pause between retries of a held write on a member that missed it.
+const REPAIR_PAUSE: Duration = Duration::from_millis(20);
+
+/// Beyond a poll interval, how long a recorded miss is waited out (the
+/// other instances' polls are not synchronized with ours).
+const POLL_MARGIN: Duration = Duration::from_millis(500);
 
 impl Router {
     /// Runs `op` on every writable member of `target` at once and answers
@@ -19,12 +39,16 @@ impl Router {
     /// and the others had `ack_grace` to follow, or by `deadline`. `key`
     /// (see `write_key`) names the AoR, for write order and read-your-writes.
     /// The members that have not answered yet finish in the background.
+    /// `hold` is kept until every member took the write, or a member that
+    /// missed it was retried in vain, recorded in `locdb`, and one poll
+    /// interval passed (so every instance knows before `hold` goes).
     pub async fn write<T: Send + 'static>(
         &self,
         target: &Target,
         key: u64,
         op: WriteOp<T>,
         deadline: Instant,
+        hold: Option<Hold>,
     ) -> Result<Vec<T>, RouteError> {
         let group = match target {
             Target::Single(master) => {
@@ -50,7 +74,7 @@ impl Router {
             return Err(RouteError::NoWritableMember { group: group.id });
         }
         tracing::Span::current().record("group", group.id);
-        let sent = self.dispatch(&writable, key, &op);
+        let sent = self.dispatch(&writable, key, &op, hold);
         let mut rx = sent.results;
         let mut answered = vec![false; writable.len()];
         let (mut oks, mut errors) = (Vec::new(), Vec::new());
@@ -102,10 +126,19 @@ impl Router {
         members: &[Arc<Member>],
         key: u64,
         op: &WriteOp<T>,
+        hold: Option<Hold>,
     ) -> Dispatched<T> {
         // Never skip every member: with all circuits open, all are tried.
         let skip_open = members.iter().any(|m| !m.health.circuit.is_open());
-        let outcome = Arc::new(Outcome::new(members.len()));
+        let repair = hold.map(|hold| {
+            let op = op.clone();
+            let again: RepairOp = Arc::new(move |s: Arc<dyn LocationStore>| {
+                let f = op(s);
+                Box::pin(async move { f.await.map(|_| ()) })
+            });
+            Repair { op: again, hold }
+        });
+        let outcome = Arc::new(Outcome::new(members.len(), repair));
         let (tx, results) = mpsc::unbounded_channel();
         let mut running = vec![false; members.len()];
         for (i, m) in members.iter().enumerate() {
@@ -149,6 +182,29 @@ impl Router {
     }
 }
 
+impl Router {
+    /// `m` missed a held write: retries it while `m` can take writes, for
+    /// `repair_window`; if it never does, records the miss in `locdb` and
+    /// waits a poll interval, so no instance reads `m` for that AoR before
+    /// `hold` (the AoR's lock) goes.
+    async fn repair(self, m: Arc<Member>, op: RepairOp, hold: Hold) {
+        let until = Instant::now() + self.settings.repair_window;
+        while Instant::now() < until && m.writable() && !m.health.circuit.is_open() {
+            tokio::time::sleep(REPAIR_PAUSE).await;
+            if timeout_at(until, op(m.store.clone()))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                drop(hold);
+                return;
+            }
+        }
+        self.marks.record_now(&m).await;
+        tokio::time::sleep(self.settings.poll_interval + POLL_MARGIN).await;
+        drop(hold);
+    }
+}
+
 /// The members a write was started on, and where their answers arrive.
 struct Dispatched<T> {
     /// Per member: whether the write was sent (false: skipped, circuit open).
@@ -158,9 +214,11 @@ struct Dispatched<T> {
 
 /// What the members of one write answered so far: a member that failed is
 /// marked as having missed the write as soon as a partner is known to have
-/// taken it (when every member fails, nobody is behind anybody).
+/// taken it (when every member fails, nobody is behind anybody), and, when
+/// the write is held, repaired.
 struct Outcome {
     state: Mutex<OutcomeState>,
+    repair: Option<Repair>,
 }
 
 struct OutcomeState {
@@ -176,8 +234,9 @@ struct OutcomeState {
 }
 
 impl Outcome {
-    fn new(members: usize) -> Self {
+    fn new(members: usize, repair: Option<Repair>) -> Self {
         Self {
+            repair,
             state: Mutex::new(OutcomeState {
                 succeeded: false,
                 failed: Vec::new(),
@@ -212,6 +271,12 @@ impl Outcome {
         };
         for m in &behind {
             router.marks.missed_write(m);
+            if let Some(r) = &self.repair {
+                let repair = router
+                    .clone()
+                    .repair(m.clone(), r.op.clone(), r.hold.clone());
+                router.background.spawn(repair);
+            }
         }
         if let Some(d) = spread {
             router.metrics.write_confirm_spread.observe(d.as_secs_f64());

@@ -46,6 +46,33 @@ impl Dialect {
         }
     }
 
+    /// `INSERT INTO {table} ({cols}) VALUES (?, …)` that, when a row with
+    /// the same `key` exists, overwrites the columns in `update` instead.
+    pub fn upsert_by_key(self, table: &str, cols: &[&str], key: &str, update: &[&str]) -> String {
+        let marks = vec!["?"; cols.len()].join(", ");
+        let insert = format!("INSERT INTO {table} ({}) VALUES ({marks})", cols.join(", "));
+        let sql = match self {
+            Self::MySql => {
+                let sets: Vec<String> = update
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect();
+                format!("{insert} ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+            Self::Postgres | Self::Sqlite => {
+                let sets: Vec<String> = update
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect();
+                format!(
+                    "{insert} ON CONFLICT ({key}) DO UPDATE SET {}",
+                    sets.join(", ")
+                )
+            }
+        };
+        self.finish(&sql)
+    }
+
     /// The column type of a UTC timestamp without zone.
     pub fn timestamp_type(self) -> &'static str {
         match self {

@@ -32,14 +32,17 @@ macro_rules! migration {
 const MYSQL_MASTER: &[Migration] = &[
     migration!(1, "locdb", "mysql/master/0001_locdb.sql"),
     migration!(2, "subscriber", "mysql/master/0002_subscriber.sql"),
+    migration!(3, "instances", "mysql/master/0003_instances.sql"),
 ];
 const POSTGRES_MASTER: &[Migration] = &[
     migration!(1, "locdb", "postgres/master/0001_locdb.sql"),
     migration!(2, "subscriber", "postgres/master/0002_subscriber.sql"),
+    migration!(3, "instances", "postgres/master/0003_instances.sql"),
 ];
 const SQLITE_MASTER: &[Migration] = &[
     migration!(1, "locdb", "sqlite/master/0001_locdb.sql"),
     migration!(2, "subscriber", "sqlite/master/0002_subscriber.sql"),
+    migration!(3, "instances", "sqlite/master/0003_instances.sql"),
 ];
 const MYSQL_LOCATION: &[Migration] = &[migration!(
     1,
@@ -87,6 +90,7 @@ pub fn valid_table_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.eq_ignore_ascii_case("locdb")
         && !name.eq_ignore_ascii_case("locsvc_schema")
+        && !name.eq_ignore_ascii_case("locsvc_instances")
         && !name.eq_ignore_ascii_case("subscriber")
         && !name.eq_ignore_ascii_case("version")
 }

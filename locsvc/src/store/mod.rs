@@ -8,10 +8,12 @@
 //! own: which member to use (router), health (failover),
 //! or registrar rules.
 
+mod advisory;
 mod batch;
 mod dialect;
 mod error;
 mod exec;
+mod instances;
 mod location;
 mod locdb;
 pub mod migrate;
@@ -27,10 +29,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use advisory::{AdvisoryLocks, HeldLock, LockError};
 pub use batch::BatchStats;
 use batch::Coalescer;
 pub use dialect::{COLUMNS, Dialect, LocdbSql, TableSql};
 pub use error::StoreError;
+pub use instances::InstanceRow;
 pub use locdb::{FAILOVER_RESET, LocdbRow, LocdbUpdates, Promotion};
 pub(crate) use pool::with_pool;
 pub use pool::{DbPool, PoolSettings};
