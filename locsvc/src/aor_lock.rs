@@ -139,12 +139,10 @@ impl AorLocks {
                 None => {}
             }
         }
-        // Half the time left to wait for a holder, a quarter more for the
-        // master to answer at all: the operation keeps the rest.
-        let left = deadline.saturating_duration_since(now);
-        let wait = left / 2;
-        let limit = wait + (left / 4).min(self.timeout);
-        match locks.acquire(key as i64, wait, limit).await {
+        // Half the time left for the lock (a session, a holder, the
+        // master's answer): the operation keeps the rest.
+        let until = now + deadline.saturating_duration_since(now) / 2;
+        match locks.acquire(key as i64, until).await {
             Ok(held) => {
                 self.count("taken");
                 Ok(Some(Arc::new(AorLockGuard {

@@ -328,7 +328,8 @@ impl App {
             metrics.clone(),
             marks,
             Some(failover.clone()),
-        );
+        )
+        .with_registry(registry.clone());
         let service = Arc::new(LocationService::new(
             router.clone(),
             cross,
@@ -350,6 +351,7 @@ impl App {
             .join(
                 poll.min(Duration::from_millis(200)),
                 (poll * 3).max(JOIN_RECENT),
+                settings.grpc.request_timeout,
             )
             .await;
         let (grpc, grpc_addr) = bind(settings.grpc.listen).await?;
@@ -430,14 +432,11 @@ impl App {
                 })
                 .await
         });
+        let mut watcher = self.watcher;
+        watcher.heartbeat_into(self.registry.clone());
         let mut tasks = vec![
-            tokio::spawn(self.watcher.run(s.cluster.poll_interval, token.clone())),
+            tokio::spawn(watcher.run(s.cluster.poll_interval, token.clone())),
             tokio::spawn(self.sweeper.run(token.clone())),
-            tokio::spawn(
-                self.registry
-                    .clone()
-                    .run(s.cluster.poll_interval, token.clone()),
-            ),
             tokio::spawn(self.failover.run(self.topology, token.clone())),
         ];
         if let Some(l) = self.metrics_listener {
@@ -474,10 +473,11 @@ impl App {
                 Ok(())
             }
         };
-        // Serving nothing any more; member writes still finishing keep
-        // their AoR locks until they settle.
+        // Member writes still finishing keep their AoR locks until they
+        // settle, and peers keep taking the lock until this row is gone.
+        drain_writes(self.service.router().background()).await;
         self.registry.leave().await;
-        drain_background(self.service.router().background(), &token, &self.tasks).await;
+        stop_background(&token, &self.tasks).await;
         for t in tasks {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
@@ -566,11 +566,9 @@ fn with_nodelay(
     )
 }
 
-/// After the requests: member writes whose callers were already answered
-/// finish first (cutting them would leave a member behind without a mark),
-/// then the background loops stop and failover work is awaited, each
-/// bounded by `SHUTDOWN_GRACE`.
-async fn drain_background(writes: &TaskTracker, token: &CancellationToken, tasks: &TaskTracker) {
+/// Waits (up to the grace) for member writes still running for answered
+/// requests.
+async fn drain_writes(writes: &TaskTracker) {
     writes.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, writes.wait())
         .await
@@ -578,6 +576,10 @@ async fn drain_background(writes: &TaskTracker, token: &CancellationToken, tasks
     {
         tracing::warn!("member writes still running after the grace period");
     }
+}
+
+/// Stops the background tasks and waits (up to the grace) for their work.
+async fn stop_background(token: &CancellationToken, tasks: &TaskTracker) {
     token.cancel();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())

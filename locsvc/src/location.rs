@@ -151,11 +151,9 @@ impl LocationService {
         aor: &Aor,
         deadline: Instant,
     ) -> Result<Locked<'_>, LocationError> {
-        let target = self.router.target(table, aor)?;
+        let group = self.router.target(table, aor)?.group_id();
         let key = write_key(table, aor);
-        let deadline_passed = || RouteError::Deadline {
-            group: target.group_id(),
-        };
+        let deadline_passed = || RouteError::Deadline { group };
         let local = self
             .locks
             .lock(key, deadline)
@@ -166,6 +164,10 @@ impl LocationService {
             .lock(key, deadline)
             .await
             .map_err(|_| deadline_passed())?;
+        // Routed only now: while this waited, the holder may have made a
+        // member miss its write and waited for this instance to learn of it
+        // (a fresher snapshot), which an earlier snapshot would not show.
+        let target = self.router.target(table, aor)?;
         Ok(Locked {
             target,
             key,

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
-use crate::cluster::{Group, Member, Topology};
+use crate::cluster::{Group, Member, Registry, Topology};
 use crate::domain::Aor;
 use crate::failover::{Failover, Marks, Observation};
 use crate::metrics::Metrics;
@@ -121,11 +121,8 @@ pub struct RouterSettings {
     /// Once one member took a write, how long the others get to confirm it
     /// before the caller is answered without them.
     pub ack_grace: Duration,
-    /// How long a member that missed a held write is retried before the
-    /// miss is recorded and waited out.
-    pub repair_window: Duration,
-    /// How often every instance re-reads `locdb` (a recorded miss is known
-    /// everywhere one of these later).
+    /// How often every instance re-reads `locdb` (bounds the wait for peers
+    /// to learn of a recorded miss).
     pub poll_interval: Duration,
 }
 
@@ -135,7 +132,6 @@ impl Default for RouterSettings {
             stale_window: 3600,
             hedge_delay: Duration::from_millis(50),
             ack_grace: Duration::from_millis(ACK_GRACE_MS),
-            repair_window: Duration::from_secs(1),
             poll_interval: Duration::from_secs(2),
         }
     }
@@ -158,6 +154,8 @@ pub struct Router {
     failover: Option<Arc<Failover>>,
     /// Member writes still running after their caller was answered.
     background: TaskTracker,
+    /// The other instances, for held writes that a member missed.
+    registry: Option<Arc<Registry>>,
 }
 
 /// Seconds during which a member that failed a request is tried last.
@@ -185,7 +183,15 @@ impl Router {
             marks,
             failover,
             background: TaskTracker::new(),
+            registry: None,
         }
+    }
+
+    /// Held writes that a member missed wait on `registry` for every other
+    /// instance to learn of the miss.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// The current snapshot.

@@ -502,7 +502,6 @@ impl Settings {
             stale_window: self.stale_window(),
             hedge_delay: self.failover.hedge_delay,
             ack_grace: self.failover.ack_grace,
-            repair_window: self.cluster.query_timeout * 2,
             poll_interval: self.cluster.poll_interval,
         }
     }

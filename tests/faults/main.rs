@@ -537,8 +537,17 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
     )
     .await;
     let app = TestApp::spawn(fault_settings(&layout)).await;
-    let (load, tasks) = start_load(&app, 6);
+    // A second instance: Saves take the AoR lock in the master, which
+    // hangs with it; they must fall back to this instance's lock, not wait.
+    let other = TestApp::spawn(fault_settings(&layout)).await;
+    let (load, mut tasks) = start_load(&app, 4);
+    let (other_load, other_tasks) = start_load(&other, 2);
+    tasks.extend(other_tasks);
     wait_ops(&load, 200, "before the faults").await;
+    assert!(
+        app.metrics.aor_locks.with_label_values(&["taken"]).get() > 0,
+        "two instances lock in the master"
+    );
 
     let master_back = Restore("pg");
     let member_back = Restore("m2");
@@ -579,11 +588,18 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
         took.as_secs_f64() * 1000.0
     );
     load.stop.store(true, Ordering::Release);
+    other_load.stop.store(true, Ordering::Release);
     for t in tasks {
         t.await.unwrap();
     }
     drop(member_back);
-    let failures = load.failures.load(Ordering::Acquire);
+    eprintln!(
+        "FAULT master: AoR locks taken {}, fallen back {}",
+        app.metrics.aor_locks.with_label_values(&["taken"]).get(),
+        app.metrics.aor_locks.with_label_values(&["fallback"]).get()
+    );
+    let failures =
+        load.failures.load(Ordering::Acquire) + other_load.failures.load(Ordering::Acquire);
     eprintln!(
         "FAULT master: ops {}, failures {failures}",
         load.ops.load(Ordering::Acquire)
@@ -591,10 +607,12 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
     assert_eq!(
         failures,
         0,
-        "errors: {:?}",
-        &load.errors.lock().unwrap()[..]
+        "errors: {:?} {:?}",
+        &load.errors.lock().unwrap()[..],
+        &other_load.errors.lock().unwrap()[..]
     );
-    let acked = load.acked.lock().unwrap().clone();
+    let mut acked = load.acked.lock().unwrap().clone();
+    acked.extend(other_load.acked.lock().unwrap().iter().cloned());
     let mut c = app.client().await;
     for (aor, contact) in &acked {
         assert!(
@@ -602,6 +620,7 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
             "{aor} lost"
         );
     }
+    other.stop().await;
     app.stop().await;
 }
 

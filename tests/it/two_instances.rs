@@ -18,7 +18,7 @@ async fn two_instances(master: Backend) -> (Layout, TestApp, TestApp) {
     // 400 calls at once through two in-process instances of a debug build
     // on two cores take seconds to drain; this test is about their order,
     // not their latency (BENCHMARKS.md measures that on release builds).
-    settings.grpc.request_timeout = std::time::Duration::from_secs(15);
+    settings.grpc.request_timeout = std::time::Duration::from_secs(8);
     // For the same reason a member's pool may be busy for over a second;
     // a member missing writes is not what this test is about.
     settings.cluster.pool.acquire_timeout = std::time::Duration::from_secs(15);

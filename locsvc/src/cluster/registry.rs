@@ -1,14 +1,13 @@
 //! This instance's row in the master's `locsvc_instances`, and what it
 //! knows of the others (docs/layout-changes.md): registers at start, waits
 //! until every live peer has seen it before serving (so two serving
-//! instances always know of each other), heartbeats every poll, and leaves
-//! on a graceful shutdown.
+//! instances always know of each other), heartbeats after every `locdb`
+//! reload (the watcher calls it), and leaves on a graceful shutdown.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::{InstanceRow, SqlStore, StoreError};
@@ -106,16 +105,38 @@ impl Registry {
         Ok(live)
     }
 
-    /// Reads the others, then heartbeats with what was read: a peer that
-    /// sees our `newest_peer_ms` cover its start knows we know of it.
-    pub async fn beat(&self) -> Result<(), StoreError> {
+    /// Reads the others, then heartbeats with what was read, dated by
+    /// `reloaded_ms`: when this instance's last `locdb` reload started.
+    /// So a peer whose `seen_ms` is past a time knows everything `locdb`
+    /// held at that time, and one whose `newest_peer_ms` covers our start
+    /// knows of us.
+    pub async fn beat(&self, reloaded_ms: i64) -> Result<(), StoreError> {
         self.read().await?;
         let row = {
             let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
-            me.seen_ms = now_ms();
+            me.seen_ms = reloaded_ms;
             me.clone()
         };
         self.master.put_instance(&row).await
+    }
+
+    /// Waits until every live peer has reloaded `locdb` since `at_ms`
+    /// (reported a heartbeat dated later), re-reading the registry every
+    /// `every`, for at most `limit`; false if some peer did not.
+    pub async fn peers_reloaded_since(&self, at_ms: i64, every: Duration, limit: Duration) -> bool {
+        let give_up = tokio::time::Instant::now() + limit;
+        loop {
+            if self.peers.borrow().live.iter().all(|p| p.seen_ms > at_ms) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.read().await {
+                tracing::debug!(error = %e, "registry unreadable while waiting for peers");
+            }
+        }
     }
 
     /// Waits until every peer heard from within `recent` has seen this
@@ -124,7 +145,11 @@ impl Registry {
     /// (a crashed instance's row stays until its lease runs out, and its
     /// replacement must not wait that long); the wait ends after the lease
     /// in any case. `recent` must exceed any stall a live peer may have.
-    pub async fn join(&self, every: Duration, recent: Duration) {
+    ///
+    /// Then, if there are peers, waits `settle` more: a Save a peer began
+    /// before it knew of us may still run without the AoR lock (its requests
+    /// end within their deadline, `settle`).
+    pub async fn join(&self, every: Duration, recent: Duration, settle: Duration) {
         let started = self.row().started_ms;
         let give_up = tokio::time::Instant::now() + self.lease;
         let recent = recent.as_millis() as i64;
@@ -140,6 +165,9 @@ impl Registry {
                 Err(e) => vec![format!("registry unreadable: {e}")],
             };
             if unaware.is_empty() {
+                if self.peers.borrow().any() {
+                    tokio::time::sleep(settle).await;
+                }
                 return;
             }
             if tokio::time::Instant::now() >= give_up {
@@ -152,22 +180,6 @@ impl Registry {
                 return;
             }
             tokio::time::sleep(every).await;
-        }
-    }
-
-    /// Heartbeats every `interval` until `shutdown`.
-    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.beat().await {
-                tracing::warn!(error = %e, "cannot heartbeat in locsvc_instances");
-            }
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::model::{self, ClusterConfig, ConfigProblem};
+use super::registry::Registry;
 use super::{Group, Member, MemberHealth, Topology};
 use crate::clock::Clock;
 use crate::failover::{self, Marks};
@@ -39,6 +40,8 @@ pub struct ClusterWatcher {
     reload_now: Arc<Notify>,
     /// Closing pools of members that left; shutdown awaits them.
     tasks: TaskTracker,
+    /// Heartbeaten after every reload, when several instances may run.
+    registry: Option<Arc<Registry>>,
 }
 
 impl ClusterWatcher {
@@ -67,6 +70,7 @@ impl ClusterWatcher {
             tx,
             reload_now: Arc::new(Notify::new()),
             tasks,
+            registry: None,
         };
         (w, rx)
     }
@@ -75,6 +79,13 @@ impl ClusterWatcher {
     /// instance changed it) instead of at the next poll.
     pub fn reload_handle(&self) -> Arc<Notify> {
         self.reload_now.clone()
+    }
+
+    /// Heartbeats `registry` after every reload, dated by the reload's
+    /// start: a peer that sees the heartbeat knows this instance has read
+    /// everything `locdb` held then.
+    pub fn heartbeat_into(&mut self, registry: Arc<Registry>) {
+        self.registry = Some(registry);
     }
 
     /// The master store.
@@ -234,8 +245,15 @@ impl ClusterWatcher {
                 _ = tick.tick() => {}
                 _ = reload_now.notified() => {}
             }
+            let started = super::registry::now_ms();
             if let Err(e) = self.reload().await {
                 tracing::warn!(error = %e, "cannot read locdb; keeping the last good layout");
+                continue;
+            }
+            if let Some(r) = &self.registry
+                && let Err(e) = r.beat(started).await
+            {
+                tracing::warn!(error = %e, "cannot heartbeat in locsvc_instances");
             }
         }
         for s in self.stores.values() {

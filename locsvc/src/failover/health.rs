@@ -18,6 +18,10 @@ pub struct MemberHealth {
     transport_errors: AtomicU64,
     /// When this instance last recorded a missed write in `locdb`.
     last_mark_at: AtomicI64,
+    /// When (ms) this instance last saw a mark of this member committed in
+    /// `locdb`, and the miss (seconds) it covered.
+    mark_committed_ms: AtomicI64,
+    mark_covers: AtomicI64,
     /// When the last transport failure happened (0 = never).
     last_error_at: AtomicI64,
     /// Latency of the last probe, microseconds.
@@ -55,6 +59,21 @@ impl MemberHealth {
     /// Records that the member missed a write at `now`.
     pub fn mark_missed(&self, now: UnixTime) {
         self.missed_write_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// A mark covering the miss at `missed` (seconds) was committed in
+    /// `locdb` at `at_ms`.
+    pub fn mark_committed(&self, missed: UnixTime, at_ms: i64) {
+        self.mark_committed_ms.fetch_max(at_ms, Ordering::AcqRel);
+        self.mark_covers.fetch_max(missed, Ordering::AcqRel);
+    }
+
+    /// When (ms) a mark covering the member's latest miss was committed in
+    /// `locdb`, if one was.
+    pub fn committed_mark_ms(&self) -> Option<i64> {
+        (self.mark_covers.load(Ordering::Acquire) >= self.missed_write_at())
+            .then(|| self.mark_committed_ms.load(Ordering::Acquire))
+            .filter(|ms| *ms > 0)
     }
 
     /// When the member last missed a write (0 = never).

@@ -89,13 +89,24 @@ impl Marks {
         }
     }
 
-    /// Records `m`'s miss in `locdb` now and waits for the answer (a held
-    /// write waits on it: other instances must learn of the miss before
-    /// they decide on that AoR).
-    pub async fn record_now(&self, m: &Arc<Member>) {
+    /// Records `m`'s latest miss in `locdb` now, unless this instance saw
+    /// one covering it committed already; returns when (ms) the covering
+    /// mark was committed, or None if the master did not take it.
+    pub async fn record_now(&self, m: &Arc<Member>) -> Option<i64> {
+        if let Some(ms) = m.health.committed_mark_ms() {
+            return Some(ms);
+        }
         let (c, at) = (&m.config, m.health.missed_write_at());
-        if let Err(e) = self.master.mark_failover(c.group, c.no, at).await {
-            tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
+        match self.master.mark_failover(c.group, c.no, at).await {
+            Ok(_) => {
+                let ms = crate::cluster::registry::now_ms();
+                m.health.mark_committed(at, ms);
+                Some(ms)
+            }
+            Err(e) => {
+                tracing::warn!(member = %m.label(), error = %e, "cannot record missed write in locdb");
+                None
+            }
         }
     }
 
@@ -130,6 +141,10 @@ impl Marks {
         self.tasks.spawn(async move {
             let c = &m.config;
             let r: Result<u64, StoreError> = master.mark_failover(c.group, c.no, at).await;
+            if r.is_ok() {
+                m.health
+                    .mark_committed(at, crate::cluster::registry::now_ms());
+            }
             match r {
                 Err(e) if retry => {
                     tracing::debug!(member = %m.label(), error = %e, "missed write still not recorded in locdb");

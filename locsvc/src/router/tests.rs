@@ -222,7 +222,6 @@ impl Fixture {
                 stale_window: 3600,
                 hedge_delay: Duration::from_millis(20),
                 ack_grace: grace,
-                repair_window: Duration::from_millis(200),
                 poll_interval: Duration::from_millis(50),
             },
             Arc::new(Metrics::new()),
@@ -542,6 +541,15 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
             .await
             .unwrap();
     }
+    let master = Arc::new(master);
+    let (registry, _) = crate::cluster::Registry::register(
+        master.clone(),
+        Duration::from_secs(60),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let router = f.router.clone().with_registry(registry);
     let alice = aor("sip:alice@example.com");
     f.stores[1].hang();
     let (released, gone) = oneshot::channel();
@@ -555,7 +563,7 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
     let deadline = Instant::now() + Duration::from_secs(2);
     let key = write_key("location", &alice);
     // Member 1 takes it; the caller is answered; the hold stays.
-    f.router
+    router
         .write(&f.target(), key, op, deadline, Some(hold))
         .await
         .unwrap();
@@ -564,8 +572,8 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
         gone.try_recv(),
         Err(oneshot::error::TryRecvError::Empty)
     ));
-    // Member 2 fails it (its circuit opens: no retry): the hold goes only
-    // once the miss is in locdb, for every instance to see.
+    // Member 2 fails it: the hold goes only once the miss is in locdb, for
+    // every instance to see (alone here: no peer to wait for).
     f.stores[1].release(Release::Fail);
     tokio::time::timeout(Duration::from_secs(5), gone)
         .await

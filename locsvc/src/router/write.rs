@@ -10,28 +10,12 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use futures::future::BoxFuture;
-
 use super::{Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span};
 use crate::cluster::Member;
-use crate::store::{LocationStore, StoreError};
+use crate::store::StoreError;
 
-/// A write again, on one member, its result dropped.
-type RepairOp =
-    Arc<dyn Fn(Arc<dyn LocationStore>) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
-
-/// What a member that missed a held write needs to catch up on it.
-struct Repair {
-    op: RepairOp,
-    hold: Hold,
-}
-
-/// Pause between retries of a held write on a member that missed it.
-const REPAIR_PAUSE: Duration = Duration::from_millis(20);
-
-/// Beyond a poll interval, how long a recorded miss is waited out (the
-/// other instances' polls are not synchronized with ours).
-const POLL_MARGIN: Duration = Duration::from_millis(500);
+/// How often the registry is re-read while a held write waits for peers.
+const PEER_POLL: Duration = Duration::from_millis(100);
 
 impl Router {
     /// Runs `op` on every writable member of `target` at once and answers
@@ -39,9 +23,9 @@ impl Router {
     /// and the others had `ack_grace` to follow, or by `deadline`. `key`
     /// (see `write_key`) names the AoR, for write order and read-your-writes.
     /// The members that have not answered yet finish in the background.
-    /// `hold` is kept until every member took the write, or a member that
-    /// missed it was retried in vain, recorded in `locdb`, and one poll
-    /// interval passed (so every instance knows before `hold` goes).
+    /// `hold` is kept until every member took the write, or, for a member
+    /// that missed it, until the miss is in `locdb` and every other instance
+    /// has reloaded `locdb` since (`announce_miss`).
     pub async fn write<T: Send + 'static>(
         &self,
         target: &Target,
@@ -130,15 +114,7 @@ impl Router {
     ) -> Dispatched<T> {
         // Never skip every member: with all circuits open, all are tried.
         let skip_open = members.iter().any(|m| !m.health.circuit.is_open());
-        let repair = hold.map(|hold| {
-            let op = op.clone();
-            let again: RepairOp = Arc::new(move |s: Arc<dyn LocationStore>| {
-                let f = op(s);
-                Box::pin(async move { f.await.map(|_| ()) })
-            });
-            Repair { op: again, hold }
-        });
-        let outcome = Arc::new(Outcome::new(members.len(), repair));
+        let outcome = Arc::new(Outcome::new(members.len(), hold));
         let (tx, results) = mpsc::unbounded_channel();
         let mut running = vec![false; members.len()];
         for (i, m) in members.iter().enumerate() {
@@ -183,24 +159,31 @@ impl Router {
 }
 
 impl Router {
-    /// `m` missed a held write: retries it while `m` can take writes, for
-    /// `repair_window`; if it never does, records the miss in `locdb` and
-    /// waits a poll interval, so no instance reads `m` for that AoR before
-    /// `hold` (the AoR's lock) goes.
-    async fn repair(self, m: Arc<Member>, op: RepairOp, hold: Hold) {
-        let until = Instant::now() + self.settings.repair_window;
-        while Instant::now() < until && m.writable() && !m.health.circuit.is_open() {
-            tokio::time::sleep(REPAIR_PAUSE).await;
-            if timeout_at(until, op(m.store.clone()))
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                drop(hold);
-                return;
+    /// `m` missed a held write: keeps `hold` (the AoR's lock) until the
+    /// miss is in `locdb` and every other instance has reloaded `locdb`
+    /// since, so none reads `m` for that AoR once it can take the lock.
+    /// After the first miss of a member this is immediate: its mark is
+    /// committed and known everywhere already.
+    async fn announce_miss(self, m: Arc<Member>, hold: Hold) {
+        let Some(registry) = self.registry.clone() else {
+            return;
+        };
+        let mut committed = None;
+        for _ in 0..3 {
+            committed = self.marks.record_now(&m).await;
+            if committed.is_some() {
+                break;
             }
+            tokio::time::sleep(PEER_POLL).await;
         }
-        self.marks.record_now(&m).await;
-        tokio::time::sleep(self.settings.poll_interval + POLL_MARGIN).await;
+        let Some(at) = committed else {
+            tracing::warn!(member = %m.label(), "missed write not in locdb: other instances may read the member until it is");
+            return;
+        };
+        let limit = self.settings.poll_interval * 3 + Duration::from_secs(1);
+        if !registry.peers_reloaded_since(at, PEER_POLL, limit).await {
+            tracing::warn!(member = %m.label(), "a peer has not reloaded locdb since a missed write was recorded; releasing the AoR's lock anyway");
+        }
         drop(hold);
     }
 }
@@ -214,11 +197,11 @@ struct Dispatched<T> {
 
 /// What the members of one write answered so far: a member that failed is
 /// marked as having missed the write as soon as a partner is known to have
-/// taken it (when every member fails, nobody is behind anybody), and, when
-/// the write is held, repaired.
+/// taken it (when every member fails, nobody is behind anybody); a held
+/// write keeps its hold until every instance knows.
 struct Outcome {
     state: Mutex<OutcomeState>,
-    repair: Option<Repair>,
+    hold: Option<Hold>,
 }
 
 struct OutcomeState {
@@ -234,9 +217,9 @@ struct OutcomeState {
 }
 
 impl Outcome {
-    fn new(members: usize, repair: Option<Repair>) -> Self {
+    fn new(members: usize, hold: Option<Hold>) -> Self {
         Self {
-            repair,
+            hold,
             state: Mutex::new(OutcomeState {
                 succeeded: false,
                 failed: Vec::new(),
@@ -271,11 +254,9 @@ impl Outcome {
         };
         for m in &behind {
             router.marks.missed_write(m);
-            if let Some(r) = &self.repair {
-                let repair = router
-                    .clone()
-                    .repair(m.clone(), r.op.clone(), r.hold.clone());
-                router.background.spawn(repair);
+            if let Some(hold) = &self.hold {
+                let announce = router.clone().announce_miss(m.clone(), hold.clone());
+                router.background.spawn(announce);
             }
         }
         if let Some(d) = spread {

@@ -3,6 +3,8 @@
 //! connection: MySQL's `GET_LOCK` and PostgreSQL's session advisory locks
 //! belong to the session. SQLite has none (one host, one instance).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::{MySql, Postgres};
@@ -25,14 +27,47 @@ pub enum LockError {
 #[derive(Debug, Clone)]
 pub struct AdvisoryLocks {
     pool: DbPool,
+    /// Sessions checked out (holding or waiting for a lock), and the most
+    /// there can be: a wait for a session that runs out while all are
+    /// checked out is contention, otherwise the master is not answering.
+    out: Arc<AtomicUsize>,
+    max: usize,
 }
+
+/// One checked-out session counted in `AdvisoryLocks::out`.
+pub struct Session<DB: sqlx::Database> {
+    conn: Exclusive<DB>,
+    _out: Out,
+}
+
+struct Out(Arc<AtomicUsize>);
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<DB: sqlx::Database> Session<DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        self.conn.conn()
+    }
+
+    /// Back to the pool (the session is clean: no lock, nothing pending).
+    fn release(self) {
+        self.conn.release();
+    }
+}
+
+/// A lock holder's sessions are dropped by the server after this long idle.
+const SERVER_IDLE: Duration = Duration::from_secs(120);
 
 /// A lock taken, with the session that holds it. Release it with
 /// [`HeldLock::release`]; dropping it closes the session, which releases
 /// the lock too, at the cost of the connection.
 pub enum HeldLock {
-    MySql(Exclusive<MySql>, i64),
-    Postgres(Exclusive<Postgres>, i64),
+    MySql(Session<MySql>, i64),
+    Postgres(Session<Postgres>, i64),
 }
 
 fn mysql_name(key: i64) -> String {
@@ -45,26 +80,30 @@ const PG_LOCK_NOT_AVAILABLE: &str = "55P03";
 impl AdvisoryLocks {
     /// Locks on `url`'s database, or None when its dialect has no
     /// session locks (SQLite).
-    pub fn open(url: &DbUrl, pool: &PoolSettings) -> Result<Option<Self>, StoreError> {
-        let pool = DbPool::open_lazy(url, pool)?;
+    pub fn open(url: &DbUrl, settings: &PoolSettings) -> Result<Option<Self>, StoreError> {
+        let pool = DbPool::open_lazy_for_locks(url, settings, SERVER_IDLE)?;
         Ok(match pool {
             DbPool::Sqlite(_) => None,
-            pool => Some(Self { pool }),
+            pool => Some(Self {
+                pool,
+                out: Arc::new(AtomicUsize::new(0)),
+                max: settings.max_connections as usize,
+            }),
         })
     }
 
-    /// Takes the lock named by `key`, waiting at most `wait` for another
-    /// holder to release it and `limit` in all (connecting included).
+    /// Takes the lock named by `key` by `until` (a session, then the lock).
+    /// A holder that keeps it past then: Busy. A master that does not
+    /// answer by then: a store error.
     pub async fn acquire(
         &self,
         key: i64,
-        wait: Duration,
-        limit: Duration,
+        until: tokio::time::Instant,
     ) -> Result<HeldLock, LockError> {
-        let until = tokio::time::Instant::now() + limit;
+        let limit = until.saturating_duration_since(tokio::time::Instant::now());
         match &self.pool {
             DbPool::MySql(p) => {
-                let mut c = session(p, until, wait, limit).await?;
+                let mut c = self.session(p, until, limit).await?;
                 let wait = left(until);
                 let got = bounded(
                     until,
@@ -79,12 +118,12 @@ impl AdvisoryLocks {
                     Some(1) => Ok(HeldLock::MySql(c, key)),
                     _ => {
                         c.release();
-                        Err(LockError::Busy(wait))
+                        Err(LockError::Busy(limit))
                     }
                 }
             }
             DbPool::Postgres(p) => {
-                let mut c = session(p, until, wait, limit).await?;
+                let mut c = self.session(p, until, limit).await?;
                 // Uncontended (the common case): one round trip.
                 let free = bounded(
                     until,
@@ -118,7 +157,7 @@ impl AdvisoryLocks {
                         if e.code().as_deref() == Some(PG_LOCK_NOT_AVAILABLE) =>
                     {
                         c.release();
-                        Err(LockError::Busy(wait))
+                        Err(LockError::Busy(limit))
                     }
                     Ok(Err(e)) => Err(StoreError::from(e).into()),
                     Err(_) => Err(StoreError::Timeout(limit).into()),
@@ -131,29 +170,12 @@ impl AdvisoryLocks {
     }
 }
 
-/// What is left of the wait once a session is at hand: the time to
-/// `until` less a margin for the answer to come back.
+/// How long the server may wait for the lock once a session is at hand:
+/// three fifths of what is left, so a "busy" answer comes back before
+/// `until` even from a slow master (a late one would read as the master
+/// not answering, and drop serialization instead of waiting).
 fn left(until: tokio::time::Instant) -> Duration {
-    let rest = until.saturating_duration_since(tokio::time::Instant::now());
-    rest.saturating_sub((rest / 5).max(Duration::from_millis(2)))
-}
-
-/// A session of `pool` by `until`. Waiting in vain while the pool has
-/// sessions open means they are all in use (each holding or waiting for a
-/// lock): contention, Busy. With none open, the master is not reachable.
-async fn session<DB: sqlx::Database>(
-    pool: &sqlx::Pool<DB>,
-    until: tokio::time::Instant,
-    wait: Duration,
-    limit: Duration,
-) -> Result<Exclusive<DB>, LockError> {
-    let all_busy = || pool.size() > 0;
-    match tokio::time::timeout_at(until, Exclusive::acquire(pool)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) if all_busy() => Err(LockError::Busy(wait)),
-        Ok(Err(e)) => Err(StoreError::from(e).into()),
-        Err(_) => Err(StoreError::Timeout(limit).into()),
-    }
+    until.saturating_duration_since(tokio::time::Instant::now()) * 3 / 5
 }
 
 /// `f` by `until`; past it the master did not answer. A statement cut off
@@ -167,6 +189,33 @@ async fn bounded<T>(
     match tokio::time::timeout_at(until, f).await {
         Ok(r) => r.map_err(|e| StoreError::from(e).into()),
         Err(_) => Err(StoreError::Timeout(limit).into()),
+    }
+}
+
+impl AdvisoryLocks {
+    /// A session of `pool` by `until`, counted while out.
+    async fn session<DB: sqlx::Database>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        until: tokio::time::Instant,
+        limit: Duration,
+    ) -> Result<Session<DB>, LockError> {
+        match tokio::time::timeout_at(until, Exclusive::acquire(pool)).await {
+            Ok(Ok(conn)) => {
+                self.out.fetch_add(1, Ordering::AcqRel);
+                Ok(Session {
+                    conn,
+                    _out: Out(self.out.clone()),
+                })
+            }
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_)
+                if self.out.load(Ordering::Acquire) >= self.max =>
+            {
+                Err(LockError::Busy(limit))
+            }
+            Ok(Err(e)) => Err(StoreError::from(e).into()),
+            Err(_) => Err(StoreError::Timeout(limit).into()),
+        }
     }
 }
 

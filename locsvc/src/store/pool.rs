@@ -131,6 +131,52 @@ impl DbPool {
         })
     }
 
+    /// A pool for session locks on `url`: the server drops a session left
+    /// idle for `server_idle` (so a lock whose holder vanished without a
+    /// FIN does not outlive it for hours), and the pool retires idle
+    /// sessions well before that. SQLite: a plain pool (no session locks).
+    pub fn open_lazy_for_locks(
+        url: &DbUrl,
+        s: &PoolSettings,
+        server_idle: Duration,
+    ) -> Result<Self, StoreError> {
+        let cfg = |e: sqlx::Error| StoreError::Config(super::url::redact(&e.to_string()));
+        let secs = server_idle.as_secs().max(1);
+        let s = &PoolSettings {
+            idle_timeout: s.idle_timeout.min(server_idle / 2),
+            ..s.clone()
+        };
+        Ok(match url.dialect() {
+            Dialect::MySql => {
+                let o = MySqlConnectOptions::from_str(url.expose()).map_err(cfg)?;
+                let set = format!("SET SESSION wait_timeout = {secs}");
+                let pool = pool_options(s, s.max_connections).after_connect(move |c, _| {
+                    let set = set.clone();
+                    Box::pin(async move {
+                        sqlx::Executor::execute(c, set.as_str()).await?;
+                        Ok(())
+                    })
+                });
+                Self::MySql(pool.connect_lazy_with(o))
+            }
+            Dialect::Postgres => {
+                let o = PgConnectOptions::from_str(url.expose()).map_err(cfg)?;
+                let set = format!("SET idle_session_timeout = '{secs}s'");
+                let pool = pool_options(s, s.max_connections).after_connect(move |c, _| {
+                    let set = set.clone();
+                    Box::pin(async move {
+                        // PostgreSQL before 14 has no such setting: the
+                        // lock then lives as long as the session.
+                        let _ = sqlx::Executor::execute(c, set.as_str()).await;
+                        Ok(())
+                    })
+                });
+                Self::Postgres(pool.connect_lazy_with(o))
+            }
+            Dialect::Sqlite => Self::open_lazy(url, s)?,
+        })
+    }
+
     /// The driver's dialect.
     pub fn dialect(&self) -> Dialect {
         match self {
