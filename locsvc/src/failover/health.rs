@@ -68,12 +68,15 @@ impl MemberHealth {
         self.mark_covers.fetch_max(missed, Ordering::AcqRel);
     }
 
-    /// When (ms) a mark covering the member's latest miss was committed in
-    /// `locdb`, if one was.
-    pub fn committed_mark_ms(&self) -> Option<i64> {
-        (self.mark_covers.load(Ordering::Acquire) >= self.missed_write_at())
-            .then(|| self.mark_committed_ms.load(Ordering::Acquire))
-            .filter(|ms| *ms > 0)
+    /// When (ms) this instance committed a mark of the member in `locdb`
+    /// that is still in effect there as `recorded` (the member's
+    /// `locdb.failover` as last read; a resync clears it) and younger than
+    /// `fresh_ms`: every instance that read `locdb` since keeps reads off
+    /// the member for a stale window, whatever it misses meanwhile.
+    pub fn committed_mark_ms(&self, recorded: UnixTime, now_ms: i64, fresh_ms: i64) -> Option<i64> {
+        let ms = self.mark_committed_ms.load(Ordering::Acquire);
+        let covers = self.mark_covers.load(Ordering::Acquire);
+        (ms > 0 && covers > 0 && recorded >= covers && now_ms - ms < fresh_ms).then_some(ms)
     }
 
     /// When the member last missed a write (0 = never).

@@ -89,11 +89,14 @@ impl Marks {
         }
     }
 
-    /// Records `m`'s latest miss in `locdb` now, unless this instance saw
-    /// one covering it committed already; returns when (ms) the covering
-    /// mark was committed, or None if the master did not take it.
-    pub async fn record_now(&self, m: &Arc<Member>) -> Option<i64> {
-        if let Some(ms) = m.health.committed_mark_ms() {
+    /// Makes sure `locdb` keeps reads off `m` for its latest miss: a mark
+    /// this instance committed within `fresh_ms` that `locdb` still shows
+    /// does (peers avoid the member for a whole stale window from it);
+    /// otherwise records the miss now. Returns when (ms) the mark in
+    /// effect was committed, or None if the master did not take it.
+    pub async fn record_now(&self, m: &Arc<Member>, fresh_ms: i64) -> Option<i64> {
+        let now = crate::cluster::registry::now_ms();
+        if let Some(ms) = m.health.committed_mark_ms(m.config.failover, now, fresh_ms) {
             return Some(ms);
         }
         let (c, at) = (&m.config, m.health.missed_write_at());

@@ -163,14 +163,18 @@ impl Router {
     /// miss is in `locdb` and every other instance has reloaded `locdb`
     /// since, so none reads `m` for that AoR once it can take the lock.
     /// After the first miss of a member this is immediate: its mark is
-    /// committed and known everywhere already.
+    /// committed and known everywhere already (until a resync clears it).
     async fn announce_miss(self, m: Arc<Member>, hold: Hold) {
         let Some(registry) = self.registry.clone() else {
             return;
         };
         let mut committed = None;
         for _ in 0..3 {
-            committed = self.marks.record_now(&m).await;
+            // A mark half a stale window old still keeps peers off the
+            // member for the other half: long enough for the background
+            // marks to move it on.
+            let fresh_ms = self.settings.stale_window * 1000 / 2;
+            committed = self.marks.record_now(&m, fresh_ms).await;
             if committed.is_some() {
                 break;
             }
