@@ -122,6 +122,7 @@ async fn seed_embedded(master: &SqlStore, data_dir: &Path) -> Result<(), StoreEr
                     failover: crate::store::FAILOVER_RESET,
                     spare: 0,
                     rg: no,
+                    leaving: 0,
                 })
                 .await?;
         }
@@ -433,7 +434,7 @@ impl App {
                 .await
         });
         let mut watcher = self.watcher;
-        watcher.heartbeat_into(self.registry.clone());
+        watcher.heartbeat_into(self.registry.clone(), s.grpc.request_timeout);
         let mut tasks = vec![
             tokio::spawn(watcher.run(s.cluster.poll_interval, token.clone())),
             tokio::spawn(self.sweeper.run(token.clone())),

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub peers_live: IntGauge,
     /// Cross-instance AoR locks by result (taken, busy, fallback).
     pub aor_locks: IntCounterVec,
+    /// The layout epoch this instance last read, and its phase (0
+    /// announced, 1 moving, 2 done).
+    pub layout_epoch: IntGauge,
+    pub layout_phase: IntGauge,
 }
 
 impl Metrics {
@@ -84,6 +88,8 @@ impl Metrics {
         let Serialization {
             peers_live,
             aor_locks,
+            layout_epoch,
+            layout_phase,
         } = Serialization::register(&registry);
         Self {
             registry,
@@ -105,6 +111,8 @@ impl Metrics {
             write_confirm_spread,
             peers_live,
             aor_locks,
+            layout_epoch,
+            layout_phase,
         }
     }
 
@@ -162,6 +170,8 @@ impl Rpc {
 struct Serialization {
     peers_live: IntGauge,
     aor_locks: IntCounterVec,
+    layout_epoch: IntGauge,
+    layout_phase: IntGauge,
 }
 
 impl Serialization {
@@ -182,6 +192,22 @@ impl Serialization {
                  elsewhere past the deadline), fallback (master unanswered: in-process \
                  lock only)",
                 &["result"],
+            ),
+            layout_epoch: registered(
+                registry,
+                IntGauge::new(
+                    "layout_epoch",
+                    "The layout epoch last read from locsvc_layout",
+                )
+                .expect("valid metric"),
+            ),
+            layout_phase: registered(
+                registry,
+                IntGauge::new(
+                    "layout_phase",
+                    "Phase of that epoch: 0 announced, 1 moving, 2 done",
+                )
+                .expect("valid metric"),
             ),
         }
     }

@@ -53,6 +53,7 @@ pub fn locdb_row(id: i64, no: i64, url: &str) -> LocdbRow {
         failover: FAILOVER_RESET,
         spare: 0,
         rg: no,
+        leaving: 0,
     }
 }
 

@@ -5,6 +5,7 @@ mod auth_admin;
 mod cluster_admin;
 mod e2e;
 mod harness;
+mod layout_epochs;
 mod read_your_writes;
 mod reload;
 mod store_suite;

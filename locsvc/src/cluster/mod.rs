@@ -1,7 +1,9 @@
 //! The cluster: what `locdb` says (`model`), the live snapshot the router
-//! reads (`topology`), the task that keeps it current (`watcher`), and the
-//! other locsvc instances serving it (`registry`).
+//! reads (`topology`), the task that keeps it current (`watcher`), the
+//! other locsvc instances serving it (`registry`), and the layout epochs
+//! that change which groups own AoRs (`layout`).
 
+pub mod layout;
 pub mod model;
 pub mod registry;
 pub mod topology;

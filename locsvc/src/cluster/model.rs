@@ -77,6 +77,9 @@ pub struct MemberConfig {
 pub struct GroupConfig {
     pub id: u32,
     pub members: Vec<MemberConfig>,
+    /// Every member row says `leaving = 1`: the group is being drained and
+    /// owns no AoRs in the next layout.
+    pub leaving: bool,
 }
 
 /// The validated layout.
@@ -84,6 +87,17 @@ pub struct GroupConfig {
 pub struct ClusterConfig {
     pub groups: BTreeMap<u32, GroupConfig>,
     pub spares: Vec<MemberConfig>,
+}
+
+impl ClusterConfig {
+    /// The groups that should own AoRs: every usable group not leaving.
+    pub fn owners_wanted(&self) -> Vec<u32> {
+        self.groups
+            .values()
+            .filter(|g| !g.leaving)
+            .map(|g| g.id)
+            .collect()
+    }
 }
 
 /// Something wrong in `locdb`, reported (logs, metrics, `Stats`) but never fatal.
@@ -117,6 +131,12 @@ pub fn build(
     let mut seen = std::collections::HashSet::new();
     let mut by_group: BTreeMap<u32, Vec<MemberConfig>> = BTreeMap::new();
     let mut spares = Vec::new();
+    // A group leaves only when all its member rows say so: a half-finished
+    // edit moves nobody.
+    let mut staying = std::collections::HashSet::new();
+    for r in rows.iter().filter(|r| r.spare == 0 && r.leaving == 0) {
+        staying.insert(r.id);
+    }
     for r in rows {
         let m = member(r);
         let bad_key = matches!(m, Err(ConfigProblem::BadKey { .. }));
@@ -139,7 +159,8 @@ pub fn build(
     for id in all_ids {
         let members = by_group.remove(&id).unwrap_or_default();
         let prev = previous.and_then(|p| p.groups.get(&id));
-        if let Some(g) = group(id, members, prev, &mut problems) {
+        if let Some(mut g) = group(id, members, prev, &mut problems) {
+            g.leaving = !staying.contains(&i64::from(id));
             groups.insert(id, g);
         }
     }
@@ -198,7 +219,11 @@ fn group(
         }
     }
     if kept.len() >= 2 {
-        return Some(GroupConfig { id, members: kept });
+        return Some(GroupConfig {
+            id,
+            members: kept,
+            leaving: false,
+        });
     }
     if kept.is_empty() && previous.is_some() {
         // Every row of the group was deleted: a deliberate removal.
@@ -239,7 +264,21 @@ mod tests {
             failover: crate::store::FAILOVER_RESET,
             spare: 0,
             rg: 0,
+            leaving: 0,
         }
+    }
+
+    #[test]
+    fn a_group_leaves_only_when_every_member_row_says_so() {
+        let mut rows = two_groups();
+        rows[0].leaving = 1;
+        let (c, _) = build(&rows, None);
+        assert!(!c.groups[&1].leaving, "half an edit moves nobody");
+        assert_eq!(c.owners_wanted(), vec![1, 2]);
+        rows[1].leaving = 1;
+        let (c, _) = build(&rows, None);
+        assert!(c.groups[&1].leaving);
+        assert_eq!(c.owners_wanted(), vec![2], "group 1 drains");
     }
 
     fn two_groups() -> Vec<LocdbRow> {

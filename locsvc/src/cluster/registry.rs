@@ -72,6 +72,22 @@ impl Registry {
         Ok((r, rx))
     }
 
+    /// Reports, from the next heartbeat on, that this instance serves
+    /// layout `epoch` in `phase` (every request it begins from now on).
+    pub fn serve(&self, epoch: i64, phase: i32) {
+        let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+        me.epoch = epoch;
+        me.phase = phase;
+    }
+
+    /// This instance's row as it heartbeats it, and the live peers, as of
+    /// the last read: every instance that serves the cluster.
+    pub fn everyone(&self) -> Vec<InstanceRow> {
+        let mut all = self.peers.borrow().live.clone();
+        all.push(self.row());
+        all
+    }
+
     /// This instance's id.
     pub fn id(&self) -> String {
         self.row().id

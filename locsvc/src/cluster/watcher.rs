@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::layout;
 use super::model::{self, ClusterConfig, ConfigProblem};
 use super::registry::Registry;
 use super::{Group, Member, MemberHealth, Topology};
@@ -42,6 +43,11 @@ pub struct ClusterWatcher {
     tasks: TaskTracker,
     /// Heartbeaten after every reload, when several instances may run.
     registry: Option<Arc<Registry>>,
+    /// How long requests begun under one layout phase may still run: a
+    /// phase is reported as served only that long after it was seen.
+    drain: Duration,
+    /// The layout epoch and phase seen last, and since when.
+    seen_layout: Option<((i64, i32), tokio::time::Instant)>,
 }
 
 impl ClusterWatcher {
@@ -71,6 +77,8 @@ impl ClusterWatcher {
             reload_now: Arc::new(Notify::new()),
             tasks,
             registry: None,
+            drain: Duration::ZERO,
+            seen_layout: None,
         };
         (w, rx)
     }
@@ -84,8 +92,12 @@ impl ClusterWatcher {
     /// Heartbeats `registry` after every reload, dated by the reload's
     /// start: a peer that sees the heartbeat knows this instance has read
     /// everything `locdb` held then.
-    pub fn heartbeat_into(&mut self, registry: Arc<Registry>) {
+    /// Also coordinates layout epochs with the other instances there;
+    /// `drain` is how long a request may run (a layout phase counts as
+    /// served once requests begun before it have ended).
+    pub fn heartbeat_into(&mut self, registry: Arc<Registry>, drain: Duration) {
         self.registry = Some(registry);
+        self.drain = drain;
     }
 
     /// The master store.
@@ -228,6 +240,108 @@ impl ClusterWatcher {
         Ok(s)
     }
 
+    /// Takes the layout's next step, if this instance sees one (one
+    /// conditional statement: when several instances take it at once, one
+    /// lands), and reports the phase this instance serves.
+    async fn coordinate(&mut self, registry: &Registry) -> Result<(), StoreError> {
+        let wanted = self
+            .config
+            .as_ref()
+            .map(ClusterConfig::owners_wanted)
+            .unwrap_or_default();
+        let current = self.layout().await?;
+        let now = super::registry::now_ms();
+        let step = layout::next_step(
+            current.as_ref(),
+            &wanted,
+            self.hash_mode,
+            &registry.everyone(),
+        );
+        let hash = |h: HashMode| h.to_string();
+        let took = match &step {
+            layout::Step::Bootstrap { owners, hash: h } => {
+                let text = layout::owners_text(owners);
+                self.master
+                    .start_layout(1, &text, &hash(*h), layout::Phase::Done.code(), now)
+                    .await?
+            }
+            layout::Step::Start {
+                epoch,
+                owners,
+                hash: h,
+            } => {
+                let text = layout::owners_text(owners);
+                self.master
+                    .start_layout(
+                        *epoch,
+                        &text,
+                        &hash(*h),
+                        layout::Phase::Announced.code(),
+                        now,
+                    )
+                    .await?
+            }
+            layout::Step::Advance { epoch, from } => {
+                self.master
+                    .advance_layout(*epoch, from.code(), from.code() + 1, now)
+                    .await?
+            }
+            layout::Step::AckMoving { epoch } => self.master.ack_moving(*epoch, now).await?,
+            layout::Step::Wait => false,
+        };
+        if took {
+            tracing::info!(?step, "layout step taken");
+        }
+        let current = if took { self.layout().await? } else { current };
+        if let Some(e) = current {
+            self.metrics.layout_epoch.set(e.epoch);
+            self.metrics.layout_phase.set(i64::from(e.phase.code()));
+            self.report_serving(registry, (e.epoch, e.phase.code()));
+        }
+        Ok(())
+    }
+
+    /// The current epoch, if `locsvc_layout` has one this instance can read.
+    async fn layout(&self) -> Result<Option<layout::Epoch>, StoreError> {
+        let Some(row) = self.master.current_layout().await? else {
+            return Ok(None);
+        };
+        let parsed = (
+            layout::parse_owners(&row.owners),
+            row.hash_mode.parse::<HashMode>().ok(),
+            layout::Phase::from_code(row.phase),
+        );
+        match parsed {
+            (Some(owners), Some(hash), Some(phase)) => Ok(Some(layout::Epoch {
+                epoch: row.epoch,
+                owners,
+                hash,
+                phase,
+                moving_acked: row.moving_acked,
+            })),
+            _ => Err(StoreError::Decode(format!(
+                "locsvc_layout epoch {} is unreadable: owners {:?}, hash {:?}, phase {}",
+                row.epoch, row.owners, row.hash_mode, row.phase
+            ))),
+        }
+    }
+
+    /// Reports `seen` as served once requests begun before it was seen
+    /// have ended (`drain`).
+    fn report_serving(&mut self, registry: &Registry, seen: (i64, i32)) {
+        let now = tokio::time::Instant::now();
+        let since = match self.seen_layout {
+            Some((s, since)) if s == seen => since,
+            _ => {
+                self.seen_layout = Some((seen, now));
+                now
+            }
+        };
+        if now.duration_since(since) >= self.drain {
+            registry.serve(seen.0, seen.1);
+        }
+    }
+
     /// Every member store, for migrations.
     pub fn member_stores(&self) -> Vec<Arc<SqlStore>> {
         self.stores.values().cloned().collect()
@@ -250,10 +364,12 @@ impl ClusterWatcher {
                 tracing::warn!(error = %e, "cannot read locdb; keeping the last good layout");
                 continue;
             }
-            if let Some(r) = &self.registry
-                && let Err(e) = r.beat(started).await
-            {
-                tracing::warn!(error = %e, "cannot heartbeat in locsvc_instances");
+            if let Some(r) = self.registry.clone() {
+                if let Err(e) = r.beat(started).await {
+                    tracing::warn!(error = %e, "cannot heartbeat in locsvc_instances");
+                } else if let Err(e) = self.coordinate(&r).await {
+                    tracing::warn!(error = %e, "cannot read or advance locsvc_layout");
+                }
             }
         }
         for s in self.stores.values() {

@@ -411,6 +411,7 @@ fn a_layout_change_marks_members_that_must_lack_writes() {
             cfg(1, "sqlite://a.db", MemberStatus::On, old),
             cfg(2, "sqlite://b.db", MemberStatus::Off, old),
         ],
+        leaving: false,
     };
     let on_by_hand = cfg(2, "sqlite://b.db", MemberStatus::On, old);
     assert_eq!(layout_miss(Some(&before), &on_by_hand, None, T0), Some(T0));

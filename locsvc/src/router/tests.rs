@@ -537,6 +537,7 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
                 failover: crate::store::FAILOVER_RESET,
                 spare: 0,
                 rg: m.rg,
+                leaving: 0,
             })
             .await
             .unwrap();

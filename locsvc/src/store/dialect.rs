@@ -402,7 +402,9 @@ impl LocdbSql {
         Self {
             select_all: format!(
                 "SELECT {id} AS id, {no} AS no, url, {status} AS status, {errors} AS errors, \
-                 failover, {spare} AS spare, {rg} AS rg FROM locdb ORDER BY id, no",
+                 failover, {spare} AS spare, {rg} AS rg, {leaving} AS leaving \
+                 FROM locdb ORDER BY id, no",
+                leaving = i("COALESCE(leaving, 0)"),
                 id = i("id"),
                 no = i("no"),
                 status = i("status"),

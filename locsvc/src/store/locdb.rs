@@ -25,6 +25,8 @@ pub struct LocdbRow {
     pub failover: NaiveDateTime,
     pub spare: i64,
     pub rg: i64,
+    /// 1 on every member row of a group being drained (NULL reads as 0).
+    pub leaving: i64,
 }
 
 /// What a spare promotion did.
@@ -138,6 +140,7 @@ impl SqlStore {
                         failover: r.try_get("failover")?,
                         spare: r.try_get("spare")?,
                         rg: r.try_get("rg")?,
+                        leaving: r.try_get("leaving")?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
@@ -148,8 +151,8 @@ impl SqlStore {
     /// Adds one `locdb` row (used to seed the embedded layout and by tests).
     pub async fn insert_locdb(&self, row: &LocdbRow) -> Result<(), StoreError> {
         let sql = self.dialect().finish(
-            "INSERT INTO locdb (id, no, url, status, errors, failover, spare, rg) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO locdb (id, no, url, status, errors, failover, spare, rg, leaving) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
         with_pool!(&self.pool, p => {
             let q = sqlx::query(&sql)
@@ -160,7 +163,8 @@ impl SqlStore {
                 .bind(row.errors as i32)
                 .bind(row.failover)
                 .bind(row.spare as i32)
-                .bind(row.rg as i32);
+                .bind(row.rg as i32)
+                .bind(row.leaving as i16);
             self.timed(q.execute(p)).await?;
         });
         Ok(())

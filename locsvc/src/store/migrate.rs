@@ -33,16 +33,19 @@ const MYSQL_MASTER: &[Migration] = &[
     migration!(1, "locdb", "mysql/master/0001_locdb.sql"),
     migration!(2, "subscriber", "mysql/master/0002_subscriber.sql"),
     migration!(3, "instances", "mysql/master/0003_instances.sql"),
+    migration!(4, "layout", "mysql/master/0004_layout.sql"),
 ];
 const POSTGRES_MASTER: &[Migration] = &[
     migration!(1, "locdb", "postgres/master/0001_locdb.sql"),
     migration!(2, "subscriber", "postgres/master/0002_subscriber.sql"),
     migration!(3, "instances", "postgres/master/0003_instances.sql"),
+    migration!(4, "layout", "postgres/master/0004_layout.sql"),
 ];
 const SQLITE_MASTER: &[Migration] = &[
     migration!(1, "locdb", "sqlite/master/0001_locdb.sql"),
     migration!(2, "subscriber", "sqlite/master/0002_subscriber.sql"),
     migration!(3, "instances", "sqlite/master/0003_instances.sql"),
+    migration!(4, "layout", "sqlite/master/0004_layout.sql"),
 ];
 const MYSQL_LOCATION: &[Migration] = &[migration!(
     1,
@@ -91,6 +94,8 @@ pub fn valid_table_name(name: &str) -> bool {
         && !name.eq_ignore_ascii_case("locdb")
         && !name.eq_ignore_ascii_case("locsvc_schema")
         && !name.eq_ignore_ascii_case("locsvc_instances")
+        && !name.eq_ignore_ascii_case("locsvc_layout")
+        && !name.eq_ignore_ascii_case("locsvc_moves")
         && !name.eq_ignore_ascii_case("subscriber")
         && !name.eq_ignore_ascii_case("version")
 }
@@ -112,6 +117,16 @@ fn statements(sql: &str, table: Option<&str>) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// MySQL and SQLite have no `ADD COLUMN IF NOT EXISTS`: a column another
+/// instance added meanwhile (or a half-applied migration) is not an error.
+fn column_already_added(stmt: &str, e: &sqlx::Error) -> bool {
+    stmt.starts_with("ALTER TABLE")
+        && stmt.contains("ADD COLUMN")
+        && e.to_string()
+            .to_ascii_lowercase()
+            .contains("duplicate column")
 }
 
 impl SqlStore {
@@ -154,7 +169,12 @@ impl SqlStore {
                     continue;
                 }
                 for stmt in statements(m.sql, table) {
-                    sqlx::raw_sql(&stmt).execute(p).await?;
+                    match sqlx::raw_sql(&stmt).execute(p).await {
+                        Err(e) if column_already_added(&stmt, &e) => {}
+                        r => {
+                            r?;
+                        }
+                    }
                 }
                 sqlx::query(&record)
                     .bind(&scope_name)
