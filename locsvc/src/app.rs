@@ -435,9 +435,18 @@ impl App {
         });
         let mut watcher = self.watcher;
         watcher.heartbeat_into(self.registry.clone(), s.grpc.request_timeout);
+        let mover = crate::mover::Mover::new(
+            self.service.clone(),
+            watcher.master().clone(),
+            self.registry.clone(),
+            s.cluster_tables(),
+            crate::mover::MoverSettings::default(),
+            self.metrics.clone(),
+        );
         let mut tasks = vec![
             tokio::spawn(watcher.run(s.cluster.poll_interval, token.clone())),
             tokio::spawn(self.sweeper.run(token.clone())),
+            tokio::spawn(mover.run(self.topology.clone(), token.clone())),
             tokio::spawn(self.failover.run(self.topology, token.clone())),
         ];
         if let Some(l) = self.metrics_listener {

@@ -10,9 +10,13 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::aor_lock::{AorLockGuard, AorLocks};
 use crate::clock::Clock;
+use crate::cluster::layout::Phase;
 use crate::domain::{Aor, AorError, Binding, KeyPolicy, SaveInput, UnixTime};
+use crate::placement::{self, GroupWrite};
 use crate::registrar::{self, RegistrarError, RegistrarPolicy};
-use crate::router::{Hold, RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key};
+use crate::router::{
+    Hold, Route, RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key,
+};
 use crate::store::{LocationStore, StoreError, StoredBinding, TableStats};
 
 /// Why a location operation failed.
@@ -77,9 +81,17 @@ impl LocalLocks {
     }
 }
 
+/// An AoR's rows where its route says they may be.
+struct Rows {
+    owner: Vec<Binding>,
+    previous: Vec<Binding>,
+    /// Both, as one (`placement::merge`).
+    merged: Vec<Binding>,
+}
+
 /// An AoR's route and the locks held on it for one operation.
 struct Locked<'a> {
-    target: Target,
+    route: Route,
     key: u64,
     _local: MutexGuard<'a, ()>,
     cross: Option<Arc<AorLockGuard>>,
@@ -167,28 +179,25 @@ impl LocationService {
         // Routed only now: while this waited, the holder may have made a
         // member miss its write and waited for this instance to learn of it
         // (a fresher snapshot), which an earlier snapshot would not show.
-        let target = self.router.target(table, aor)?;
+        let route = self.router.route(table, aor)?;
         Ok(Locked {
-            target,
+            route,
             key,
             _local: local,
             cross,
         })
     }
 
-    /// Applies one REGISTER to `aor` (RFC 3261 §10.3), answering by
-    /// `deadline`.
-    pub async fn save(
+    /// Every row of `aor` in `target` (expired ones included).
+    async fn load_rows(
         &self,
         table: &str,
-        aor: &str,
-        input: &SaveInput,
+        aor: &Aor,
+        target: &Target,
+        key: u64,
         deadline: Instant,
-    ) -> Result<Saved, LocationError> {
-        let aor = &self.parse_aor(aor)?;
-        let locked = self.lock(table, aor, deadline).await?;
-        let (target, key) = (&locked.target, locked.key);
-        let (existing, _) = self
+    ) -> Result<Vec<Binding>, LocationError> {
+        let (rows, _) = self
             .router
             .read(
                 target,
@@ -200,29 +209,167 @@ impl LocationService {
                 deadline,
             )
             .await?;
-        let now = (self.clock)();
-        let mut plan = registrar::plan_save(input, &existing, now, &self.policy, &mut new_ruid)?;
-        if !plan.upserts.is_empty() || !plan.deletes.is_empty() {
-            let upserts = Arc::new(std::mem::take(&mut plan.upserts));
-            let deletes = Arc::new(std::mem::take(&mut plan.deletes));
-            let (table, aor) = (Arc::<str>::from(table), aor.clone());
-            let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
-                let (table, aor) = (table.clone(), aor.clone());
-                let (upserts, deletes) = (upserts.clone(), deletes.clone());
-                Box::pin(async move { s.apply(&table, &aor, &upserts, &deletes).await })
+        Ok(rows)
+    }
+
+    /// The AoR's rows in its owner and, while it moves, in its previous
+    /// owner (read at once), and their merge: what the registrar decides on.
+    async fn load_routed(
+        &self,
+        table: &str,
+        aor: &Aor,
+        route: &Route,
+        key: u64,
+        deadline: Instant,
+    ) -> Result<Rows, LocationError> {
+        let owner = self.load_rows(table, aor, &route.target, key, deadline);
+        let Some((old, _)) = &route.moving else {
+            let owner = owner.await?;
+            return Ok(Rows {
+                merged: owner.clone(),
+                owner,
+                previous: Vec::new(),
             });
-            self.router
-                .write(target, key, op, deadline, locked.hold())
+        };
+        let previous = self.load_rows(table, aor, old, key, deadline);
+        let (owner, previous) = tokio::try_join!(owner, previous)?;
+        Ok(Rows {
+            merged: placement::merge(owner.clone(), previous.clone()),
+            owner,
+            previous,
+        })
+    }
+
+    /// Writes `w` to the AoR's rows in `target`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_rows(
+        &self,
+        table: &str,
+        aor: &Aor,
+        target: &Target,
+        key: u64,
+        w: GroupWrite,
+        deadline: Instant,
+        hold: Option<Hold>,
+    ) -> Result<(), LocationError> {
+        if w.is_empty() {
+            return Ok(());
+        }
+        let (upserts, deletes) = (Arc::new(w.upserts), Arc::new(w.deletes));
+        let (table, aor) = (Arc::<str>::from(table), aor.clone());
+        let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
+            let (table, aor) = (table.clone(), aor.clone());
+            let (upserts, deletes) = (upserts.clone(), deletes.clone());
+            Box::pin(async move { s.apply(&table, &aor, &upserts, &deletes).await })
+        });
+        self.router.write(target, key, op, deadline, hold).await?;
+        Ok(())
+    }
+
+    /// Applies one REGISTER to `aor` (RFC 3261 §10.3), answering by
+    /// `deadline`. While the AoR moves to another group, the registrar
+    /// decides on both copies merged, and `placement` says what each
+    /// group gets; the owner is written first, so a failure leaves at worst
+    /// an unacknowledged REGISTER half applied, never a binding lost.
+    pub async fn save(
+        &self,
+        table: &str,
+        aor: &str,
+        input: &SaveInput,
+        deadline: Instant,
+    ) -> Result<Saved, LocationError> {
+        let aor = &self.parse_aor(aor)?;
+        let locked = self.lock(table, aor, deadline).await?;
+        let (route, key) = (&locked.route, locked.key);
+        let rows = self.load_routed(table, aor, route, key, deadline).await?;
+        let now = (self.clock)();
+        let mut plan = registrar::plan_save(input, &rows.merged, now, &self.policy, &mut new_ruid)?;
+        let upserts = std::mem::take(&mut plan.upserts);
+        let deletes = std::mem::take(&mut plan.deletes);
+        match &route.moving {
+            None => {
+                let w = GroupWrite { upserts, deletes };
+                self.write_rows(table, aor, &route.target, key, w, deadline, locked.hold())
+                    .await?;
+            }
+            Some((old, phase)) => {
+                let (to_owner, to_old) = placement::split_save(
+                    *phase,
+                    &rows.owner,
+                    &rows.previous,
+                    upserts,
+                    deletes,
+                    &plan.bindings,
+                );
+                self.write_rows(
+                    table,
+                    aor,
+                    &route.target,
+                    key,
+                    to_owner,
+                    deadline,
+                    locked.hold(),
+                )
                 .await?;
+                self.write_rows(table, aor, old, key, to_old, deadline, locked.hold())
+                    .await?;
+            }
         }
         Ok(Saved {
-            group: target.group_id(),
+            group: route.target.group_id(),
             bindings: plan.bindings,
             now,
         })
     }
 
-    /// Valid bindings of `aor`, best first, by `deadline`.
+    /// Moves `aor`'s rows in `table` from its previous owner to its owner
+    /// (the mover's step; the same rule as a REGISTER during `Moving`),
+    /// under the AoR's locks. Returns whether it had rows to move.
+    pub async fn carry(
+        &self,
+        table: &str,
+        aor: &Aor,
+        deadline: Instant,
+    ) -> Result<bool, LocationError> {
+        let locked = self.lock(table, aor, deadline).await?;
+        let (route, key) = (&locked.route, locked.key);
+        let Some((old, phase)) = &route.moving else {
+            return Ok(false);
+        };
+        if *phase == Phase::Announced {
+            return Ok(false);
+        }
+        let rows = self.load_routed(table, aor, route, key, deadline).await?;
+        if rows.previous.is_empty() {
+            return Ok(false);
+        }
+        let now = (self.clock)();
+        let valid = registrar::valid_ordered(&rows.merged, now);
+        let (to_owner, to_old) = placement::split_save(
+            Phase::Moving,
+            &rows.owner,
+            &rows.previous,
+            Vec::new(),
+            Vec::new(),
+            &valid,
+        );
+        self.write_rows(
+            table,
+            aor,
+            &route.target,
+            key,
+            to_owner,
+            deadline,
+            locked.hold(),
+        )
+        .await?;
+        self.write_rows(table, aor, old, key, to_old, deadline, locked.hold())
+            .await?;
+        Ok(true)
+    }
+
+    /// Valid bindings of `aor`, best first, by `deadline`: from its owner,
+    /// and while it moves, from its previous owner too, merged.
     pub async fn lookup(
         &self,
         table: &str,
@@ -230,25 +377,42 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<(u32, Vec<Binding>), LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let target = self.router.target(table, aor)?;
+        let route = self.router.route(table, aor)?;
         let now = (self.clock)();
-        let (rows, _) = self
-            .router
-            .read(
-                &target,
-                spread_of(aor),
-                Some(write_key(table, aor)),
-                &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
-                    Box::pin(async move { s.lookup(table, aor, now).await })
-                },
-                deadline,
-            )
-            .await?;
-        Ok((target.group_id(), registrar::valid_ordered(&rows, now)))
+        let key = write_key(table, aor);
+        let read = |target: &Target| {
+            let target = target.clone_ref();
+            async move {
+                let (rows, _) = self
+                    .router
+                    .read(
+                        &target,
+                        spread_of(aor),
+                        Some(key),
+                        &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
+                            Box::pin(async move { s.lookup(table, aor, now).await })
+                        },
+                        deadline,
+                    )
+                    .await?;
+                Ok::<_, LocationError>(rows)
+            }
+        };
+        let rows = match &route.moving {
+            None => read(&route.target).await?,
+            Some((old, _)) => {
+                let (owner, previous) = tokio::try_join!(read(&route.target), read(old))?;
+                placement::merge(owner, previous)
+            }
+        };
+        Ok((
+            route.target.group_id(),
+            registrar::valid_ordered(&rows, now),
+        ))
     }
 
     /// Removes one contact of `aor`, or all, by `deadline`; returns (group,
-    /// removed).
+    /// removed). While the AoR moves, from both groups.
     pub async fn remove(
         &self,
         table: &str,
@@ -258,18 +422,24 @@ impl LocationService {
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
         let locked = self.lock(table, aor, deadline).await?;
-        let (target, key) = (&locked.target, locked.key);
+        let (route, key) = (&locked.route, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
         let contact: Option<Arc<str>> = contact.map(Arc::from);
         let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
             let (table, aor, contact) = (table.clone(), aor.clone(), contact.clone());
             Box::pin(async move { s.remove(&table, &aor, contact.as_deref()).await })
         });
-        let counts = self
-            .router
-            .write(target, key, op, deadline, locked.hold())
-            .await?;
-        Ok((target.group_id(), counts.into_iter().max().unwrap_or(0)))
+        let mut removed = 0;
+        let targets =
+            std::iter::once(&route.target).chain(route.moving.as_ref().map(|(old, _)| old));
+        for target in targets {
+            let counts = self
+                .router
+                .write(target, key, op.clone(), deadline, locked.hold())
+                .await?;
+            removed += counts.into_iter().max().unwrap_or(0);
+        }
+        Ok((route.target.group_id(), removed))
     }
 
     /// Streams every valid binding of `table` (one group, or all), a page at a

@@ -54,6 +54,8 @@ pub struct Metrics {
     /// announced, 1 moving, 2 done).
     pub layout_epoch: IntGauge,
     pub layout_phase: IntGauge,
+    /// AoRs the mover carried to their new group.
+    pub mover_aors: IntCounter,
 }
 
 impl Metrics {
@@ -90,6 +92,7 @@ impl Metrics {
             aor_locks,
             layout_epoch,
             layout_phase,
+            mover_aors,
         } = Serialization::register(&registry);
         Self {
             registry,
@@ -113,6 +116,7 @@ impl Metrics {
             aor_locks,
             layout_epoch,
             layout_phase,
+            mover_aors,
         }
     }
 
@@ -172,6 +176,7 @@ struct Serialization {
     aor_locks: IntCounterVec,
     layout_epoch: IntGauge,
     layout_phase: IntGauge,
+    mover_aors: IntCounter,
 }
 
 impl Serialization {
@@ -208,6 +213,11 @@ impl Serialization {
                     "Phase of that epoch: 0 announced, 1 moving, 2 done",
                 )
                 .expect("valid metric"),
+            ),
+            mover_aors: counter(
+                registry,
+                "mover_aors_total",
+                "AoRs the mover carried to the group that owns them now",
             ),
         }
     }

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::Clock;
+use crate::cluster::layout::Phase;
 use crate::cluster::{Group, Member, Registry, Topology};
 use crate::domain::Aor;
 use crate::failover::{Failover, Marks, Observation};
@@ -57,6 +58,10 @@ pub enum RouteError {
     NoWritableMember { group: u32 },
     #[error("every member of group {group} failed: {error}")]
     AllFailed { group: u32, error: StoreError },
+    #[error(
+        "this instance has not reached the master for {0:?}: another may have moved subscribers since"
+    )]
+    LayoutUnknown(Duration),
     #[error("no member of group {group} answered before the request's deadline")]
     Deadline { group: u32 },
 }
@@ -85,6 +90,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// Another handle on the same target.
+    pub fn clone_ref(&self) -> Self {
+        match self {
+            Self::Group(g) => Self::Group(g.clone()),
+            Self::Single(m) => Self::Single(m.clone()),
+        }
+    }
+
     /// Group id (0 for single tables).
     pub fn group_id(&self) -> u32 {
         match self {
@@ -108,6 +121,15 @@ pub type WriteOp<T> =
 /// instance knows which does not: the AoR's cross-instance lock
 /// (`aor_lock`), opaque here.
 pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Where an AoR's rows are.
+pub struct Route {
+    /// Its owner: reads go here first, writes end up here.
+    pub target: Target,
+    /// While a change of owners moves the AoR: its previous owner, and the
+    /// phase of the change (`placement`).
+    pub moving: Option<(Target, Phase)>,
+}
 
 /// How the router waits on members.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,19 +247,46 @@ impl Router {
 
     /// Where `aor` lives in `table`.
     pub fn target(&self, table: &str, aor: &Aor) -> Result<Target, RouteError> {
+        Ok(self.route(table, aor)?.target)
+    }
+
+    /// Where `aor` lives in `table`, and, while a change of owners moves
+    /// it, where it lived before (its rows may be in either).
+    pub fn route(&self, table: &str, aor: &Aor) -> Result<Route, RouteError> {
+        if let Some(r) = &self.registry
+            && let Some(silent) = r.out_of_touch()
+        {
+            return Err(RouteError::LayoutUnknown(silent));
+        }
         if self.table_mode(table)? == TableMode::Single {
-            return Ok(Target::Single(self.master.clone()));
+            return Ok(Route {
+                target: Target::Single(self.master.clone()),
+                moving: None,
+            });
         }
         let topo = self.topology();
+        let group = |gid: u32| {
+            topo.groups
+                .get(&gid)
+                .cloned()
+                .map(Target::Group)
+                .ok_or(RouteError::GroupMissing(gid))
+        };
         let gid = topo
             .partitioner
             .group_for(aor.key())
             .ok_or(RouteError::NoGroups)?;
-        topo.groups
-            .get(&gid)
-            .cloned()
-            .map(Target::Group)
-            .ok_or(RouteError::GroupMissing(gid))
+        let moving = match &topo.placement.previous {
+            Some(before) => match before.group_for(aor.key()) {
+                Some(old) if old != gid => Some((group(old)?, topo.placement.phase)),
+                _ => None,
+            },
+            None => None,
+        };
+        Ok(Route {
+            target: group(gid)?,
+            moving,
+        })
     }
 
     /// The readable member of `group` to read it whole from (a Dump): the

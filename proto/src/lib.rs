@@ -31,6 +31,9 @@ pub mod reason {
     pub const UNKNOWN_MEMBER: &str = "UNKNOWN_MEMBER";
     pub const CREDENTIALS_UNAVAILABLE: &str = "CREDENTIALS_UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL";
+    /// This instance has not reached the master for most of its lease:
+    /// others may have moved subscribers since; ask another instance.
+    pub const LAYOUT_UNKNOWN: &str = "LAYOUT_UNKNOWN";
 
     /// Every reason, for tests that walk them all.
     pub const ALL: &[&str] = &[
@@ -48,6 +51,7 @@ pub mod reason {
         UNKNOWN_MEMBER,
         CREDENTIALS_UNAVAILABLE,
         INTERNAL,
+        LAYOUT_UNKNOWN,
     ];
 }
 

@@ -12,5 +12,5 @@ pub mod watcher;
 pub use crate::store::StoreOptions;
 pub use model::{ClusterConfig, ConfigProblem, GroupConfig, MemberConfig, MemberStatus};
 pub use registry::{Peers, Registry};
-pub use topology::{Group, Member, MemberHealth, Topology};
+pub use topology::{Group, Member, MemberHealth, Placement, Topology};
 pub use watcher::ClusterWatcher;

@@ -40,6 +40,8 @@ pub struct Registry {
     me: Mutex<InstanceRow>,
     peers: watch::Sender<Peers>,
     metrics: Arc<Metrics>,
+    /// When the last heartbeat reached the master.
+    last_beat: Mutex<tokio::time::Instant>,
 }
 
 impl Registry {
@@ -67,6 +69,7 @@ impl Registry {
             me: Mutex::new(me),
             peers: tx,
             metrics,
+            last_beat: Mutex::new(tokio::time::Instant::now()),
         });
         r.read().await?;
         Ok((r, rx))
@@ -133,7 +136,22 @@ impl Registry {
             me.seen_ms = reloaded_ms;
             me.clone()
         };
-        self.master.put_instance(&row).await
+        self.master.put_instance(&row).await?;
+        *self.last_beat.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// How long since the last heartbeat reached the master, once that is
+    /// nine tenths of the lease or more: peers treat an instance silent for
+    /// the lease as gone and may change the layout without it, so it must
+    /// stop routing before then (docs/layout-changes.md, rule L).
+    pub fn out_of_touch(&self) -> Option<Duration> {
+        let silent = self
+            .last_beat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        (silent >= self.lease * 9 / 10).then_some(silent)
     }
 
     /// Waits until every live peer has reloaded `locdb` since `at_ms`

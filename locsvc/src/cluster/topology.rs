@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::layout::Phase;
 use super::{ConfigProblem, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
 pub use crate::failover::MemberHealth;
@@ -59,12 +60,35 @@ pub struct Group {
     pub members: Vec<Arc<Member>>,
 }
 
+/// Which layout epoch the partitioner comes from, and, while that epoch's
+/// change of owners runs, the partitioner of the epoch before (an AoR whose
+/// owner changed may still have rows with its old owner).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// 0 before the first epoch is read (owners from `locdb` directly).
+    pub epoch: i64,
+    pub phase: Phase,
+    pub previous: Option<Partitioner>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            phase: Phase::Done,
+            previous: None,
+        }
+    }
+}
+
 /// One published view of the cluster.
 #[derive(Debug)]
 pub struct Topology {
     /// Increases with every published change.
     pub generation: u64,
+    /// Places AoRs on the owners of the current epoch.
     pub partitioner: Partitioner,
+    pub placement: Placement,
     pub groups: BTreeMap<u32, Arc<Group>>,
     pub spares: Vec<MemberConfig>,
     pub problems: Vec<ConfigProblem>,
@@ -76,6 +100,7 @@ impl Topology {
         Self {
             generation: 0,
             partitioner,
+            placement: Placement::default(),
             groups: BTreeMap::new(),
             spares: Vec::new(),
             problems: Vec::new(),

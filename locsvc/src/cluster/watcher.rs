@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::layout;
 use super::model::{self, ClusterConfig, ConfigProblem};
 use super::registry::Registry;
-use super::{Group, Member, MemberHealth, Topology};
+use super::{Group, Member, MemberHealth, Placement, Topology};
 use crate::clock::Clock;
 use crate::failover::{self, Marks};
 use crate::metrics::Metrics;
@@ -48,6 +48,10 @@ pub struct ClusterWatcher {
     drain: Duration,
     /// The layout epoch and phase seen last, and since when.
     seen_layout: Option<((i64, i32), tokio::time::Instant)>,
+    /// The current epoch's owners (None before the first epoch is read:
+    /// every configured group owns AoRs), and the placement published.
+    owners: Option<Partitioner>,
+    placement: Placement,
 }
 
 impl ClusterWatcher {
@@ -79,6 +83,8 @@ impl ClusterWatcher {
             registry: None,
             drain: Duration::ZERO,
             seen_layout: None,
+            owners: None,
+            placement: Placement::default(),
         };
         (w, rx)
     }
@@ -190,11 +196,17 @@ impl ClusterWatcher {
             }
             groups.insert(*id, Arc::new(Group { id: *id, members }));
         }
+        self.keep_placed_groups(&mut groups);
         self.forget_gone(&live_urls, &live_keys);
         let generation = self.tx.borrow().generation + 1;
+        let partitioner = self
+            .owners
+            .clone()
+            .unwrap_or_else(|| Partitioner::new(self.hash_mode, config.groups.keys().copied()));
         let topo = Topology {
             generation,
-            partitioner: Partitioner::new(self.hash_mode, config.groups.keys().copied()),
+            partitioner,
+            placement: self.placement.clone(),
             groups,
             spares: config.spares.clone(),
             problems: problems.clone(),
@@ -210,6 +222,32 @@ impl ClusterWatcher {
         self.problems = problems;
         for m in to_mark {
             self.marks.record_layout_miss(m.group, m.no, now).await;
+        }
+    }
+
+    /// Groups that own AoRs in the current or the previous epoch stay in
+    /// the snapshot even when their rows left `locdb`: their subscribers
+    /// are there until the layout has moved them (drain a group, then
+    /// delete it). Their last definition is kept, and the removal reported.
+    fn keep_placed_groups(&self, groups: &mut std::collections::BTreeMap<u32, Arc<Group>>) {
+        let placed = self
+            .owners
+            .iter()
+            .chain(self.placement.previous.iter())
+            .flat_map(|p| p.groups().to_vec());
+        let before = self.tx.borrow().clone();
+        for id in placed {
+            if groups.contains_key(&id) {
+                continue;
+            }
+            if let Some(g) = before.groups.get(&id) {
+                tracing::error!(
+                    group = id,
+                    "group removed from locdb while it holds subscribers; kept until they are moved \
+                     (drain it first: set leaving = 1 on its rows)"
+                );
+                groups.insert(id, g.clone());
+            }
         }
     }
 
@@ -294,10 +332,57 @@ impl ClusterWatcher {
         }
         let current = if took { self.layout().await? } else { current };
         if let Some(e) = current {
+            self.place(&e).await?;
             self.metrics.layout_epoch.set(e.epoch);
             self.metrics.layout_phase.set(i64::from(e.phase.code()));
             self.report_serving(registry, (e.epoch, e.phase.code()));
         }
+        Ok(())
+    }
+
+    /// Routes by epoch `e` from now on: its owners, and while its change
+    /// runs, the previous epoch's too. Publishes a new snapshot when that
+    /// changed anything.
+    async fn place(&mut self, e: &layout::Epoch) -> Result<(), StoreError> {
+        if (self.placement.epoch, self.placement.phase) == (e.epoch, e.phase) {
+            return Ok(());
+        }
+        let previous = match e.phase {
+            layout::Phase::Done => None,
+            _ => match self.master.layout_owners(e.epoch - 1).await? {
+                Some((owners, hash)) => {
+                    match (layout::parse_owners(&owners), hash.parse::<HashMode>()) {
+                        (Some(o), Ok(h)) => Some(Partitioner::new(h, o)),
+                        _ => {
+                            return Err(StoreError::Decode(format!(
+                                "locsvc_layout epoch {} is unreadable",
+                                e.epoch - 1
+                            )));
+                        }
+                    }
+                }
+                None => None,
+            },
+        };
+        self.owners = Some(Partitioner::new(e.hash, e.owners.iter().copied()));
+        self.placement = Placement {
+            epoch: e.epoch,
+            phase: e.phase,
+            previous,
+        };
+        tracing::info!(epoch = e.epoch, phase = %e.phase, owners = ?e.owners, "routing by layout epoch");
+        let now = self.tx.borrow().clone();
+        let mut groups = now.groups.clone();
+        self.keep_placed_groups(&mut groups);
+        let topo = Topology {
+            generation: now.generation + 1,
+            partitioner: self.owners.clone().expect("set above"),
+            placement: self.placement.clone(),
+            groups,
+            spares: now.spares.clone(),
+            problems: now.problems.clone(),
+        };
+        self.tx.send_replace(Arc::new(topo));
         Ok(())
     }
 

@@ -195,6 +195,7 @@ impl Fixture {
         let topo = Arc::new(Topology {
             generation: 1,
             partitioner: Partitioner::new(HashMode::Xxh3, [1]),
+            placement: Default::default(),
             groups: BTreeMap::from([(1, Arc::new(Group { id: 1, members }))]),
             spares: Vec::new(),
             problems: Vec::new(),

@@ -238,6 +238,11 @@ fn route(r: RouteError) -> Status {
             group,
         ),
         RouteError::Deadline { group } => deadline_in(group),
+        RouteError::LayoutUnknown(silent) => unavailable(
+            RouteError::LayoutUnknown(silent).to_string(),
+            reason::LAYOUT_UNKNOWN,
+            None,
+        ),
         RouteError::AllFailed { group, error } if !error.is_transport() => {
             tracing::error!(group, %error, "storage refused an operation on every member");
             internal(&format!("storage error in group {group}"))

@@ -36,15 +36,15 @@ impl SqlStore {
         Ok(row)
     }
 
-    /// The owners of epoch `epoch`, if it exists (the previous epoch's,
-    /// while a change runs).
-    pub async fn layout_owners(&self, epoch: i64) -> Result<Option<String>, StoreError> {
+    /// The owners and hash of epoch `epoch`, if it exists (the previous
+    /// epoch's, while a change runs).
+    pub async fn layout_owners(&self, epoch: i64) -> Result<Option<(String, String)>, StoreError> {
         let sql = self
             .dialect()
-            .finish("SELECT owners FROM locsvc_layout WHERE epoch = ?");
+            .finish("SELECT owners, hash_mode FROM locsvc_layout WHERE epoch = ?");
         let owners = with_pool!(&self.pool, p => {
             match self.timed(sqlx::query(&sql).bind(epoch).fetch_optional(p)).await? {
-                Some(r) => Some(r.try_get::<String, _>("owners")?),
+                Some(r) => Some((r.try_get::<String, _>("owners")?, r.try_get::<String, _>("hash_mode")?)),
                 None => None,
             }
         });

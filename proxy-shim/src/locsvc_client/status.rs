@@ -67,7 +67,13 @@ pub(super) fn worth_failover(s: &Status) -> bool {
     let why = s.get_details_error_info().map(|i| i.reason);
     match s.code() {
         // No ErrorInfo: the channel itself failed (refused, reset, no route).
-        Code::Unavailable => why.is_none() || why.as_deref() == Some(reason::OVERLOADED),
+        // OVERLOADED: another is less busy; LAYOUT_UNKNOWN: another is in
+        // touch with the master.
+        Code::Unavailable => {
+            why.is_none()
+                || why.as_deref() == Some(reason::OVERLOADED)
+                || why.as_deref() == Some(reason::LAYOUT_UNKNOWN)
+        }
         Code::Unknown | Code::Cancelled => why.is_none(),
         _ => false,
     }
@@ -200,6 +206,12 @@ mod tests {
             &[]
         )));
         assert!(worth_failover(&Status::unavailable("connection refused")));
+        // An instance out of touch with the master: another may be in touch.
+        assert!(worth_failover(&status(
+            Code::Unavailable,
+            reason::LAYOUT_UNKNOWN,
+            &[]
+        )));
     }
 
     #[test]
