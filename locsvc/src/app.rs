@@ -343,6 +343,10 @@ impl App {
             failover.clone(),
             clock.clone(),
             settings.stale_window(),
+        )
+        .with_groups(
+            settings.store_options(settings.cluster_tables()),
+            metrics.clone(),
         );
         let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
         // Serve only once every other instance knows of this one, so their

@@ -81,7 +81,8 @@ impl LocalLocks {
     }
 }
 
-/// An AoR's rows where its route says they may be.
+/// An AoR's rows where its route says they may be (`owner` and `previous`
+/// only while it moves).
 struct Rows {
     owner: Vec<Binding>,
     previous: Vec<Binding>,
@@ -224,10 +225,10 @@ impl LocationService {
     ) -> Result<Rows, LocationError> {
         let owner = self.load_rows(table, aor, &route.target, key, deadline);
         let Some((old, _)) = &route.moving else {
-            let owner = owner.await?;
+            // Not moving: only `merged` is used.
             return Ok(Rows {
-                merged: owner.clone(),
-                owner,
+                merged: owner.await?,
+                owner: Vec::new(),
                 previous: Vec::new(),
             });
         };

@@ -8,6 +8,7 @@ mod canary;
 #[path = "../it/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod moves;
 mod through_shim;
 
 use std::sync::Arc;

@@ -483,3 +483,88 @@ async fn an_instance_out_of_touch_with_the_master_for_its_lease_stops_routing() 
     .await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_all_sqlite_layout_groups_add_and_drain_move_subscribers_online() {
+    use locsvc_proto::v1 as pb;
+    use locsvc_proto::v1::cluster_client::ClusterClient;
+    const N: usize = 30;
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 2).await;
+    let mut settings = layout.settings();
+    settings.grpc.request_timeout = Duration::from_millis(300);
+    let a = TestApp::spawn(settings).await;
+    let mut admin = ClusterClient::connect(a.url()).await.unwrap();
+    let mut c = a.client().await;
+    let contact = |i: usize| format!("sip:sq{i}@192.0.2.1");
+    for i in 0..N {
+        c.save(register(
+            &format!("sip:sq{i}@example.com"),
+            &contact(i),
+            Some(3600),
+            "cid",
+            1,
+        ))
+        .await
+        .unwrap();
+    }
+    let layout_now = |admin: &mut ClusterClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_groups(pb::ListGroupsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .layout
+                .unwrap()
+        }
+    };
+    // `groups add 3 <url> <url>`: the tables are made, the rows inserted.
+    let urls = vec![
+        fresh_db(Backend::Sqlite, layout.dir.path()).await,
+        fresh_db(Backend::Sqlite, layout.dir.path()).await,
+    ];
+    admin
+        .add_group(pb::AddGroupRequest {
+            group: 3,
+            urls: urls.clone(),
+        })
+        .await
+        .unwrap();
+    let refused = admin
+        .add_group(pb::AddGroupRequest { group: 3, urls })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let lister = admin.clone();
+    let mut check = async |what: &str, want: &[u32]| {
+        eventually(what, Duration::from_secs(30), async || {
+            for i in 0..N {
+                let found = lookup_contacts(&mut c, &format!("sip:sq{i}@example.com")).await;
+                assert!(found.contains(&contact(i)), "{what}: sq{i} not found");
+            }
+            let l = layout_now(&mut lister.clone()).await;
+            l.phase == "done" && l.owners == want
+        })
+        .await;
+    };
+    check("groups 1 to 3, done", &[1, 2, 3]).await;
+    // `groups drain 3`: back to two groups, nobody missed.
+    admin
+        .drain(pb::DrainRequest {
+            group: 3,
+            undo: false,
+        })
+        .await
+        .unwrap();
+    check("groups 1 and 2 again, done", &[1, 2]).await;
+    let unknown = admin
+        .drain(pb::DrainRequest {
+            group: 9,
+            undo: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    a.stop().await;
+}

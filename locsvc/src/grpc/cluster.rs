@@ -1,6 +1,8 @@
 //! The `locsvc.v1.Cluster` admin service: lists members with their state and
-//! sets a member's status in `locdb`, then has this instance apply it at once.
-//! Taking the last readable member of a group out needs `force`.
+//! the layout epoch, sets a member's status in `locdb` (then has this
+//! instance apply it at once; taking the last readable member of a group out
+//! needs `force`), and adds or drains a group (`locdb` edits that the layout
+//! epochs then carry out online).
 
 use std::sync::Arc;
 
@@ -12,7 +14,10 @@ use super::status;
 use crate::clock::Clock;
 use crate::cluster::{MemberConfig, MemberStatus};
 use crate::failover::Failover;
+use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::store::migrate::Scope;
+use crate::store::{DbUrl, FAILOVER_RESET, LocdbRow, SqlStore, StoreOptions};
 
 /// The gRPC face of cluster administration.
 #[derive(Clone)]
@@ -21,6 +26,10 @@ pub struct ClusterApi {
     failover: Arc<Failover>,
     clock: Clock,
     window: i64,
+    /// How a new group's members are opened and which tables they get
+    /// (None: adding groups is not offered).
+    member_opts: Option<StoreOptions>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClusterApi {
@@ -32,6 +41,33 @@ impl ClusterApi {
             failover,
             clock,
             window,
+            member_opts: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// New groups' members are opened with `member_opts` (its tables are
+    /// migrated on them); the mover's count comes from `metrics`.
+    pub fn with_groups(mut self, member_opts: StoreOptions, metrics: Arc<Metrics>) -> Self {
+        self.member_opts = Some(member_opts);
+        self.metrics = metrics;
+        self
+    }
+
+    /// The layout this instance routes by.
+    fn layout(&self) -> pb::LayoutInfo {
+        let topo = self.router.topology();
+        let p = &topo.placement;
+        pb::LayoutInfo {
+            epoch: p.epoch,
+            phase: p.phase.to_string(),
+            owners: topo.partitioner.groups().to_vec(),
+            previous_owners: p
+                .previous
+                .as_ref()
+                .map(|q| q.groups().to_vec())
+                .unwrap_or_default(),
+            carried: self.metrics.mover_aors.get(),
         }
     }
 }
@@ -94,7 +130,98 @@ impl Cluster for ClusterApi {
             members,
             problems: topo.problems.iter().map(ToString::to_string).collect(),
             generation: topo.generation,
+            layout: Some(self.layout()),
         }))
+    }
+
+    async fn add_group(
+        &self,
+        req: Request<pb::AddGroupRequest>,
+    ) -> Result<Response<pb::AddGroupResponse>, Status> {
+        let r = req.into_inner();
+        if r.group == 0 || r.group > i32::MAX as u32 {
+            return Err(status::invalid("group", "must be between 1 and 2^31-1"));
+        }
+        if r.urls.len() < 2 {
+            return Err(status::invalid(
+                "urls",
+                "a group needs at least two members",
+            ));
+        }
+        let urls = r
+            .urls
+            .iter()
+            .map(|u| DbUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| status::invalid("urls", &e.to_string()))?;
+        let Some(opts) = &self.member_opts else {
+            return Err(status::internal("adding groups is not configured here"));
+        };
+        let master = self.router.master();
+        let rows = master
+            .load_locdb()
+            .await
+            .map_err(|e| status::admin_store("reading locdb", e))?;
+        if rows.iter().any(|row| row.id == i64::from(r.group)) {
+            return Err(status::invalid("group", "already in locdb"));
+        }
+        // Tables first: a member row must never point at a database that
+        // cannot take writes.
+        for u in &urls {
+            let what = format!("migrating member {}", u.redacted());
+            let m = SqlStore::open(u, opts).map_err(|e| status::admin_store(&what, e))?;
+            for t in &opts.tables {
+                m.migrate(Scope::Table(t))
+                    .await
+                    .map_err(|e| status::admin_store(&what, e))?;
+            }
+            m.close().await;
+        }
+        for (i, u) in urls.iter().enumerate() {
+            let no = i as i64 + 1;
+            master
+                .insert_locdb(&LocdbRow {
+                    id: i64::from(r.group),
+                    no,
+                    url: u.expose().to_string(),
+                    status: MemberStatus::On.code(),
+                    errors: 0,
+                    failover: FAILOVER_RESET,
+                    spare: 0,
+                    rg: no,
+                    leaving: 0,
+                })
+                .await
+                .map_err(|e| status::admin_store("the group's locdb rows", e))?;
+        }
+        tracing::info!(
+            group = r.group,
+            members = urls.len(),
+            "group added to locdb"
+        );
+        Ok(Response::new(pb::AddGroupResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let r = req.into_inner();
+        let n = self
+            .router
+            .master()
+            .set_leaving(r.group, !r.undo)
+            .await
+            .map_err(|e| status::admin_store("the drain mark", e))?;
+        if n == 0 {
+            return Err(status::unknown_group(r.group));
+        }
+        tracing::info!(
+            group = r.group,
+            leaving = !r.undo,
+            "group drain mark set in locdb"
+        );
+        Ok(Response::new(pb::DrainResponse {}))
     }
 
     async fn set_status(

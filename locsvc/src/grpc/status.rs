@@ -135,6 +135,27 @@ pub fn unknown_member(group: u32, no: u32) -> Status {
     )
 }
 
+/// NOT_FOUND: `locdb` has no (non-spare) row of `group`.
+pub fn unknown_group(group: u32) -> Status {
+    status(
+        Code::NotFound,
+        format!("no locdb member row with id={group}"),
+        reason::UNKNOWN_MEMBER,
+        HashMap::from([("group".to_string(), group.to_string())]),
+    )
+}
+
+/// An administration change a database did not take: UNAVAILABLE when it
+/// was unreachable or slow, INTERNAL (details logged) when it refused.
+pub fn admin_store(what: &str, e: StoreError) -> Status {
+    if e.is_transport() {
+        tracing::warn!(error = %e, "{what}: database unavailable");
+        return master_unavailable(what);
+    }
+    tracing::error!(error = %e, "{what}: database refused");
+    internal(what)
+}
+
 /// UNAVAILABLE: the master database did not take an administration change.
 pub fn master_unavailable(what: &str) -> Status {
     unavailable(

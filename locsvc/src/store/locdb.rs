@@ -148,6 +148,18 @@ impl SqlStore {
         Ok(rows)
     }
 
+    /// Marks every row of group `id` leaving (or not); rows changed.
+    pub async fn set_leaving(&self, id: u32, leaving: bool) -> Result<u64, StoreError> {
+        let sql = self
+            .dialect()
+            .finish("UPDATE locdb SET leaving = ? WHERE id = ? AND spare = 0");
+        let n = with_pool!(&self.pool, p => {
+            let q = sqlx::query(&sql).bind(i16::from(leaving)).bind(id as i32);
+            self.timed(q.execute(p)).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
     /// Adds one `locdb` row (used to seed the embedded layout and by tests).
     pub async fn insert_locdb(&self, row: &LocdbRow) -> Result<(), StoreError> {
         let sql = self.dialect().finish(

@@ -5,7 +5,6 @@
 //! send `--admin-token`.
 
 use locsvc_proto::v1 as pb;
-use locsvc_proto::v1::cluster_client::ClusterClient;
 use locsvc_proto::v1::location_client::LocationClient;
 use locsvc_proto::v1::subscribers_client::SubscribersClient;
 use serde_json::{Value, json};
@@ -14,6 +13,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::credentials::split_aor;
+
+mod groups;
+pub use groups::{GroupsCommand, run_groups};
 
 /// One `ul` command.
 #[derive(Debug, Clone, PartialEq, clap::Subcommand)]
@@ -43,25 +45,6 @@ pub enum UlCommand {
     },
     /// Count contacts and AoRs per group.
     Stats,
-}
-
-/// One `groups` command.
-#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
-pub enum GroupsCommand {
-    /// Every member and spare with status, errors, failover time, whether it
-    /// is read, and the last probe.
-    List,
-    /// Set a member's status in locdb: on, off or maintenance.
-    SetStatus {
-        group: u32,
-        no: u32,
-        #[arg(value_parser = ["on", "off", "maintenance"])]
-        status: String,
-        /// Also take out the last readable member of its group (its
-        /// subscribers fail until another member is read again).
-        #[arg(long)]
-        force: bool,
-    },
 }
 
 /// One `subscriber` command (kamctl's `add`, `passwd`, `rm`).
@@ -398,127 +381,6 @@ async fn ul_stats(c: &mut Client, json_out: bool, table: String) -> anyhow::Resu
         println!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
     }
     Ok(())
-}
-
-/// Runs one `groups` command against the server.
-pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Result<()> {
-    let (channel, auth) = channel(args, true).await?;
-    let mut c = ClusterClient::with_interceptor(channel, auth);
-    match cmd {
-        GroupsCommand::List => {
-            let r = c
-                .list_groups(pb::ListGroupsRequest {})
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            if args.json {
-                print_groups_json(&r);
-            } else {
-                print_groups_table(&r);
-            }
-        }
-        GroupsCommand::SetStatus {
-            group,
-            no,
-            status,
-            force,
-        } => {
-            let s = match status.as_str() {
-                "on" => pb::MemberStatus::On,
-                "off" => pb::MemberStatus::Off,
-                _ => pb::MemberStatus::Maintenance,
-            };
-            c.set_status(pb::SetStatusRequest {
-                group: *group,
-                no: *no,
-                status: s as i32,
-                force: *force,
-            })
-            .await
-            .map_err(rpc_error)?;
-            if args.json {
-                println!("{}", json!({"group": group, "no": no, "status": status}));
-            } else {
-                println!("member {group}/{no} set to {status} in locdb");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A member's locdb status as `groups set-status` spells it.
-fn member_status(m: &pb::MemberInfo) -> &'static str {
-    match pb::MemberStatus::try_from(m.status) {
-        Ok(pb::MemberStatus::On) => "on",
-        Ok(pb::MemberStatus::Off) => "off",
-        Ok(pb::MemberStatus::Maintenance) => "maintenance",
-        _ => "?",
-    }
-}
-
-/// A failover time in UTC; `-` for "never" (0, or a reset before 1970).
-fn failover_time(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .filter(|_| t > 0)
-        .map_or_else(
-            || "-".to_string(),
-            |d| d.format("%Y-%m-%d %H:%M:%S").to_string(),
-        )
-}
-
-/// `groups list --json`.
-fn print_groups_json(r: &pb::ListGroupsResponse) {
-    let members: Vec<Value> = r
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "group": m.group, "no": m.no, "url": m.url, "status": member_status(m),
-                "errors": m.errors, "failover": m.failover, "readable": m.readable,
-                "spare": m.spare, "rg": m.risk_group, "transport_errors": m.transport_errors,
-                "last_probe_ms": m.last_probe_ms, "last_probe_ok": m.last_probe_ok,
-            })
-        })
-        .collect();
-    println!(
-        "{}",
-        json!({"generation": r.generation, "members": members, "problems": r.problems})
-    );
-}
-
-/// `groups list`: one line per member, then the layout's problems.
-fn print_groups_table(r: &pb::ListGroupsResponse) {
-    println!(
-        "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  url",
-        "group", "no", "status", "readable", "errors", "failover", "probe"
-    );
-    for m in &r.members {
-        let probe = match m.last_probe_ms {
-            Some(ms) => {
-                format!("{ms:.1}ms {}", if m.last_probe_ok { "ok" } else { "FAIL" })
-            }
-            None => "-".into(),
-        };
-        let kind = if m.spare {
-            format!("{} spare", member_status(m))
-        } else {
-            member_status(m).to_string()
-        };
-        println!(
-            "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  {}",
-            m.group,
-            m.no,
-            kind,
-            if m.readable { "yes" } else { "no" },
-            m.errors,
-            failover_time(m.failover),
-            probe,
-            m.url
-        );
-    }
-    for p in &r.problems {
-        println!("problem: {p}");
-    }
 }
 
 /// Runs one `subscriber` command against the server.
