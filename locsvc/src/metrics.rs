@@ -56,6 +56,12 @@ pub struct Metrics {
     pub layout_phase: IntGauge,
     /// AoRs the mover carried to their new group.
     pub mover_aors: IntCounter,
+    /// The mover's current pass: valid rows on the old groups when it
+    /// began, rows scanned so far, and the seconds it expects to need for
+    /// the rest (-1: not known yet).
+    pub mover_pass_rows: IntGauge,
+    pub mover_pass_scanned: IntGauge,
+    pub mover_eta_seconds: IntGauge,
 }
 
 impl Metrics {
@@ -93,6 +99,9 @@ impl Metrics {
             layout_epoch,
             layout_phase,
             mover_aors,
+            mover_pass_rows,
+            mover_pass_scanned,
+            mover_eta_seconds,
         } = Serialization::register(&registry);
         Self {
             registry,
@@ -117,6 +126,9 @@ impl Metrics {
             layout_epoch,
             layout_phase,
             mover_aors,
+            mover_pass_rows,
+            mover_pass_scanned,
+            mover_eta_seconds,
         }
     }
 
@@ -177,6 +189,9 @@ struct Serialization {
     layout_epoch: IntGauge,
     layout_phase: IntGauge,
     mover_aors: IntCounter,
+    mover_pass_rows: IntGauge,
+    mover_pass_scanned: IntGauge,
+    mover_eta_seconds: IntGauge,
 }
 
 impl Serialization {
@@ -218,6 +233,21 @@ impl Serialization {
                 registry,
                 "mover_aors_total",
                 "AoRs the mover carried to the group that owns them now",
+            ),
+            mover_pass_rows: gauge(
+                registry,
+                "mover_pass_rows",
+                "Valid rows on the old groups when the mover's current pass began",
+            ),
+            mover_pass_scanned: gauge(
+                registry,
+                "mover_pass_scanned_rows",
+                "Rows the mover's current pass has scanned",
+            ),
+            mover_eta_seconds: gauge(
+                registry,
+                "mover_eta_seconds",
+                "Seconds the mover's current pass expects to need for the rest (-1: not known yet)",
             ),
         }
     }
@@ -343,6 +373,10 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) ->
 }
 
 /// A registered counter.
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     registered(registry, IntCounter::new(name, help).expect("valid metric"))
 }

@@ -58,6 +58,14 @@ pub enum MoveError {
     Changed,
 }
 
+/// How far the current pass is.
+struct Progress {
+    /// Valid rows on the old groups when the pass began.
+    total: u64,
+    started: tokio::time::Instant,
+    scanned: std::sync::atomic::AtomicU64,
+}
+
 /// Carries moved AoRs to their new owners.
 pub struct Mover {
     service: Arc<LocationService>,
@@ -85,6 +93,21 @@ impl Mover {
             tables,
             settings,
             metrics,
+        }
+    }
+
+    /// Counts `rows` more scanned and updates the pass's progress and its
+    /// ETA (the rate so far, over what is left).
+    fn report(&self, p: &Progress, rows: u64) {
+        use std::sync::atomic::Ordering;
+        let scanned = p.scanned.fetch_add(rows, Ordering::AcqRel) + rows;
+        self.metrics.mover_pass_scanned.set(scanned as i64);
+        let elapsed = p.started.elapsed().as_secs_f64();
+        if scanned > 0 {
+            let left = p.total.saturating_sub(scanned) as f64;
+            self.metrics
+                .mover_eta_seconds
+                .set((left * elapsed / scanned as f64).ceil() as i64);
         }
     }
 
@@ -140,14 +163,30 @@ impl Mover {
                 .map(|p| p.groups().to_vec())
                 .unwrap_or_default()
         };
+        let mut total = 0;
+        for &g in &olds {
+            for table in &self.tables {
+                total += self.rows_in(g, table, topology).await?;
+            }
+        }
+        let progress = Progress {
+            total,
+            started: tokio::time::Instant::now(),
+            scanned: std::sync::atomic::AtomicU64::new(0),
+        };
+        self.metrics.mover_pass_rows.set(total as i64);
+        self.metrics.mover_pass_scanned.set(0);
+        self.metrics.mover_eta_seconds.set(-1);
         let mut carried = 0u64;
         for g in olds {
             for table in &self.tables {
                 carried += self
-                    .empty_group(epoch, g, table, topology, shutdown)
+                    .empty_group(epoch, g, table, topology, shutdown, &progress)
                     .await?;
             }
         }
+        self.metrics.mover_pass_scanned.set(total as i64);
+        self.metrics.mover_eta_seconds.set(0);
         tracing::info!(epoch, carried, acked, "move pass done");
         if acked && carried == 0 {
             let now = crate::cluster::registry::now_ms();
@@ -165,6 +204,31 @@ impl Mover {
         Ok(())
     }
 
+    /// Valid rows of `table` in group `g` now (what a pass has to scan).
+    async fn rows_in(
+        &self,
+        g: u32,
+        table: &str,
+        topology: &watch::Receiver<Arc<Topology>>,
+    ) -> Result<u64, MoveError> {
+        let group = topology
+            .borrow()
+            .groups
+            .get(&g)
+            .cloned()
+            .ok_or(RouteError::GroupMissing(g))?;
+        let member = self
+            .service
+            .router()
+            .whole_group_member(&group)
+            .ok_or(RouteError::NoReadableMember { group: g })?;
+        Ok(member
+            .store
+            .stats(table, self.service.now())
+            .await?
+            .contacts)
+    }
+
     /// Carries every AoR of `table` in group `g` whose owner changed;
     /// returns how many it carried.
     async fn empty_group(
@@ -174,6 +238,7 @@ impl Mover {
         table: &str,
         topology: &watch::Receiver<Arc<Topology>>,
         shutdown: &CancellationToken,
+        progress: &Progress,
     ) -> Result<u64, MoveError> {
         let router = self.service.router();
         let mut after = 0;
@@ -197,6 +262,7 @@ impl Mover {
                 .dump_page(table, after, self.settings.page, now)
                 .await?;
             let full = page.len() as u32 == self.settings.page;
+            self.report(progress, page.len() as u64);
             after = page.last().map_or(after, |b| b.row_id);
             let mut aors: Vec<_> = page.into_iter().map(|b| b.aor).collect();
             aors.sort_by(|a, b| a.key().cmp(b.key()));

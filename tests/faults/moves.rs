@@ -237,6 +237,21 @@ async fn groups_change_under_load_through_two_instances_and_nobody_is_missed() {
     }
     let add_took = epoch_done(&master, 2).await;
     let add_done = Instant::now();
+    // The instance that moved shows its last pass whole: every row scanned.
+    let mover = if a.metrics.mover_pass_rows.get() > 0 {
+        &a
+    } else {
+        &b
+    };
+    let (rows, scanned, eta) = (
+        mover.metrics.mover_pass_rows.get(),
+        mover.metrics.mover_pass_scanned.get(),
+        mover.metrics.mover_eta_seconds.get(),
+    );
+    assert!(
+        rows > 0 && scanned == rows && eta == 0,
+        "mover progress: {scanned} of {rows}, eta {eta}"
+    );
     let on3 = rows_on(&group3).await;
 
     // Group 1 drains.

@@ -341,9 +341,10 @@ async fn while_a_group_joins_moved_subscribers_are_found_and_a_register_carries_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_group_is_emptied_online_and_can_then_be_deleted() {
     const N: usize = 40;
+    // All on PostgreSQL: master and every member.
     let layout = Layout::create(
         Backend::Postgres,
-        &[Backend::MariaDb1, Backend::MariaDb2],
+        &[Backend::Postgres, Backend::Postgres],
         3,
     )
     .await;

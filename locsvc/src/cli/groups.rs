@@ -133,7 +133,18 @@ fn layout_line(l: &pb::LayoutInfo) -> String {
     if !l.previous_owners.is_empty() {
         line += &format!(" (moving from {})", ids(&l.previous_owners));
     }
-    line + &format!("; carried here: {}", l.carried)
+    line += &format!("; carried here: {}", l.carried);
+    if l.phase == "moving" && l.pass_rows > 0 {
+        let eta = match l.eta_seconds {
+            s if s < 0 => "unknown".to_string(),
+            s => format!("{s} s"),
+        };
+        line += &format!(
+            "; this pass {} of {} rows, eta {eta}",
+            l.pass_scanned, l.pass_rows
+        );
+    }
+    line
 }
 
 /// A member's locdb status as `groups set-status` spells it.
@@ -177,6 +188,8 @@ fn print_groups_json(r: &pb::ListGroupsResponse) {
             "layout": r.layout.as_ref().map(|l| json!({
                 "epoch": l.epoch, "phase": l.phase, "owners": l.owners,
                 "previous_owners": l.previous_owners, "carried": l.carried,
+                "pass_rows": l.pass_rows, "pass_scanned": l.pass_scanned,
+                "eta_seconds": l.eta_seconds,
             })),
         })
     );

@@ -68,6 +68,9 @@ impl ClusterApi {
                 .map(|q| q.groups().to_vec())
                 .unwrap_or_default(),
             carried: self.metrics.mover_aors.get(),
+            pass_rows: self.metrics.mover_pass_rows.get(),
+            pass_scanned: self.metrics.mover_pass_scanned.get(),
+            eta_seconds: self.metrics.mover_eta_seconds.get(),
         }
     }
 }
