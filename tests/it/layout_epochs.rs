@@ -569,3 +569,66 @@ async fn on_an_all_sqlite_layout_groups_add_and_drain_move_subscribers_online() 
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_rows_of_a_group_that_still_owns_subscribers_keeps_serving_them() {
+    const N: usize = 20;
+    let layout = Layout::create(
+        Backend::Postgres,
+        &[Backend::MariaDb1, Backend::MariaDb2],
+        2,
+    )
+    .await;
+    let a = TestApp::spawn(layout.settings()).await;
+    let master = layout.master();
+    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    let mut c = a.client().await;
+    let contact = |i: usize| format!("sip:kp{i}@192.0.2.1");
+    for i in 0..N {
+        c.save(register(
+            &format!("sip:kp{i}@example.com"),
+            &contact(i),
+            Some(3600),
+            "cid",
+            1,
+        ))
+        .await
+        .unwrap();
+    }
+    // An operator deletes group 2 without draining it first.
+    let changed = || {
+        a.metrics
+            .config_reloads
+            .with_label_values(&["changed"])
+            .get()
+    };
+    let before = changed();
+    sqlx_exec(&layout.master_url, "DELETE FROM locdb WHERE id = 2").await;
+    eventually("the edit was read", Duration::from_secs(10), async || {
+        changed() > before
+    })
+    .await;
+    // Its subscribers are still served from it (its pools stay open); the
+    // layout treats the deletion as a drain: they move to group 1, then
+    // group 2 is let go.
+    let all_found = async |c: &mut locsvc_proto::v1::location_client::LocationClient<
+        tonic::transport::Channel,
+    >| {
+        for i in 0..N {
+            let found = lookup_contacts(c, &format!("sip:kp{i}@example.com")).await;
+            assert!(
+                found.contains(&contact(i)),
+                "kp{i} lost with its group's rows"
+            );
+        }
+    };
+    all_found(&mut c).await;
+    eventually("moved to group 1, group 2 let go", Duration::from_secs(30), async || {
+        all_found(&mut c.clone()).await;
+        matches!(master.current_layout().await, Ok(Some(r)) if (r.epoch, r.owners.as_str(), r.phase) == (2, "1", 2))
+            && !a.service.router().topology().groups.contains_key(&2)
+    })
+    .await;
+    all_found(&mut c).await;
+    a.stop().await;
+}

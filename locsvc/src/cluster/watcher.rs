@@ -96,11 +96,10 @@ impl ClusterWatcher {
     }
 
     /// Heartbeats `registry` after every reload, dated by the reload's
-    /// start: a peer that sees the heartbeat knows this instance has read
-    /// everything `locdb` held then.
-    /// Also coordinates layout epochs with the other instances there;
-    /// `drain` is how long a request may run (a layout phase counts as
-    /// served once requests begun before it have ended).
+    /// start (a peer that sees the heartbeat knows this instance has read
+    /// everything `locdb` held then), and coordinates layout epochs with the
+    /// other instances there. `drain` is how long a request may run: a
+    /// layout phase counts as served once requests begun before it ended.
     pub fn heartbeat_into(&mut self, registry: Arc<Registry>, drain: Duration) {
         self.registry = Some(registry);
         self.drain = drain;
@@ -196,7 +195,14 @@ impl ClusterWatcher {
             }
             groups.insert(*id, Arc::new(Group { id: *id, members }));
         }
-        self.keep_placed_groups(&mut groups);
+        for kept in self.keep_placed_groups(&mut groups) {
+            // Their pools and health stay too.
+            for m in &kept.members {
+                let raw = m.config.url.expose().to_string();
+                live_keys.insert((m.config.group, m.config.no, raw.clone()));
+                live_urls.insert(raw);
+            }
+        }
         self.forget_gone(&live_urls, &live_keys);
         let generation = self.tx.borrow().generation + 1;
         let partitioner = self
@@ -229,7 +235,12 @@ impl ClusterWatcher {
     /// the snapshot even when their rows left `locdb`: their subscribers
     /// are there until the layout has moved them (drain a group, then
     /// delete it). Their last definition is kept, and the removal reported.
-    fn keep_placed_groups(&self, groups: &mut std::collections::BTreeMap<u32, Arc<Group>>) {
+    /// Returns the groups so kept.
+    fn keep_placed_groups(
+        &self,
+        groups: &mut std::collections::BTreeMap<u32, Arc<Group>>,
+    ) -> Vec<Arc<Group>> {
+        let mut kept = Vec::new();
         let placed = self
             .owners
             .iter()
@@ -247,8 +258,10 @@ impl ClusterWatcher {
                      (drain it first: set leaving = 1 on its rows)"
                 );
                 groups.insert(id, g.clone());
+                kept.push(g.clone());
             }
         }
+        kept
     }
 
     /// Closes, in the background, the pools of members that left the
@@ -373,7 +386,20 @@ impl ClusterWatcher {
         tracing::info!(epoch = e.epoch, phase = %e.phase, owners = ?e.owners, "routing by layout epoch");
         let now = self.tx.borrow().clone();
         let mut groups = now.groups.clone();
-        self.keep_placed_groups(&mut groups);
+        // A group deleted from `locdb` and kept while it was placed is let
+        // go once it no longer is (its pools close with the next reload).
+        let configured = |id: &u32| {
+            self.config
+                .as_ref()
+                .is_some_and(|c| c.groups.contains_key(id))
+        };
+        let placed: Vec<u32> = self
+            .owners
+            .iter()
+            .chain(self.placement.previous.iter())
+            .flat_map(|p| p.groups().to_vec())
+            .collect();
+        groups.retain(|id, _| configured(id) || placed.contains(id));
         let topo = Topology {
             generation: now.generation + 1,
             partitioner: self.owners.clone().expect("set above"),
