@@ -314,6 +314,17 @@ impl App {
             url: url.redacted(),
             source,
         })?;
+        // Route by a layout epoch from the first request on: writes made
+        // before the first epoch would follow `locdb` as it happened to be,
+        // and a group added meanwhile would move subscribers unannounced.
+        watcher.heartbeat_into(registry.clone(), settings.grpc.request_timeout);
+        watcher
+            .coordinate_now()
+            .await
+            .map_err(|source| AppError::Master {
+                url: url.redacted(),
+                source,
+            })?;
         let cross = open_aor_locks(&settings, &url, peers, &metrics, &tasks)?;
         let failover = Arc::new(Failover::new(
             settings.failover_settings(),
@@ -437,8 +448,7 @@ impl App {
                 })
                 .await
         });
-        let mut watcher = self.watcher;
-        watcher.heartbeat_into(self.registry.clone(), s.grpc.request_timeout);
+        let watcher = self.watcher;
         let mover = crate::mover::Mover::new(
             self.service.clone(),
             watcher.master().clone(),

@@ -291,6 +291,15 @@ impl ClusterWatcher {
         Ok(s)
     }
 
+    /// Reads the layout (starting the first epoch if there is none) and
+    /// routes by it; for start-up, before the first request.
+    pub async fn coordinate_now(&mut self) -> Result<(), StoreError> {
+        match self.registry.clone() {
+            Some(r) => self.coordinate(&r).await,
+            None => Ok(()),
+        }
+    }
+
     /// Takes the layout's next step, if this instance sees one (one
     /// conditional statement: when several instances take it at once, one
     /// lands), and reports the phase this instance serves.
