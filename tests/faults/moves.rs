@@ -40,6 +40,10 @@ struct Seen {
     /// Re-registrations refused as out of order (two at once, through two
     /// instances, for one AoR: the registrar's CSeq rule, not a failure).
     refused: AtomicU64,
+    /// Re-registrations locsvc answered with its own DEADLINE_EXCEEDED in
+    /// time (nothing acknowledged; the phone retries): reported, not a
+    /// lookup failure. Lookups get no such allowance.
+    late_saves: AtomicU64,
 }
 
 fn load(
@@ -77,6 +81,9 @@ fn load(
                             Ok(_) => {}
                             Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                                 seen.refused.fetch_add(1, Ordering::AcqRel);
+                            }
+                            Err(e) if typed_deadline(&e) => {
+                                seen.late_saves.fetch_add(1, Ordering::AcqRel);
                             }
                             Err(e) => seen
                                 .failures
@@ -284,6 +291,10 @@ async fn groups_change_under_load_through_two_instances_and_nobody_is_missed() {
         drain_took.as_secs_f64(),
         seen.ops.load(Ordering::Acquire),
         seen.refused.load(Ordering::Acquire),
+    );
+    eprintln!(
+        "MOVES: re-REGISTERs answered DEADLINE_EXCEEDED by locsvc in time: {}",
+        seen.late_saves.load(Ordering::Acquire)
     );
 
     let failures = seen.failures.lock().unwrap().clone();
