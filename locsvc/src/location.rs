@@ -164,9 +164,13 @@ impl LocationService {
         aor: &Aor,
         deadline: Instant,
     ) -> Result<Locked<'_>, LocationError> {
-        let group = self.router.target(table, aor)?.group_id();
+        self.router.table_mode(table)?;
         let key = write_key(table, aor);
-        let deadline_passed = || RouteError::Deadline { group };
+        // Routed once, after the locks (below); a timed-out wait names the
+        // group as it stands then.
+        let deadline_passed = || RouteError::Deadline {
+            group: self.router.target(table, aor).map_or(0, |t| t.group_id()),
+        };
         let local = self
             .locks
             .lock(key, deadline)
@@ -189,23 +193,29 @@ impl LocationService {
         })
     }
 
-    /// Every row of `aor` in `target` (expired ones included).
+    /// The rows of `aor` in `target`: every one (expired included, what
+    /// the registrar matches) or, with `valid_at`, those still valid then.
     async fn load_rows(
         &self,
         table: &str,
         aor: &Aor,
         target: &Target,
-        key: u64,
         deadline: Instant,
+        valid_at: Option<UnixTime>,
     ) -> Result<Vec<Binding>, LocationError> {
         let (rows, _) = self
             .router
             .read(
                 target,
                 spread_of(aor),
-                Some(key),
+                Some(write_key(table, aor)),
                 &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
-                    Box::pin(async move { s.load_aor(table, aor).await })
+                    Box::pin(async move {
+                        match valid_at {
+                            None => s.load_aor(table, aor).await,
+                            Some(now) => s.lookup(table, aor, now).await,
+                        }
+                    })
                 },
                 deadline,
             )
@@ -213,17 +223,18 @@ impl LocationService {
         Ok(rows)
     }
 
-    /// The AoR's rows in its owner and, while it moves, in its previous
-    /// owner (read at once), and their merge: what the registrar decides on.
+    /// The AoR's rows (`load_rows`) in its owner and, while it moves, in its
+    /// previous owner (read at once), and their merge: what the registrar
+    /// decides on, and what a lookup returns.
     async fn load_routed(
         &self,
         table: &str,
         aor: &Aor,
         route: &Route,
-        key: u64,
         deadline: Instant,
+        valid_at: Option<UnixTime>,
     ) -> Result<Rows, LocationError> {
-        let owner = self.load_rows(table, aor, &route.target, key, deadline);
+        let owner = self.load_rows(table, aor, &route.target, deadline, valid_at);
         let Some((old, _)) = &route.moving else {
             // Not moving: only `merged` is used.
             return Ok(Rows {
@@ -232,7 +243,7 @@ impl LocationService {
                 previous: Vec::new(),
             });
         };
-        let previous = self.load_rows(table, aor, old, key, deadline);
+        let previous = self.load_rows(table, aor, old, deadline, valid_at);
         let (owner, previous) = tokio::try_join!(owner, previous)?;
         Ok(Rows {
             merged: placement::merge(owner.clone(), previous.clone()),
@@ -282,7 +293,7 @@ impl LocationService {
         let aor = &self.parse_aor(aor)?;
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
-        let rows = self.load_routed(table, aor, route, key, deadline).await?;
+        let rows = self.load_routed(table, aor, route, deadline, None).await?;
         let now = (self.clock)();
         let mut plan = registrar::plan_save(input, &rows.merged, now, &self.policy, &mut new_ruid)?;
         let upserts = std::mem::take(&mut plan.upserts);
@@ -340,7 +351,7 @@ impl LocationService {
         if *phase == Phase::Announced {
             return Ok(false);
         }
-        let rows = self.load_routed(table, aor, route, key, deadline).await?;
+        let rows = self.load_routed(table, aor, route, deadline, None).await?;
         if rows.previous.is_empty() {
             return Ok(false);
         }
@@ -380,32 +391,10 @@ impl LocationService {
         let aor = &self.parse_aor(aor)?;
         let route = self.router.route(table, aor)?;
         let now = (self.clock)();
-        let key = write_key(table, aor);
-        let read = |target: &Target| {
-            let target = target.clone_ref();
-            async move {
-                let (rows, _) = self
-                    .router
-                    .read(
-                        &target,
-                        spread_of(aor),
-                        Some(key),
-                        &|s: Arc<dyn LocationStore>| -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
-                            Box::pin(async move { s.lookup(table, aor, now).await })
-                        },
-                        deadline,
-                    )
-                    .await?;
-                Ok::<_, LocationError>(rows)
-            }
-        };
-        let rows = match &route.moving {
-            None => read(&route.target).await?,
-            Some((old, _)) => {
-                let (owner, previous) = tokio::try_join!(read(&route.target), read(old))?;
-                placement::merge(owner, previous)
-            }
-        };
+        let rows = self
+            .load_routed(table, aor, &route, deadline, Some(now))
+            .await?
+            .merged;
         Ok((
             route.target.group_id(),
             registrar::valid_ordered(&rows, now),

@@ -197,13 +197,10 @@ struct Serialization {
 impl Serialization {
     fn register(registry: &Registry) -> Self {
         Self {
-            peers_live: registered(
+            peers_live: gauge(
                 registry,
-                IntGauge::new(
-                    "peers_live",
-                    "Other locsvc instances heard from within the lease",
-                )
-                .expect("valid metric"),
+                "peers_live",
+                "Other locsvc instances heard from within the lease",
             ),
             aor_locks: counter_vec(
                 registry,
@@ -213,21 +210,15 @@ impl Serialization {
                  lock only)",
                 &["result"],
             ),
-            layout_epoch: registered(
+            layout_epoch: gauge(
                 registry,
-                IntGauge::new(
-                    "layout_epoch",
-                    "The layout epoch last read from locsvc_layout",
-                )
-                .expect("valid metric"),
+                "layout_epoch",
+                "The layout epoch last read from locsvc_layout",
             ),
-            layout_phase: registered(
+            layout_phase: gauge(
                 registry,
-                IntGauge::new(
-                    "layout_phase",
-                    "Phase of that epoch: 0 announced, 1 moving, 2 done",
-                )
-                .expect("valid metric"),
+                "layout_phase",
+                "Phase of that epoch: 0 announced, 1 moving, 2 done",
             ),
             mover_aors: counter(
                 registry,

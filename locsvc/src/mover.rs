@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::layout::Phase;
-use crate::cluster::{Registry, Topology};
+use crate::cluster::{Member, Registry, Topology};
 use crate::location::LocationService;
 use crate::metrics::Metrics;
 use crate::router::{RouteError, Target};
@@ -204,6 +204,25 @@ impl Mover {
         Ok(())
     }
 
+    /// The member of group `g` to read it whole from (`whole_group_member`).
+    fn reader(
+        &self,
+        g: u32,
+        topology: &watch::Receiver<Arc<Topology>>,
+    ) -> Result<Arc<Member>, MoveError> {
+        let group = topology
+            .borrow()
+            .groups
+            .get(&g)
+            .cloned()
+            .ok_or(RouteError::GroupMissing(g))?;
+        Ok(self
+            .service
+            .router()
+            .whole_group_member(&group)
+            .ok_or(RouteError::NoReadableMember { group: g })?)
+    }
+
     /// Valid rows of `table` in group `g` now (what a pass has to scan).
     async fn rows_in(
         &self,
@@ -211,17 +230,7 @@ impl Mover {
         table: &str,
         topology: &watch::Receiver<Arc<Topology>>,
     ) -> Result<u64, MoveError> {
-        let group = topology
-            .borrow()
-            .groups
-            .get(&g)
-            .cloned()
-            .ok_or(RouteError::GroupMissing(g))?;
-        let member = self
-            .service
-            .router()
-            .whole_group_member(&group)
-            .ok_or(RouteError::NoReadableMember { group: g })?;
+        let member = self.reader(g, topology)?;
         Ok(member
             .store
             .stats(table, self.service.now())
@@ -247,15 +256,7 @@ impl Mover {
             if shutdown.is_cancelled() || topology.borrow().placement.epoch != epoch {
                 return Err(MoveError::Changed);
             }
-            let group = topology
-                .borrow()
-                .groups
-                .get(&g)
-                .cloned()
-                .ok_or(RouteError::GroupMissing(g))?;
-            let member = router
-                .whole_group_member(&group)
-                .ok_or(RouteError::NoReadableMember { group: g })?;
+            let member = self.reader(g, topology)?;
             let now = self.service.now();
             let page = member
                 .store

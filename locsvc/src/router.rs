@@ -90,14 +90,6 @@ pub enum Target {
 }
 
 impl Target {
-    /// Another handle on the same target.
-    pub fn clone_ref(&self) -> Self {
-        match self {
-            Self::Group(g) => Self::Group(g.clone()),
-            Self::Single(m) => Self::Single(m.clone()),
-        }
-    }
-
     /// Group id (0 for single tables).
     pub fn group_id(&self) -> u32 {
         match self {

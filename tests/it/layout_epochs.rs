@@ -18,6 +18,33 @@ async fn layout_is(master: &SqlStore, what: &str, f: impl Fn(&LayoutRow) -> bool
     .await;
 }
 
+/// `layout`'s settings, with a layout phase counted as served 300 ms after
+/// it was seen (one request deadline).
+fn quick_settings(layout: &Layout) -> locsvc::settings::Settings {
+    let mut s = layout.settings();
+    s.grpc.request_timeout = Duration::from_millis(300);
+    s
+}
+
+/// The contact `sip:{prefix}{i}@example.com` is registered with.
+fn contact_of(prefix: &str, i: usize) -> String {
+    format!("sip:{prefix}{i}@192.0.2.1")
+}
+
+/// Registers `sip:{prefix}{i}@example.com` for every `i < n`.
+async fn register_all(
+    c: &mut locsvc_proto::v1::location_client::LocationClient<tonic::transport::Channel>,
+    prefix: &str,
+    n: usize,
+) {
+    for i in 0..n {
+        let aor = format!("sip:{prefix}{i}@example.com");
+        c.save(register(&aor, &contact_of(prefix, i), Some(3600), "cid", 1))
+            .await
+            .unwrap();
+    }
+}
+
 /// Adds group `id` (two fresh members on `backend`) to `layout`'s `locdb`;
 /// returns their URLs.
 async fn add_group(layout: &Layout, id: i64, backend: Backend) -> Vec<String> {
@@ -92,8 +119,7 @@ async fn a_lagging_instance_holds_the_phase_back() {
         2,
     )
     .await;
-    let mut settings = layout.settings();
-    settings.grpc.request_timeout = Duration::from_millis(300);
+    let settings = quick_settings(&layout);
     let a = TestApp::spawn(settings.clone()).await;
     let master = layout.master();
     layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
@@ -171,7 +197,7 @@ async fn all_found(
         let aor = format!("sip:mv{i}@example.com");
         let found = lookup_contacts(c, &aor).await;
         assert!(
-            found.contains(&format!("sip:mv{i}@192.0.2.1")),
+            found.contains(&contact_of("mv", i)),
             "{what}: {aor} not found: {found:?}"
         );
     }
@@ -186,23 +212,12 @@ async fn while_a_group_joins_moved_subscribers_are_found_and_a_register_carries_
         2,
     )
     .await;
-    let mut settings = layout.settings();
-    settings.grpc.request_timeout = Duration::from_millis(300);
+    let settings = quick_settings(&layout);
     let a = TestApp::spawn(settings).await;
     let master = layout.master();
     layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
     let mut c = a.client().await;
-    for i in 0..N {
-        c.save(register(
-            &format!("sip:mv{i}@example.com"),
-            &format!("sip:mv{i}@192.0.2.1"),
-            Some(3600),
-            "cid",
-            1,
-        ))
-        .await
-        .unwrap();
-    }
+    register_all(&mut c, "mv", N).await;
     let group3 = add_group(&layout, 3, Backend::MariaDb2).await;
     // Every step of the change: everybody is found, moved or not.
     let mut seen = Vec::new();
@@ -232,7 +247,7 @@ async fn while_a_group_joins_moved_subscribers_are_found_and_a_register_carries_
     let first = moved[0];
     c.save(register(
         &format!("sip:mv{first}@example.com"),
-        &format!("sip:mv{first}@192.0.2.1"),
+        &contact_of("mv", first),
         Some(3600),
         "cid",
         2,
@@ -330,7 +345,7 @@ async fn while_a_group_joins_moved_subscribers_are_found_and_a_register_carries_
         assert!(
             lookup_contacts(&mut c, &aor)
                 .await
-                .contains(&format!("sip:mv{i}@192.0.2.1")),
+                .contains(&contact_of("mv", i)),
             "after the change: {aor} not found"
         );
     }
@@ -348,24 +363,13 @@ async fn a_drained_group_is_emptied_online_and_can_then_be_deleted() {
         3,
     )
     .await;
-    let mut settings = layout.settings();
-    settings.grpc.request_timeout = Duration::from_millis(300);
+    let settings = quick_settings(&layout);
     let a = TestApp::spawn(settings).await;
     let master = layout.master();
     layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
     let mut c = a.client().await;
-    let contact = |i: usize| format!("sip:dr{i}@192.0.2.1");
-    for i in 0..N {
-        c.save(register(
-            &format!("sip:dr{i}@example.com"),
-            &contact(i),
-            Some(3600),
-            "cid",
-            1,
-        ))
-        .await
-        .unwrap();
-    }
+    let contact = |i: usize| contact_of("dr", i);
+    register_all(&mut c, "dr", N).await;
     let on_group1 = open_store(&layout.members[0][0], true);
     assert!(contacts(&on_group1).await > 0, "group 1 holds subscribers");
 
@@ -491,23 +495,12 @@ async fn on_an_all_sqlite_layout_groups_add_and_drain_move_subscribers_online() 
     use locsvc_proto::v1::cluster_client::ClusterClient;
     const N: usize = 30;
     let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 2).await;
-    let mut settings = layout.settings();
-    settings.grpc.request_timeout = Duration::from_millis(300);
+    let settings = quick_settings(&layout);
     let a = TestApp::spawn(settings).await;
     let mut admin = ClusterClient::connect(a.url()).await.unwrap();
     let mut c = a.client().await;
-    let contact = |i: usize| format!("sip:sq{i}@192.0.2.1");
-    for i in 0..N {
-        c.save(register(
-            &format!("sip:sq{i}@example.com"),
-            &contact(i),
-            Some(3600),
-            "cid",
-            1,
-        ))
-        .await
-        .unwrap();
-    }
+    let contact = |i: usize| contact_of("sq", i);
+    register_all(&mut c, "sq", N).await;
     let layout_now = |admin: &mut ClusterClient<tonic::transport::Channel>| {
         let mut admin = admin.clone();
         async move {
@@ -583,18 +576,8 @@ async fn deleting_the_rows_of_a_group_that_still_owns_subscribers_keeps_serving_
     let master = layout.master();
     layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
     let mut c = a.client().await;
-    let contact = |i: usize| format!("sip:kp{i}@192.0.2.1");
-    for i in 0..N {
-        c.save(register(
-            &format!("sip:kp{i}@example.com"),
-            &contact(i),
-            Some(3600),
-            "cid",
-            1,
-        ))
-        .await
-        .unwrap();
-    }
+    let contact = |i: usize| contact_of("kp", i);
+    register_all(&mut c, "kp", N).await;
     // An operator deletes group 2 without draining it first.
     let changed = || {
         a.metrics

@@ -160,6 +160,9 @@ impl LocationStore for FakeStore {
 
 struct Fixture {
     router: Router,
+    /// The master the router records marks on (unmigrated unless a test
+    /// migrates it).
+    master: Arc<SqlStore>,
     group: Arc<Group>,
     stores: Vec<Arc<FakeStore>>,
     _dir: tempfile::TempDir,
@@ -208,6 +211,7 @@ impl Fixture {
             [1],
         ))));
         let master = Arc::new(master);
+        let master_handle = master.clone();
         let marks = Arc::new(Marks::new(
             master.clone(),
             Arc::new(|| 1_800_000_000),
@@ -230,6 +234,7 @@ impl Fixture {
         );
         Self {
             router,
+            master: master_handle,
             group,
             stores,
             _dir: dir,
@@ -514,16 +519,7 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
     use crate::store::migrate::Scope;
     let f = Fixture::new(Duration::from_millis(5));
     // The fixture's master, with the group's rows this time.
-    let master = SqlStore::open(
-        &DbUrl::parse(&format!("sqlite://{}/master.db", f._dir.path().display())).unwrap(),
-        &StoreOptions {
-            tables: Vec::new(),
-            use_domain: true,
-            pool: PoolSettings::default(),
-            query_timeout: Duration::from_secs(1),
-        },
-    )
-    .unwrap();
+    let master = f.master.clone();
     master.migrate(Scope::Master).await.unwrap();
     for no in 1..=2 {
         let m = &f.member(no).config;
@@ -542,7 +538,6 @@ async fn a_held_write_a_member_missed_keeps_its_hold_until_the_miss_is_in_locdb(
             .await
             .unwrap();
     }
-    let master = Arc::new(master);
     let (registry, _) = crate::cluster::Registry::register(
         master.clone(),
         Duration::from_secs(60),

@@ -95,7 +95,6 @@ pub fn valid_table_name(name: &str) -> bool {
         && !name.eq_ignore_ascii_case("locsvc_schema")
         && !name.eq_ignore_ascii_case("locsvc_instances")
         && !name.eq_ignore_ascii_case("locsvc_layout")
-        && !name.eq_ignore_ascii_case("locsvc_moves")
         && !name.eq_ignore_ascii_case("subscriber")
         && !name.eq_ignore_ascii_case("version")
 }

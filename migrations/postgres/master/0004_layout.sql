@@ -6,27 +6,14 @@ ALTER TABLE locdb ADD COLUMN IF NOT EXISTS leaving SMALLINT NULL;
 -- One row per layout epoch: the groups that own AoRs (`owners`, ids in
 -- ascending order, comma-separated), the hash, and the phase every instance
 -- serves (0 announced, 1 moving, 2 done); `moving_acked` once every live
--- instance served phase 1; the mover's lease (instance id, until when).
+-- instance served phase 1. (The mover is the live instance with the
+-- smallest id: no lease to keep.)
 CREATE TABLE IF NOT EXISTS locsvc_layout (
     epoch BIGINT NOT NULL PRIMARY KEY,
     owners VARCHAR(1024) NOT NULL,
     hash_mode VARCHAR(16) NOT NULL,
     phase INT NOT NULL DEFAULT 0,
     moving_acked INT NOT NULL DEFAULT 0,
-    mover VARCHAR(64) NOT NULL DEFAULT '',
-    mover_until_ms BIGINT NOT NULL DEFAULT 0,
     started_ms BIGINT NOT NULL,
     changed_ms BIGINT NOT NULL
-);
--- The mover's progress per epoch, source group and table: the pass, the
--- last row id it finished, rows moved, whether the pass is through.
-CREATE TABLE IF NOT EXISTS locsvc_moves (
-    epoch BIGINT NOT NULL,
-    grp INT NOT NULL,
-    tbl VARCHAR(64) NOT NULL,
-    pass INT NOT NULL DEFAULT 0,
-    after_id BIGINT NOT NULL DEFAULT 0,
-    moved BIGINT NOT NULL DEFAULT 0,
-    done INT NOT NULL DEFAULT 0,
-    PRIMARY KEY (epoch, grp, tbl)
 );
