@@ -192,6 +192,114 @@ async fn groups_set_status_needs_force_for_the_last_readable_member() {
     app.stop().await;
 }
 
+/// The layout of `groups list --json`.
+async fn layout(server: &str) -> serde_json::Value {
+    let listed = command("groups", &["list", "--json"], &["--server", server]).await;
+    assert!(listed.0, "{listed:?}");
+    let v: serde_json::Value = serde_json::from_str(listed.1.trim()).unwrap();
+    v["layout"].clone()
+}
+
+/// Subscribers per group from `ul stats --json`.
+async fn aors_per_group(server: &str) -> std::collections::BTreeMap<u64, u64> {
+    let stats = ul(server, &["stats", "--json"]).await;
+    assert!(stats.0, "{stats:?}");
+    let v: serde_json::Value = serde_json::from_str(stats.1.trim()).unwrap();
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"].as_u64().unwrap(), g["aors"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits until `groups list` shows epoch `epoch` done.
+async fn layout_done(server: &str, epoch: u64) {
+    eventually_every(
+        "the layout change done",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let l = layout(server).await;
+            l["epoch"] == epoch && l["phase"] == "done"
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn groups_add_and_drain_move_subscribers_and_the_last_group_cannot_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), |s| {
+        s.cluster.poll_interval = Duration::from_millis(100);
+    })
+    .await;
+    let server = app.url();
+    let groups = async |args: &[&str]| command("groups", args, &["--server", &server]).await;
+    let aors: Vec<String> = (0..30)
+        .map(|i| format!("sip:mover{i}@example.com"))
+        .collect();
+    for (i, aor) in aors.iter().enumerate() {
+        let contact = format!("sip:mover{i}@192.0.2.{}:5060", i + 1);
+        let saved = ul(&server, &["save", aor, &contact, "--expires", "900"]).await;
+        assert!(saved.0, "{saved:?}");
+    }
+    assert_eq!(layout(&server).await["owners"], serde_json::json!([1, 2]));
+
+    let url = |m: u32| {
+        format!(
+            "sqlite://{}/group3-member{m}.db",
+            dir.path().join("data").display()
+        )
+    };
+    let added = groups(&["add", "3", &url(1), &url(2)]).await;
+    assert!(added.0 && added.1.contains("group 3 added"), "{added:?}");
+    layout_done(&server, 2).await;
+    let l = layout(&server).await;
+    assert_eq!(l["owners"], serde_json::json!([1, 2, 3]), "{l}");
+    let per_group = aors_per_group(&server).await;
+    assert_eq!(per_group.values().sum::<u64>(), 30, "{per_group:?}");
+    assert!(per_group[&3] > 0, "group 3 took its share: {per_group:?}");
+
+    let drained = groups(&["drain", "1"]).await;
+    assert!(
+        drained.0 && drained.1.contains("marked leaving"),
+        "{drained:?}"
+    );
+    layout_done(&server, 3).await;
+    let per_group = aors_per_group(&server).await;
+    assert_eq!(per_group.get(&1).copied().unwrap_or(0), 0, "{per_group:?}");
+    assert_eq!(per_group.values().sum::<u64>(), 30, "{per_group:?}");
+    for (i, aor) in aors.iter().enumerate() {
+        let shown = ul(&server, &["show", aor, "--json"]).await;
+        assert!(shown.0, "{shown:?}");
+        let v: serde_json::Value = serde_json::from_str(shown.1.trim()).unwrap();
+        assert_eq!(
+            v["bindings"][0]["contact"],
+            format!("sip:mover{i}@192.0.2.{}:5060", i + 1),
+            "{aor} after the moves: {v}"
+        );
+    }
+
+    // Group 1 is leaving: of 2 and 3, one may drain, the other is the
+    // last that could own anybody.
+    let second = groups(&["drain", "2"]).await;
+    assert!(second.0, "{second:?}");
+    let last = groups(&["drain", "3"]).await;
+    assert!(
+        !last.0 && last.2.contains("FailedPrecondition") && last.2.contains("last group"),
+        "{last:?}"
+    );
+    let undone = groups(&["drain", "2", "--undo"]).await;
+    assert!(
+        undone.0 && undone.1.contains("no longer leaving"),
+        "{undone:?}"
+    );
+    let unknown = groups(&["drain", "9"]).await;
+    assert!(!unknown.0 && unknown.2.contains("NotFound"), "{unknown:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn client_tls_options_reach_a_server_that_requires_client_certificates() {
     let dir = tempfile::tempdir().unwrap();

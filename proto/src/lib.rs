@@ -28,6 +28,8 @@ pub mod reason {
     pub const BAD_TOKEN: &str = "BAD_TOKEN";
     pub const ADMIN_TOKEN_REQUIRED: &str = "ADMIN_TOKEN_REQUIRED";
     pub const LAST_READABLE_MEMBER: &str = "LAST_READABLE_MEMBER";
+    /// Draining this group would leave no group to own subscribers.
+    pub const LAST_OWNING_GROUP: &str = "LAST_OWNING_GROUP";
     pub const UNKNOWN_MEMBER: &str = "UNKNOWN_MEMBER";
     pub const CREDENTIALS_UNAVAILABLE: &str = "CREDENTIALS_UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL";
@@ -48,6 +50,7 @@ pub mod reason {
         BAD_TOKEN,
         ADMIN_TOKEN_REQUIRED,
         LAST_READABLE_MEMBER,
+        LAST_OWNING_GROUP,
         UNKNOWN_MEMBER,
         CREDENTIALS_UNAVAILABLE,
         INTERNAL,

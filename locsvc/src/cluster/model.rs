@@ -113,6 +113,11 @@ pub enum ConfigProblem {
     DuplicateKey { id: i64, no: i64 },
     #[error("group {id}: members {a} and {b} have the same url; the second is ignored")]
     DuplicateUrl { id: u32, a: u32, b: u32 },
+    #[error(
+        "every group is marked leaving: nobody could own subscribers, so they stay where they \
+         are; add a group or clear a mark (groups drain <id> --undo)"
+    )]
+    EveryGroupLeaving,
     #[error("group {id} has {usable} usable member(s), needs at least 2; {action}")]
     TooFewMembers {
         id: u32,
@@ -163,6 +168,9 @@ pub fn build(
             g.leaving = !staying.contains(&i64::from(id));
             groups.insert(id, g);
         }
+    }
+    if !groups.is_empty() && groups.values().all(|g| g.leaving) {
+        problems.push(ConfigProblem::EveryGroupLeaving);
     }
     (ClusterConfig { groups, spares }, problems)
 }
@@ -279,6 +287,12 @@ mod tests {
         let (c, _) = build(&rows, None);
         assert!(c.groups[&1].leaving);
         assert_eq!(c.owners_wanted(), vec![2], "group 1 drains");
+        for r in &mut rows {
+            r.leaving = 1;
+        }
+        let (c, problems) = build(&rows, None);
+        assert!(c.owners_wanted().is_empty());
+        assert_eq!(problems, vec![ConfigProblem::EveryGroupLeaving]);
     }
 
     fn two_groups() -> Vec<LocdbRow> {

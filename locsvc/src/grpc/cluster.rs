@@ -210,9 +210,26 @@ impl Cluster for ClusterApi {
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let r = req.into_inner();
-        let n = self
-            .router
-            .master()
+        let master = self.router.master();
+        if !r.undo {
+            // Checked against locdb itself, not this instance's last poll;
+            // an edit racing this one is caught by the layout, which keeps
+            // its owners while every group is leaving (and reports it).
+            let rows = master
+                .load_locdb()
+                .await
+                .map_err(|e| status::admin_store("the drain mark", e))?;
+            let others_stay = rows
+                .iter()
+                .any(|m| m.spare == 0 && m.leaving == 0 && m.id != i64::from(r.group));
+            let known = rows
+                .iter()
+                .any(|m| m.spare == 0 && m.id == i64::from(r.group));
+            if known && !others_stay {
+                return Err(status::last_owning_group(r.group));
+            }
+        }
+        let n = master
             .set_leaving(r.group, !r.undo)
             .await
             .map_err(|e| status::admin_store("the drain mark", e))?;

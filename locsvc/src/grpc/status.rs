@@ -182,6 +182,20 @@ pub fn last_readable_member(group: u32, no: u32) -> Status {
     )
 }
 
+/// FAILED_PRECONDITION: draining `group` would leave no group to own
+/// subscribers.
+pub fn last_owning_group(group: u32) -> Status {
+    status(
+        Code::FailedPrecondition,
+        format!(
+            "group {group} is the last group not leaving: nobody could take its subscribers; \
+             add a group first (groups add) or undo another drain"
+        ),
+        reason::LAST_OWNING_GROUP,
+        HashMap::from([("group".to_string(), group.to_string())]),
+    )
+}
+
 /// A failure of the credential database: UNAVAILABLE when it is
 /// unreachable or slow, INTERNAL (details logged) when it refused.
 pub fn credential_store(e: StoreError) -> Status {
