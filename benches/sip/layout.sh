@@ -175,8 +175,15 @@ create_schema() {
 	compgen -G "$MIGRATIONS/master/*.sql" >/dev/null || die "no migrations in $MIGRATIONS/master"
 	compgen -G "$MIGRATIONS/location/*.sql" >/dev/null || die "no migrations in $MIGRATIONS/location"
 	mariadb_root master -e "CREATE DATABASE IF NOT EXISTS $MASTER_DB"
+	# Each file once (an ALTER TABLE ... ADD COLUMN is not repeatable on
+	# MySQL), recorded like locsvc's own migrate does in locsvc_schema.
+	mariadb_root master "$MASTER_DB" -e \
+		'CREATE TABLE IF NOT EXISTS bench_applied (file VARCHAR(255) NOT NULL PRIMARY KEY)'
 	for f in "$MIGRATIONS"/master/*.sql; do
+		local name=${f##*/}
+		[[ -n $(mariadb_root master "$MASTER_DB" -Nse "SELECT 1 FROM bench_applied WHERE file = '$name'") ]] && continue
 		mariadb_root master "$MASTER_DB" <"$f" || die "applying $f on master failed"
+		mariadb_root master "$MASTER_DB" -e "INSERT INTO bench_applied (file) VALUES ('$name')"
 	done
 	each_member_db create_member_db
 	locdb_rows_sql | mariadb_root master "$MASTER_DB"
@@ -187,6 +194,8 @@ truncate_location() { mariadb_root "$1" "$2" -e 'TRUNCATE TABLE location'; }
 truncate_all() {
 	each_member_db truncate_location
 	locdb_rows_sql | mariadb_root master "$MASTER_DB"
+	# No instance or layout epoch of an earlier run (locsvc only).
+	mariadb_root master "$MASTER_DB" -e 'DELETE FROM locsvc_instances; DELETE FROM locsvc_layout'
 }
 
 count_location() {

@@ -7,7 +7,8 @@
 //!
 //! Size and load come from the environment so the same test measures a
 //! release build (BENCHMARKS.md): `MOVE_AORS` (default 20000),
-//! `MOVE_WORKERS` (per instance, default 3).
+//! `MOVE_WORKERS` (per instance, default 3), `MOVE_STEADY_OPS` (operations
+//! in the window before the change, default 2000).
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -217,7 +218,7 @@ async fn groups_change_under_load_through_two_instances_and_nobody_is_missed() {
     let mut tasks = load(&a, workers, n, cseq.clone(), seen.clone(), stop.clone());
     tasks.extend(load(&b, workers, n, cseq, seen.clone(), stop.clone()));
     let before = Instant::now();
-    let steady = seen.ops.load(Ordering::Acquire) + 2000;
+    let steady = seen.ops.load(Ordering::Acquire) + env_num("MOVE_STEADY_OPS", 2000);
     while seen.ops.load(Ordering::Acquire) < steady {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
