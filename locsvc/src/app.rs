@@ -454,7 +454,7 @@ impl App {
             watcher.master().clone(),
             self.registry.clone(),
             s.cluster_tables(),
-            crate::mover::MoverSettings::default(),
+            s.cluster.mover,
             self.metrics.clone(),
         );
         let mut tasks = vec![

@@ -16,6 +16,7 @@ use crate::aor_lock::AorLockMode;
 use crate::domain::KeyPolicy;
 use crate::expiry::SweepSettings;
 use crate::failover::FailoverSettings;
+use crate::mover::MoverSettings;
 use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
 use crate::router::{RouterSettings, TableMode};
@@ -66,6 +67,8 @@ pub struct ClusterSettings {
     pub aor_lock_connections: u32,
     /// An instance not heard from for this long is gone (docs/layout-changes.md).
     pub instance_lease: Duration,
+    /// Pacing of the mover that carries subscribers after a layout change.
+    pub mover: MoverSettings,
 }
 
 /// Everything locsvc reads from configuration.
@@ -118,6 +121,7 @@ impl Default for Settings {
                 aor_lock: AorLockMode::Auto,
                 aor_lock_connections: 64,
                 instance_lease: Duration::from_secs(120),
+                mover: MoverSettings::default(),
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
@@ -286,6 +290,9 @@ fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Re
         "cluster.aor_lock" => c.aor_lock = parse(v)?,
         "cluster.aor_lock_connections" => c.aor_lock_connections = parse(v)?,
         "cluster.instance_lease_ms" => c.instance_lease = millis(v)?,
+        "cluster.mover_page_rows" => c.mover.page = parse(v)?,
+        "cluster.mover_pause_ms" => c.mover.pause = millis(v)?,
+        "cluster.mover_carry_timeout_ms" => c.mover.carry_timeout = millis(v)?,
         "partition.hash" => c.hash = parse(v)?,
         "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
         "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,
@@ -401,6 +408,11 @@ fn check(s: &Settings) -> Vec<String> {
     }
     if s.cluster.pool.max_connections == 0 {
         e.push("cluster.pool_max_connections: must be at least 1".into());
+    }
+    if s.cluster.mover.page == 0 || s.cluster.mover.carry_timeout.is_zero() {
+        e.push(
+            "cluster.mover_page_rows and cluster.mover_carry_timeout_ms: must be at least 1".into(),
+        );
     }
     if s.cluster.pool.write_batch_rows > 0 && s.cluster.pool.batch_writers == 0 {
         e.push("cluster.batch_writers: must be at least 1 when write_batch_rows > 0".into());

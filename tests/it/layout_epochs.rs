@@ -615,3 +615,50 @@ async fn deleting_the_rows_of_a_group_that_still_owns_subscribers_keeps_serving_
     all_found(&mut c).await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_by_a_restart_is_finished_by_the_next_instance() {
+    const N: usize = 60;
+    let layout = Layout::create(Backend::Sqlite, &[Backend::Sqlite, Backend::Sqlite], 2).await;
+    let master = layout.master();
+    // A slow mover: pages of 4 rows, 300 ms apart (a pass is seconds long).
+    let mut slow = quick_settings(&layout);
+    slow.cluster.mover.page = 4;
+    slow.cluster.mover.pause = Duration::from_millis(300);
+    let a = TestApp::spawn(slow).await;
+    let mut c = a.client().await;
+    register_all(&mut c, "rs", N).await;
+    let group3 = add_group(&layout, 3, Backend::Sqlite).await;
+    eventually(
+        "the mover carried someone",
+        Duration::from_secs(30),
+        async || a.metrics.mover_aors.get() > 0,
+    )
+    .await;
+    a.stop().await;
+    let cut = master.current_layout().await.unwrap().unwrap();
+    assert_eq!(
+        (cut.epoch, cut.phase),
+        (2, 1),
+        "stopped while epoch 2 was moving"
+    );
+
+    // A new instance with the default pacing picks the move up.
+    let b = TestApp::spawn(quick_settings(&layout)).await;
+    layout_is(&master, "epoch 2 done", |r| (r.epoch, r.phase) == (2, 2)).await;
+    let mut c = b.client().await;
+    for i in 0..N {
+        let found = lookup_contacts(&mut c, &format!("sip:rs{i}@example.com")).await;
+        assert_eq!(found, vec![contact_of("rs", i)], "rs{i} after the restart");
+    }
+    // Each subscriber in exactly one group (one row each), group 3 holding
+    // its share.
+    let mut rows = Vec::new();
+    for g in &layout.members {
+        rows.push(contacts(&open_store(&g[0], true)).await);
+    }
+    let on3 = contacts(&open_store(&group3[0], true)).await;
+    assert_eq!(rows.iter().sum::<u64>() + on3, N as u64, "{rows:?} + {on3}");
+    assert!(on3 > 0, "group 3 took its share");
+    b.stop().await;
+}
