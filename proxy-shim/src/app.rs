@@ -143,6 +143,7 @@ impl App {
             core: self.core.clone(),
             outbox: Outbox::new(self.udp.clone()),
             in_flight: Arc::new(Semaphore::new(self.core.settings.max_in_flight)),
+            order: Arc::default(),
             limits: Arc::new(Limits::new(&self.core.settings, self.core.metrics.clone())),
             tasks: tasks.clone(),
             stop: stop.clone(),

@@ -75,6 +75,19 @@ async fn redirect_mode_answers_302_with_every_contact_best_q_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_is_proxied_to_a_registered_uas_answered_acked_and_byed() {
+    proxied_calls(1, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_180_and_the_200_right_behind_it_reach_the_caller_in_that_order() {
+    // 300 calls whose UAS sends 180 and 200 back to back: with a task per
+    // datagram the 200 overtook the 180 in some of them.
+    proxied_calls(300, 100).await;
+}
+
+/// `calls` calls at `rate`/s from the UAC through the shim to a registered
+/// UAS (uac.xml, uas.xml), each INVITE, 180, 200, ACK, BYE, 200 in order.
+async fn proxied_calls(calls: u32, rate: u32) {
     // The UAC plays a trusted edge: the shim does not Record-Route, so the
     // ACK and BYE sipp sends through it are in-dialog requests, which only
     // a trusted source may relay (edge.rs checks that others get 403).
@@ -97,12 +110,13 @@ async fn an_invite_is_proxied_to_a_registered_uas_answered_acked_and_byed() {
     let uas_dir = e.dir.path().join("uas");
     std::fs::create_dir_all(&uas_dir).expect("uas dir");
     let (shim, port) = (e.shim.addr, uas_port.clone());
+    let (calls, rate) = (calls.to_string(), rate.to_string());
+    let uas_calls = calls.clone();
     // Started before the UAC; if it binds late, the INVITE retransmission reaches it.
-    let uas =
-        tokio::spawn(
-            async move { sipp(&uas_dir, shim, "uas.xml", &["-m", "1", "-p", &port]).await },
-        );
-    let (ok, log) = e.sipp("uac.xml", &["-m", "1"]).await;
+    let uas = tokio::spawn(async move {
+        sipp(&uas_dir, shim, "uas.xml", &["-m", &uas_calls, "-p", &port]).await
+    });
+    let (ok, log) = e.sipp("uac.xml", &["-m", &calls, "-r", &rate]).await;
     assert!(ok, "UAC: {log}");
     let (ok, log) = uas.await.expect("uas task");
     assert!(ok, "UAS: {log}");

@@ -29,6 +29,17 @@ pub enum Parsed {
     Response(Response),
 }
 
+impl Parsed {
+    /// The Call-ID as written, if any: which dialog the message belongs to.
+    pub fn call_id_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let headers = match self {
+            Self::Request(r) => &r.0.headers,
+            Self::Response(r) => &r.0.headers,
+        };
+        headers.value(&sipx_sip::HeaderName::CallId)
+    }
+}
+
 fn wrap(m: Message) -> Parsed {
     match m {
         Message::Request(r) => Parsed::Request(Request(r)),

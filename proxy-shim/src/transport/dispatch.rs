@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outbox::Outbox;
+use super::sequence::Sequencer;
 use crate::envelope::Inbound;
 use crate::limits::Limits;
 use crate::sip::Parsed;
@@ -24,6 +25,8 @@ pub struct Dispatcher {
     pub in_flight: Arc<Semaphore>,
     /// Flood limits: per-source rate and ban, TCP connection caps and deadlines.
     pub limits: Arc<Limits>,
+    /// Keeps each Call-ID's messages in arrival order on the way out.
+    pub order: Arc<Sequencer>,
     /// Every task spawned (connections and messages), awaited at shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when the loops must stop receiving.
@@ -31,7 +34,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Handles one parsed message in its own task, or answers 503 at once
+    /// Handles one parsed message in its own task, sending what it yields
+    /// after the previous message of its Call-ID; or answers 503 at once
     /// when `max_in_flight` messages are already being handled.
     pub fn dispatch(&self, msg: Parsed, src: Inbound) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -40,6 +44,8 @@ impl Dispatcher {
         };
         let (core, outbox) = (self.core.clone(), self.outbox.clone());
         let in_flight = core.metrics.in_flight_guard();
+        // Taken here, in arrival order; the task may run in any order.
+        let mut turn = self.order.take_turn(msg.call_id_bytes().as_deref());
         self.tasks.spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
@@ -49,6 +55,9 @@ impl Dispatcher {
                     core.handle_response(resp, src).await.into_iter().collect()
                 }
             };
+            if let Some(t) = turn.as_mut() {
+                t.wait().await;
+            }
             for o in out {
                 outbox.send(&core.metrics, o).await;
             }
