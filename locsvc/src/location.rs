@@ -171,16 +171,27 @@ impl LocationService {
         let deadline_passed = || RouteError::Deadline {
             group: self.router.target(table, aor).map_or(0, |t| t.group_id()),
         };
+        let waits = &self.router.metrics().stages.aor_lock_wait;
+        let started = std::time::Instant::now();
         let local = self
             .locks
             .lock(key, deadline)
             .await
             .ok_or_else(deadline_passed)?;
+        let (local_took, started) = (started.elapsed(), std::time::Instant::now());
+        waits
+            .with_label_values(&["local"])
+            .observe(local_took.as_secs_f64());
         let cross = self
             .cross
             .lock(key, deadline)
             .await
             .map_err(|_| deadline_passed())?;
+        if cross.is_some() {
+            waits
+                .with_label_values(&["master"])
+                .observe(started.elapsed().as_secs_f64());
+        }
         // Routed only now: while this waited, the holder may have made a
         // member miss its write and waited for this instance to learn of it
         // (a fresher snapshot), which an earlier snapshot would not show.

@@ -300,6 +300,11 @@ impl Router {
             .collect()
     }
 
+    /// The metrics it reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The master store (single tables live there).
     pub fn master(&self) -> &Arc<SqlStore> {
         &self.master
@@ -346,6 +351,16 @@ impl Router {
             tracing::warn!(member = %m.label(), op, error = %e, "member operation failed");
         }
     }
+}
+
+/// Records a member's part of an operation begun at `started` (its wait
+/// for earlier writes of the AoR excluded).
+fn this_member_took(metrics: &Metrics, m: &Member, op: &str, started: std::time::Instant) {
+    metrics
+        .stages
+        .member_query
+        .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string(), op])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// The span of one operation on one member (inside the RPC's span, so a

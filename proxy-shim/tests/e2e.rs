@@ -294,9 +294,37 @@ async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
         r#"proxy_shim_locsvc_seconds_count{op="save",result="ok"} 1"#,
         "proxy_shim_in_flight 0",
         "proxy_shim_overloaded_total 0",
+        // The stages recorded before the answer left.
+        r#"proxy_shim_stage_seconds_count{stage="parse"} 1"#,
+        r#"proxy_shim_stage_seconds_count{stage="wait"} 1"#,
+        r#"proxy_shim_stage_seconds_count{stage="handle"} 1"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // And locsvc's side of the same REGISTER, stage by stage.
+    let text = e.locsvc.metrics.render();
+    let count = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // One lock wait per write RPC (the harness's own probes included).
+    assert_eq!(
+        count(r#"locsvc_aor_lock_wait_seconds_count{lock="local"}"#),
+        count(r#"locsvc_rpc_requests_total{code="Ok",method="Save"}"#)
+            + count(r#"locsvc_rpc_requests_total{code="Ok",method="Remove"}"#),
+        "{text}"
+    );
+    assert!(
+        count(r#"locsvc_store_queue_seconds_count{op="read"}"#) >= 1,
+        "{text}"
+    );
+    assert!(
+        count(r#"locsvc_store_statement_seconds_count{op="read"}"#) >= 1,
+        "{text}"
+    );
+    assert!(count("locsvc_member_query_seconds_count{") >= 1, "{text}");
     e.finish().await;
 }
 

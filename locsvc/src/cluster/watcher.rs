@@ -286,7 +286,8 @@ impl ClusterWatcher {
         if let Some(s) = self.stores.get(&raw) {
             return Ok(s.clone());
         }
-        let s = Arc::new(SqlStore::open(&m.url, &self.opts)?);
+        let s =
+            Arc::new(SqlStore::open(&m.url, &self.opts)?.with_timers(self.metrics.stage_timers()));
         self.stores.insert(raw, s.clone());
         Ok(s)
     }

@@ -9,7 +9,10 @@ use futures::stream::FuturesUnordered;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::{RECENT_ERROR_SECS, RouteError, Router, SINGLE_GROUP, StoreOp, Target, member_span};
+use super::{
+    RECENT_ERROR_SECS, RouteError, Router, SINGLE_GROUP, StoreOp, Target, member_span,
+    this_member_took,
+};
 use crate::cluster::{Group, Member};
 use crate::store::StoreError;
 
@@ -67,7 +70,9 @@ impl Router {
                     let e = StoreError::Unavailable("missed a write of this AoR".into());
                     return (m, Err(e), false);
                 }
+                let started = std::time::Instant::now();
                 let r = op(m.store.clone()).await;
+                this_member_took(&self.metrics, &m, "read", started);
                 (m, r, true)
             }
             .instrument(span)

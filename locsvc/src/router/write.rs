@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::{Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span};
+use super::{
+    Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span, this_member_took,
+};
 use crate::cluster::Member;
 use crate::store::StoreError;
 
@@ -141,7 +143,9 @@ impl Router {
                     if let Some(earlier) = earlier {
                         earlier.await;
                     }
+                    let started = std::time::Instant::now();
                     let r = write.await;
+                    this_member_took(&this.metrics, &m, "write", started);
                     // Marks come before the ticket ends: a failed member never
                     // looks complete in between.
                     let partner_took_it = outcome.settle(&this, &m, r.is_ok());

@@ -144,9 +144,18 @@ struct Counters {
     requests: AtomicU64,
 }
 
+/// Where a queue reports how long its requests waited for a worker and
+/// how long their batch's statements ran.
+#[derive(Debug, Clone)]
+pub(super) struct Timers {
+    pub(super) queued: prometheus::Histogram,
+    pub(super) statement: prometheus::Histogram,
+}
+
 /// A request waiting for a worker.
 struct Pending<S: Sink> {
     item: S::Item,
+    queued_at: std::time::Instant,
     done: oneshot::Sender<Result<S::Out, StoreError>>,
     /// Set when a worker takes the request: past it, a timeout is the
     /// database's; before it, locsvc's own backlog.
@@ -172,7 +181,13 @@ impl<S: Sink> std::fmt::Debug for Coalescer<S> {
 impl<S: Sink> Coalescer<S> {
     /// Starts `workers` workers, each taking at most about `max_rows` rows
     /// at a time. Needs a tokio runtime.
-    pub(super) fn start(sink: S, timeout: Duration, workers: usize, max_rows: usize) -> Self {
+    pub(super) fn start(
+        sink: S,
+        timeout: Duration,
+        workers: usize,
+        max_rows: usize,
+        timers: Option<Timers>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let counters = Arc::new(Counters::default());
@@ -182,6 +197,7 @@ impl<S: Sink> Coalescer<S> {
                 sink.clone(),
                 max_rows.max(1),
                 counters.clone(),
+                timers.clone(),
             ));
         }
         Self {
@@ -206,6 +222,7 @@ impl<S: Sink> Coalescer<S> {
         let taken = Arc::new(AtomicBool::new(false));
         let pending = Pending {
             item,
+            queued_at: std::time::Instant::now(),
             done,
             taken: taken.clone(),
         };
@@ -247,6 +264,7 @@ async fn work<S: Sink>(
     sink: S,
     max_rows: usize,
     counters: Arc<Counters>,
+    timers: Option<Timers>,
 ) {
     loop {
         let mut batch = Vec::new();
@@ -267,8 +285,13 @@ async fn work<S: Sink>(
                 }
             }
         }
+        let taken_at = std::time::Instant::now();
         for p in &batch {
             p.taken.store(true, Ordering::Release);
+            if let Some(t) = &timers {
+                t.queued
+                    .observe(taken_at.duration_since(p.queued_at).as_secs_f64());
+            }
         }
         // A caller past its deadline was told the request failed: skip it.
         batch.retain(|p| !p.done.is_closed());
@@ -281,7 +304,15 @@ async fn work<S: Sink>(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (items, dones): (Vec<S::Item>, Vec<_>) =
             batch.into_iter().map(|p| (p.item, p.done)).unzip();
+        let ran = std::time::Instant::now();
         let results = sink.run(&items).await;
+        if let Some(t) = &timers {
+            // Once per request: the distribution callers saw.
+            let secs = ran.elapsed().as_secs_f64();
+            for _ in 0..items.len() {
+                t.statement.observe(secs);
+            }
+        }
         for (done, r) in dones.into_iter().zip(results) {
             let _ = done.send(r);
         }

@@ -136,6 +136,26 @@ pub struct SqlStore {
     reads: HashMap<String, OnceLock<Coalescer<batch::Reads>>>,
     /// Workers and batch bounds of both.
     batching: Batching,
+    /// Where the coalescing queues report their time (None: nowhere).
+    timers: Option<StageTimers>,
+}
+
+/// Histograms a store reports the stages of a coalesced request to, by
+/// operation (`read`, `write`): the wait for a worker, then the statement.
+#[derive(Debug, Clone)]
+pub struct StageTimers {
+    pub queued: prometheus::HistogramVec,
+    pub statement: prometheus::HistogramVec,
+}
+
+impl StageTimers {
+    /// The two histograms of `op`.
+    fn of(&self, op: &str) -> batch::Timers {
+        batch::Timers {
+            queued: self.queued.with_label_values(&[op]),
+            statement: self.statement.with_label_values(&[op]),
+        }
+    }
 }
 
 /// Workers and most rows per batch, of writes and reads.
@@ -197,7 +217,15 @@ impl SqlStore {
             writes: lazy_cells(tables, batching.write_rows > 0),
             reads: lazy_cells(tables, batching.read_aors > 0),
             batching,
+            timers: None,
         })
+    }
+
+    /// The same store reporting its queue and statement times to `t`
+    /// (before its first request: the queues start then).
+    pub fn with_timers(mut self, t: StageTimers) -> Self {
+        self.timers = Some(t);
+        self
     }
 
     /// The URL (redacted when displayed).
@@ -236,6 +264,7 @@ impl SqlStore {
                 self.timeout,
                 workers,
                 rows,
+                self.timers.as_ref().map(|t| t.of("read")),
             )
         }))
     }
@@ -250,6 +279,7 @@ impl SqlStore {
                 self.timeout,
                 workers,
                 rows,
+                self.timers.as_ref().map(|t| t.of("write")),
             )
         }))
     }

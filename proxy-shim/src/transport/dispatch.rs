@@ -2,6 +2,7 @@
 //! bounded by `max_in_flight`, whose answers go out through the `Outbox`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -46,21 +47,32 @@ impl Dispatcher {
         let in_flight = core.metrics.in_flight_guard();
         // Taken here, in arrival order; the task may run in any order.
         let mut turn = self.order.take_turn(msg.call_id_bytes().as_deref());
+        let dispatched = Instant::now();
         self.tasks.spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
+            let m = &core.metrics;
+            let started = Instant::now();
+            m.stage("wait", started - dispatched);
             let out = match msg {
                 Parsed::Request(req) => core.handle_request(req, src).await,
                 Parsed::Response(resp) => {
                     core.handle_response(resp, src).await.into_iter().collect()
                 }
             };
+            let handled = Instant::now();
+            m.stage("handle", handled - started);
             if let Some(t) = turn.as_mut() {
                 t.wait().await;
             }
+            let sending = Instant::now();
+            m.stage("turn", sending - handled);
             for o in out {
-                outbox.send(&core.metrics, o).await;
+                outbox.send(m, o).await;
             }
+            let sent = Instant::now();
+            m.stage("send", sent - sending);
+            m.stage("total", sent - dispatched);
         });
     }
 

@@ -85,7 +85,11 @@ impl Drop for Turn {
     fn drop(&mut self) {
         let mut tails = self.seq.tails.lock().unwrap_or_else(|e| e.into_inner());
         // Last in line: nobody will wait for us, forget the Call-ID.
-        if tails.last.get(&self.key).is_some_and(|(no, _)| *no == self.no) {
+        if tails
+            .last
+            .get(&self.key)
+            .is_some_and(|(no, _)| *no == self.no)
+        {
             tails.last.remove(&self.key);
         }
     }

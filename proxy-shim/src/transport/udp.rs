@@ -55,8 +55,12 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, d: Dispatcher) {
             peer,
             local,
         };
+        let parsing = Instant::now();
         match sip::parse_datagram(Bytes::copy_from_slice(data)) {
-            Ok(msg) => d.dispatch(msg, src),
+            Ok(msg) => {
+                d.core.metrics.stage("parse", parsing.elapsed());
+                d.dispatch(msg, src)
+            }
             Err(e) => {
                 tracing::debug!(%peer, bytes = n, error = %e, "unparsable datagram dropped");
                 limits.dropped(drop_reason(&e), Instant::now());
