@@ -51,7 +51,9 @@
 #                      answer); the shim targets without -auth run --auth off.
 #
 # Output in OUT_DIR: steps.tsv (one line per sipp run), rows.tsv (rows per
-# member after each REGISTER ladder), machine.txt, summary.md, logs/.
+# member after each REGISTER ladder), machine.txt, summary.md, logs/ (with
+# the shim's and locsvc's /metrics at the end of each shim ladder: their
+# per-stage latency histograms).
 #
 # Environment knobs (defaults in brackets):
 #   TARGETS ["kamailio shim-proxy shim-redirect"]  RUNS [3]
@@ -214,9 +216,10 @@ start_target() {
         fi
         lport=$(free_port)
         mport=$(free_port)
+        LOCSVC_METRICS_PORT=$(free_port)
         LOCSVC_PARTITION__HASH=$LOCSVC_HASH LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
             "$LOCSVC" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
-            --metrics-listen off >"$OUT/logs/$tag.locsvc.log" 2>&1 &
+            --metrics-listen "127.0.0.1:$LOCSVC_METRICS_PORT" >"$OUT/logs/$tag.locsvc.log" 2>&1 &
         TARGET_PIDS+=($!)
         PIDS+=($!)
         wait_tcp "$lport"
@@ -243,8 +246,11 @@ stop_target() {
         mapfile -t kids < <(pgrep -P "${TARGET_PIDS[0]}" || true)
         ;;
     shim-*)
+        # Both sides' stage histograms: where the time of the ladder went.
         curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" \
             >"$OUT/logs/$tag.shim-metrics.txt" 2>/dev/null || true
+        curl -s --max-time 5 "http://127.0.0.1:$LOCSVC_METRICS_PORT/metrics" \
+            >"$OUT/logs/$tag.locsvc-metrics.txt" 2>/dev/null || true
         ;;
     esac
     # Shim before locsvc: reverse start order.
