@@ -1418,6 +1418,27 @@ mod tests {
     }
 
     #[test]
+    fn a_permanent_binding_is_kept_and_counted_and_a_register_of_it_gives_it_an_expiry() {
+        // Kamailio's expires = 0, and the epoch as a CET node writes it.
+        let permanent = |ruid: &str, contact: &str, at: i64| Binding {
+            call_id: "call-1".to_owned(),
+            ..Binding::new(ruid, contact, at, NOW - 600)
+        };
+        let existing = [
+            permanent("p0", "sip:p0@h", 0),
+            permanent("p1", "sip:p1@h", 3600),
+        ];
+        let plan = accepted(&register(vec![contact("sip:c@h")]), &existing);
+        assert!(plan.deletes.is_empty());
+        assert_eq!(ruids(&plan.upserts), ["new-1"]);
+        assert_eq!(plan.bindings.len(), 3, "both permanent ones still bound");
+        let refreshed = accepted(&register(vec![contact("sip:p0@h")]), &existing);
+        assert_eq!(ruids(&refreshed.upserts), ["p0"]);
+        assert!(!refreshed.upserts[0].is_permanent());
+        assert!(refreshed.upserts[0].expires > NOW);
+    }
+
+    #[test]
     fn a_binding_expiring_exactly_now_is_no_longer_valid() {
         let existing = [stored("r1", "sip:a@h", 0), stored("r2", "sip:b@h", 1)];
         assert_eq!(ruids(&valid_ordered(&existing, NOW)), ["r2"]);

@@ -272,6 +272,42 @@ async fn stats_count_valid_contacts_and_distinct_aors(b: Backend) {
     assert_eq!((st.contacts, st.aors), (4, 2));
 }
 
+async fn permanent_rows_are_valid_listed_counted_and_never_swept(b: Backend) {
+    let (s, _d) = store(b, true).await;
+    let a = aor("sip:kam@example.com");
+    // Kamailio's expires = 0 as a UTC node, a CET node and an EST node
+    // write it, then an expired and a valid row.
+    s.apply(
+        "location",
+        &a,
+        &[
+            binding("perm-utc", "sip:k@1", 0),
+            binding("perm-cet", "sip:k@2", 3600),
+            binding("perm-est", "sip:k@3", -5 * 3600),
+            binding("old", "sip:k@4", T0 - 1),
+            binding("new", "sip:k@5", T0 + 60),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<String> = s
+        .lookup("location", &a, T0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.ruid)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["new", "perm-cet", "perm-est", "perm-utc"]);
+    let st = s.stats("location", T0).await.unwrap();
+    assert_eq!((st.contacts, st.aors), (4, 1));
+    let page = s.dump_page("location", 0, 100, T0).await.unwrap();
+    assert_eq!(page.len(), 4, "a dump (and the mover) sees them");
+    assert_eq!(sweep_all(&s).await, 1, "only the expired row is swept");
+    assert_eq!(s.load_aor("location", &a).await.unwrap().len(), 4);
+}
+
 async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
     let (s, _d) = store(b, true).await;
     assert_eq!(s.migrate(Scope::Master).await.unwrap(), 0);
@@ -698,6 +734,7 @@ macro_rules! store_suite {
                 #[tokio::test] async fn two_sweepers_at_once_delete_each_row_once() { super::two_sweepers_at_once_delete_each_row_once(B).await }
                 #[tokio::test] async fn dump_pages_walk_every_valid_row_once() { super::dump_pages_walk_every_valid_row_once(B).await }
                 #[tokio::test] async fn stats_count_valid_contacts_and_distinct_aors() { super::stats_count_valid_contacts_and_distinct_aors(B).await }
+                #[tokio::test] async fn permanent_rows_are_valid_listed_counted_and_never_swept() { super::permanent_rows_are_valid_listed_counted_and_never_swept(B).await }
                 #[tokio::test] async fn migrations_are_idempotent_and_locdb_round_trips() { super::migrations_are_idempotent_and_locdb_round_trips(B).await }
                 #[tokio::test] async fn deactivation_never_takes_the_last_member_that_is_on() { super::deactivation_never_takes_the_last_member_that_is_on(B).await }
                 #[tokio::test] async fn copies_never_replace_a_newer_row() { super::copies_never_replace_a_newer_row(B).await }

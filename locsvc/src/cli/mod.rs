@@ -171,6 +171,7 @@ fn binding_json(b: &pb::Binding) -> Value {
     json!({
         "contact": b.contact,
         "expires_in": b.expires_in,
+        "permanent": b.permanent,
         "q": b.q,
         "call_id": b.call_id,
         "cseq": b.cseq,
@@ -187,6 +188,9 @@ fn binding_json(b: &pb::Binding) -> Value {
 
 fn binding_line(b: &pb::Binding) -> String {
     let mut s = format!("  Contact: <{}>;expires={}", b.contact, b.expires_in);
+    if b.permanent {
+        s.push_str(" (permanent)");
+    }
     if let Some(q) = b.q {
         s.push_str(&format!(";q={q:.2}"));
     }

@@ -4,6 +4,12 @@
 /// stores convert to the `DATETIME`/`TIMESTAMP` columns at their border.
 pub type UnixTime = i64;
 
+/// A stored expiry at or before this instant (1970-01-02 00:00:00 UTC)
+/// marks a permanent binding: Kamailio's usrloc stores `expires` = 0 for a
+/// contact that never expires, written as the epoch in UTC or, without
+/// `UTC_timestamps`, in the node's local time (up to 14 h either side).
+pub const PERMANENT_UNTIL: UnixTime = 86_400;
+
 /// One stored binding of an AoR (a row of the kamctl `location` table).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
@@ -11,7 +17,7 @@ pub struct Binding {
     pub ruid: String,
     /// Contact URI, byte-exact as registered.
     pub contact: String,
-    /// Absolute expiry.
+    /// Absolute expiry; at or before [`PERMANENT_UNTIL`]: never.
     pub expires: UnixTime,
     /// q value, or `None` when the contact had none (stored as -1 like p_usrloc).
     pub q: Option<f32>,
@@ -38,7 +44,12 @@ pub struct Binding {
 impl Binding {
     /// True while the binding has not expired at `now`.
     pub fn is_valid(&self, now: UnixTime) -> bool {
-        self.expires > now
+        self.expires > now || self.is_permanent()
+    }
+
+    /// True for a binding that never expires (Kamailio's `expires` = 0).
+    pub fn is_permanent(&self) -> bool {
+        self.expires <= PERMANENT_UNTIL
     }
 
     /// A binding with this identity and these times, every other field

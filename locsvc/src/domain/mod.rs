@@ -5,4 +5,4 @@ pub mod aor;
 pub mod binding;
 
 pub use aor::{Aor, AorError, KeyPolicy};
-pub use binding::{Binding, ContactInput, SaveInput, UnixTime};
+pub use binding::{Binding, ContactInput, PERMANENT_UNTIL, SaveInput, UnixTime};

@@ -166,12 +166,22 @@ pub fn remove_contact(c: &str) -> Result<Option<&str>, FieldError> {
     Ok(Some(c))
 }
 
+/// `expires_in` of a permanent binding: the largest delta-seconds a 32-bit
+/// signed SIP stack reads (about 68 years).
+pub const PERMANENT_EXPIRES_IN: i64 = i32::MAX as i64;
+
 /// A domain binding as returned to clients.
 pub fn binding(b: &Binding, now: UnixTime) -> pb::Binding {
+    let permanent = b.is_permanent();
     pb::Binding {
         contact: b.contact.clone(),
-        expires_in: (b.expires - now).max(0),
-        expires_at: b.expires,
+        expires_in: if permanent {
+            PERMANENT_EXPIRES_IN
+        } else {
+            (b.expires - now).max(0)
+        },
+        expires_at: if permanent { 0 } else { b.expires },
+        permanent,
         q: b.q,
         call_id: b.call_id.clone(),
         cseq: b.cseq,
@@ -200,6 +210,20 @@ pub fn aor_binding(s: &StoredBinding, now: UnixTime) -> pb::AorBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permanent_binding_goes_out_flagged_with_the_longest_expiry() {
+        let now = 1_800_000_000;
+        let permanent = binding(&Binding::new("r", "sip:a@h", 0, now), now);
+        assert!(permanent.permanent);
+        assert_eq!(
+            (permanent.expires_in, permanent.expires_at),
+            (PERMANENT_EXPIRES_IN, 0)
+        );
+        let ordinary = binding(&Binding::new("r", "sip:a@h", now + 60, now), now);
+        assert!(!ordinary.permanent);
+        assert_eq!((ordinary.expires_in, ordinary.expires_at), (60, now + 60));
+    }
 
     fn req() -> pb::SaveRequest {
         pb::SaveRequest {

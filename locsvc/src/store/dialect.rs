@@ -122,6 +122,10 @@ pub const COLUMNS: [&str; 18] = [
     "reg_id",
 ];
 
+/// `domain::PERMANENT_UNTIL` as a timestamp literal (a constant, so inlined
+/// rather than bound): rows expiring at or before it never expire.
+pub const PERMANENT_UNTIL_SQL: &str = "'1970-01-02 00:00:00'";
+
 /// Statements for one location table, built once per table at start-up so
 /// no SQL is formatted on the request path (except multi-row batches).
 #[derive(Debug, Clone)]
@@ -130,7 +134,7 @@ pub struct TableSql {
     table: String,
     /// Every row of an AoR, expired ones included (the registrar needs them).
     pub select_aor: String,
-    /// Valid rows of an AoR (`expires > ?`).
+    /// Valid rows of an AoR (`expires > ?`, or permanent).
     pub select_aor_valid: String,
     /// Upserts of 1, 2, 4, … `MAX_CHUNK` rows: every batch is cut into
     /// these sizes so the driver's prepared-statement cache keeps hitting.
@@ -163,18 +167,27 @@ impl TableSql {
             "username = ?"
         };
         let f = |s: String| dialect.finish(&s);
+        let perm = PERMANENT_UNTIL_SQL;
+        // Valid at the bound time, or never expiring (Kamailio's 0).
+        let valid = format!("(expires > ? OR expires <= {perm})");
+        // Expired before the bound time, and not permanent.
+        let expired = format!("expires < ? AND expires > {perm}");
         let sweep = match dialect {
             // MySQL has DELETE ... LIMIT; the expires index bounds the scan.
-            Dialect::MySql => format!("DELETE FROM {table} WHERE expires < ? LIMIT ?"),
+            Dialect::MySql => format!("DELETE FROM {table} WHERE {expired} LIMIT ?"),
             // Re-checking expires in the outer DELETE keeps a row that another
-            // instance refreshed between the sub-select and the delete.
+            // instance refreshed between the sub-select and the delete. The
+            // ids are taken once (an InitPlan): `IN (... LIMIT ?)` may be
+            // planned as a nested-loop semi-join that rescans the locking
+            // LIMIT per outer row, and then deleted more than the batch
+            // (seen once the permanent-row filter changed the estimates).
             Dialect::Postgres => format!(
-                "DELETE FROM {table} WHERE expires < ? AND id IN \
-                 (SELECT id FROM {table} WHERE expires < ? LIMIT ? FOR UPDATE SKIP LOCKED)"
+                "DELETE FROM {table} WHERE {expired} AND id = ANY(ARRAY(\
+                 SELECT id FROM {table} WHERE {expired} LIMIT ? FOR UPDATE SKIP LOCKED))"
             ),
             Dialect::Sqlite => format!(
-                "DELETE FROM {table} WHERE expires < ? AND id IN \
-                 (SELECT id FROM {table} WHERE expires < ? LIMIT ?)"
+                "DELETE FROM {table} WHERE {expired} AND id IN \
+                 (SELECT id FROM {table} WHERE {expired} LIMIT ?)"
             ),
         };
         Self {
@@ -182,7 +195,7 @@ impl TableSql {
             table: table.to_string(),
             select_aor: f(format!("SELECT {cols} FROM {table} WHERE {aor_filter}")),
             select_aor_valid: f(format!(
-                "SELECT {cols} FROM {table} WHERE {aor_filter} AND expires > ?"
+                "SELECT {cols} FROM {table} WHERE {aor_filter} AND {valid}"
             )),
             upserts: chunk_sizes()
                 .map(|n| Self::upsert_sql(dialect, table, n))
@@ -209,14 +222,14 @@ impl TableSql {
             sweep: f(sweep),
             sweep_cutoffs: if dialect == Dialect::MySql { 1 } else { 2 },
             dump_page: f(format!(
-                "SELECT {id} AS row_id, {cols} FROM {table} WHERE id > ? AND expires > ? \
+                "SELECT {id} AS row_id, {cols} FROM {table} WHERE id > ? AND {valid} \
                  ORDER BY id LIMIT ?",
                 id = dialect.int64("id")
             )),
-            count_contacts: f(format!("SELECT COUNT(*) FROM {table} WHERE expires > ?")),
+            count_contacts: f(format!("SELECT COUNT(*) FROM {table} WHERE {valid}")),
             count_aors: f(format!(
                 "SELECT COUNT(*) FROM (SELECT DISTINCT username, domain FROM {table} \
-                 WHERE expires > ?) a"
+                 WHERE {valid}) a"
             )),
             probe: f(format!("SELECT COUNT(*) FROM {table} WHERE ruid = ?")),
             use_domain,
