@@ -143,7 +143,8 @@ fn open_master(settings: &Settings) -> Result<(DbUrl, bool, SqlStore), AppError>
     .map_err(|source| AppError::Master {
         url: url.redacted(),
         source,
-    })?;
+    })?
+    .with_locdb_time(settings.cluster.locdb_time);
     Ok((url, embedded, store))
 }
 

@@ -17,7 +17,7 @@ use crate::registrar::{self, RegistrarError, RegistrarPolicy};
 use crate::router::{
     Hold, Route, RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key,
 };
-use crate::store::{LocationStore, StoreError, StoredBinding, TableStats};
+use crate::store::{LocationStore, Removal, StoreError, StoredBinding, TableStats, Which};
 
 /// Why a location operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -418,17 +418,17 @@ impl LocationService {
         &self,
         table: &str,
         aor: &str,
-        contact: Option<&str>,
+        which: Which<'_>,
         deadline: Instant,
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
-        let contact: Option<Arc<str>> = contact.map(Arc::from);
+        let removal = Removal::from(which);
         let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
-            let (table, aor, contact) = (table.clone(), aor.clone(), contact.clone());
-            Box::pin(async move { s.remove(&table, &aor, contact.as_deref()).await })
+            let (table, aor, removal) = (table.clone(), aor.clone(), removal.clone());
+            Box::pin(async move { s.remove(&table, &aor, removal.which()).await })
         });
         let mut removed = 0;
         let targets =

@@ -20,6 +20,7 @@ use crate::mover::MoverSettings;
 use crate::partition::HashMode;
 use crate::registrar::{MinExpiresMode, RegistrarPolicy};
 use crate::router::{RouterSettings, TableMode};
+use crate::store::LocdbTime;
 use crate::store::migrate::valid_table_name;
 use crate::store::{DbUrl, PoolSettings, StoreOptions};
 
@@ -69,6 +70,9 @@ pub struct ClusterSettings {
     pub instance_lease: Duration,
     /// Pacing of the mover that carries subscribers after a layout change.
     pub mover: MoverSettings,
+    /// The clock `locdb.failover` is written in (Kamailio without
+    /// `UTC_timestamps` writes local time).
+    pub locdb_time: LocdbTime,
 }
 
 /// Everything locsvc reads from configuration.
@@ -122,6 +126,7 @@ impl Default for Settings {
                 aor_lock_connections: 64,
                 instance_lease: Duration::from_secs(120),
                 mover: MoverSettings::default(),
+                locdb_time: LocdbTime::Utc,
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
@@ -293,6 +298,7 @@ fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Re
         "cluster.mover_page_rows" => c.mover.page = parse(v)?,
         "cluster.mover_pause_ms" => c.mover.pause = millis(v)?,
         "cluster.mover_carry_timeout_ms" => c.mover.carry_timeout = millis(v)?,
+        "cluster.locdb_timestamps" => c.locdb_time = parse(v)?,
         "partition.hash" => c.hash = parse(v)?,
         "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
         "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,

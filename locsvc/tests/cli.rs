@@ -75,7 +75,21 @@ async fn ul_save_and_show_round_trip_a_contact() {
     assert_eq!(v["bindings"][0]["contact"], "sip:ivan@192.0.2.9:5060");
     assert!(v["bindings"][0]["expires_in"].as_i64().unwrap() > 890);
 
-    let removed = ul(&server, &["rm", "sip:ivan@example.com", "--json"]).await;
+    // By record id (Kamailio's ruid): another id shows nothing, the
+    // binding's own removes it.
+    let ruid = v["bindings"][0]["ruid"].as_str().unwrap().to_string();
+    let none = ul(
+        &server,
+        &["show", "sip:ivan@example.com", "--ruid", "nosuch", "--json"],
+    )
+    .await;
+    assert!(none.0, "{none:?}");
+    assert!(none.1.contains("\"bindings\":[]"), "{none:?}");
+    let removed = ul(
+        &server,
+        &["rm", "sip:ivan@example.com", "--ruid", &ruid, "--json"],
+    )
+    .await;
     assert!(removed.0, "{removed:?}");
     assert!(removed.1.contains("\"removed\":1"), "{removed:?}");
 

@@ -129,7 +129,7 @@ impl TestApp {
             c.remove(pb::RemoveRequest {
                 table: String::new(),
                 aor,
-                contact: String::new(),
+                ..Default::default()
             })
             .await
             .expect("warm-up remove");

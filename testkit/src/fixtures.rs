@@ -60,8 +60,8 @@ pub fn locdb_row(id: i64, no: i64, url: &str) -> LocdbRow {
 /// The valid bindings of a Lookup, in order.
 pub async fn lookup_bindings(c: &mut LocationClient<Channel>, aor: &str) -> Vec<pb::Binding> {
     c.lookup(pb::LookupRequest {
-        table: String::new(),
         aor: aor.into(),
+        ..Default::default()
     })
     .await
     .expect("lookup")

@@ -154,6 +154,7 @@ fn start_load(app: &TestApp, workers: usize) -> (Arc<Load>, Vec<tokio::task::Joi
                     .lookup(with_deadline(pb::LookupRequest {
                         table: String::new(),
                         aor: aor.clone(),
+                        ..Default::default()
                     }))
                     .await;
                 timed(&load, t);
@@ -303,6 +304,7 @@ async fn fault_under_load(sig: &'static str, resume: &'static [&'static str]) {
             table: String::new(),
             aor: aor.clone(),
             contact: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -670,6 +672,7 @@ async fn with_every_member_hung_locsvc_still_answers_within_the_callers_deadline
         .lookup(with_deadline(pb::LookupRequest {
             table: String::new(),
             aor: aor.into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();

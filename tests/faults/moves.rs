@@ -98,6 +98,7 @@ fn load(
                             .lookup(with_deadline(pb::LookupRequest {
                                 table: String::new(),
                                 aor: aor(i),
+                                ..Default::default()
                             }))
                             .await;
                         seen.lookups

@@ -171,6 +171,7 @@ async fn the_data_token_cannot_administer_and_the_admin_token_can() {
             pb::LookupRequest {
                 table: String::new(),
                 aor: "sip:alice@example.com".into(),
+                ..Default::default()
             },
             DATA,
         ))
@@ -294,6 +295,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
                 .lookup(pb::LookupRequest {
                     table: String::new(),
                     aor: "sip:mtls@example.com".into(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("{s:?}"))?;

@@ -83,6 +83,7 @@ async fn maintenance_drains_a_member_and_on_brings_it_back_after_a_resync() {
         table: String::new(),
         aor: "sip:a@example.com".into(),
         contact: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap();

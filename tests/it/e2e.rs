@@ -67,6 +67,7 @@ async fn register_lookup_remove_round_trip(app: &TestApp) {
         .lookup(pb::LookupRequest {
             table: String::new(),
             aor: "alice@example.com".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -93,16 +94,50 @@ async fn register_lookup_remove_round_trip(app: &TestApp) {
             table: String::new(),
             aor: aor.into(),
             contact: "sip:alice@192.0.2.10:5060".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(removed.removed, 1);
     assert_eq!(lookup_contacts(&mut c, aor).await.len(), 2);
+
+    // By record id, as Kamailio's lookup/unregister by ruid.
+    let first = &r.bindings[0];
+    let by_ruid = c
+        .lookup(pb::LookupRequest {
+            aor: aor.into(),
+            ruid: first.ruid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        by_ruid
+            .bindings
+            .iter()
+            .map(|b| &b.contact)
+            .collect::<Vec<_>>(),
+        [&first.contact]
+    );
+    let by_ruid = |contact: &str| pb::RemoveRequest {
+        aor: aor.into(),
+        contact: contact.into(),
+        ruid: first.ruid.clone(),
+        ..Default::default()
+    };
+    let both = c.remove(by_ruid(&first.contact)).await.unwrap_err();
+    assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    assert!(both.message().contains("ruid"), "{both:?}");
+    let removed = c.remove(by_ruid("")).await.unwrap().into_inner();
+    assert_eq!(removed.removed, 1);
+    assert_eq!(lookup_contacts(&mut c, aor).await.len(), 1);
     c.remove(pb::RemoveRequest {
         table: String::new(),
         aor: aor.into(),
         contact: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -344,6 +379,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_changes_nothing() 
         .lookup(pb::LookupRequest {
             table: String::new(),
             aor: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -353,6 +389,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_changes_nothing() 
             table: String::new(),
             aor: "sip:dave@example.com".into(),
             contact: "garbage contact".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -493,6 +530,7 @@ async fn the_bearer_token_guards_the_api_but_not_health() {
         .lookup(pb::LookupRequest {
             table: String::new(),
             aor: "sip:a@b.c".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -500,6 +538,7 @@ async fn the_bearer_token_guards_the_api_but_not_health() {
     let mut req = tonic::Request::new(pb::LookupRequest {
         table: String::new(),
         aor: "sip:a@b.c".into(),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", "Bearer s3cret".parse().unwrap());
@@ -564,6 +603,7 @@ async fn overload_is_refused_at_once_with_unavailable() {
         .lookup(pb::LookupRequest {
             table: String::new(),
             aor: "sip:hank@example.com".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -644,6 +684,7 @@ async fn tls_and_a_bearer_token_protect_the_api() {
             .lookup(pb::LookupRequest {
                 table: String::new(),
                 aor: "sip:tls@example.com".into(),
+                ..Default::default()
             })
             .await
             .is_ok(),

@@ -34,6 +34,7 @@ async fn group_of(
     c.lookup(pb::LookupRequest {
         table: String::new(),
         aor: aor.into(),
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -3,7 +3,7 @@
 
 use locsvc::domain::{Aor, Binding, KeyPolicy};
 use locsvc::store::migrate::Scope;
-use locsvc::store::{LocationStore, LocdbUpdates, SqlStore, StoredBinding};
+use locsvc::store::{LocationStore, LocdbRow, LocdbUpdates, SqlStore, StoredBinding, Which};
 
 use crate::harness::{Backend, fresh_db, locdb_row, open_store};
 
@@ -115,7 +115,7 @@ async fn aors_are_kept_apart_by_user_and_domain(b: Backend) {
         .unwrap();
     assert_eq!(s.load_aor("location", &a1).await.unwrap().len(), 1);
     assert_eq!(s.load_aor("location", &a2).await.unwrap()[0].ruid, "r2");
-    assert_eq!(s.remove("location", &a1, None).await.unwrap(), 1);
+    assert_eq!(s.remove("location", &a1, Which::All).await.unwrap(), 1);
     assert_eq!(s.load_aor("location", &a2).await.unwrap().len(), 1);
 }
 
@@ -156,25 +156,41 @@ async fn lookup_returns_only_valid_rows(b: Backend) {
     assert_eq!(s.load_aor("location", &a).await.unwrap().len(), 3);
 }
 
-async fn remove_takes_one_contact_or_all(b: Backend) {
+async fn remove_takes_one_contact_one_ruid_or_all(b: Backend) {
     let (s, _d) = store(b, true).await;
     let a = aor("sip:gina@example.com");
+    let other = aor("sip:gus@example.com");
     s.apply(
         "location",
         &a,
         &[
             binding("r1", "sip:g@1", T0 + 60),
             binding("r2", "sip:g@2", T0 + 60),
+            binding("r3", "sip:g@3", T0 + 60),
         ],
         &[],
     )
     .await
     .unwrap();
-    assert_eq!(s.remove("location", &a, Some("sip:g@9")).await.unwrap(), 0);
-    assert_eq!(s.remove("location", &a, Some("sip:g@1")).await.unwrap(), 1);
+    s.apply(
+        "location",
+        &other,
+        &[binding("o1", "sip:o@1", T0 + 60)],
+        &[],
+    )
+    .await
+    .unwrap();
+    let remove =
+        async |aor: &Aor, which: Which<'_>| s.remove("location", aor, which).await.unwrap();
+    assert_eq!(remove(&a, Which::Contact("sip:g@9")).await, 0);
+    assert_eq!(remove(&a, Which::Contact("sip:g@1")).await, 1);
+    // A ruid is removed only under its own AoR.
+    assert_eq!(remove(&a, Which::Ruid("o1")).await, 0);
+    assert_eq!(remove(&a, Which::Ruid("r3")).await, 1);
     assert_eq!(s.load_aor("location", &a).await.unwrap()[0].ruid, "r2");
-    assert_eq!(s.remove("location", &a, None).await.unwrap(), 1);
+    assert_eq!(remove(&a, Which::All).await, 1);
     assert!(s.load_aor("location", &a).await.unwrap().is_empty());
+    assert_eq!(s.load_aor("location", &other).await.unwrap().len(), 1);
 }
 
 async fn sweeping_deletes_expired_rows_in_bounded_batches(b: Backend) {
@@ -324,6 +340,33 @@ async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
     let got = s.load_locdb().await.unwrap();
     assert_eq!(got[0].failover.and_utc().timestamp(), T0);
     assert_eq!(s.mark_failover(3, 1, T0).await.unwrap(), 0, "no such slot");
+}
+
+async fn a_locdb_written_in_local_time_is_read_and_written_in_that_clock(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_db(b, dir.path()).await;
+    let raw = open_store(&url, true);
+    raw.migrate(Scope::Master).await.unwrap();
+    let est = open_store(&url, true).with_locdb_time("-05:00".parse().unwrap());
+    async fn stored(s: &SqlStore) -> i64 {
+        s.load_locdb().await.unwrap()[0]
+            .failover
+            .and_utc()
+            .timestamp()
+    }
+    // A Kamailio node on EST (no UTC_timestamps) recorded a failover at T0.
+    let row = LocdbRow {
+        failover: locsvc::store::rows::to_db_time(T0 - 5 * 3600),
+        ..locdb_row(1, 2, "mysql://u:p@h/db")
+    };
+    raw.insert_locdb(&row).await.unwrap();
+    assert_eq!(stored(&est).await, T0, "read as the UTC instant it was");
+    // locsvc's own marks are written in the same clock, for Kamailio to read,
+    // and the never-backwards condition compares within it.
+    assert_eq!(est.mark_failover(1, 2, T0 + 60).await.unwrap(), 1);
+    assert_eq!(stored(&raw).await, T0 + 60 - 5 * 3600);
+    est.mark_failover(1, 2, T0 + 30).await.unwrap();
+    assert_eq!(stored(&est).await, T0 + 60);
 }
 
 async fn deactivation_never_takes_the_last_member_that_is_on(b: Backend) {
@@ -729,13 +772,14 @@ macro_rules! store_suite {
                 #[tokio::test] async fn aors_are_kept_apart_by_user_and_domain() { super::aors_are_kept_apart_by_user_and_domain(B).await }
                 #[tokio::test] async fn without_domains_the_username_alone_is_the_key() { super::without_domains_the_username_alone_is_the_key(B).await }
                 #[tokio::test] async fn lookup_returns_only_valid_rows() { super::lookup_returns_only_valid_rows(B).await }
-                #[tokio::test] async fn remove_takes_one_contact_or_all() { super::remove_takes_one_contact_or_all(B).await }
+                #[tokio::test] async fn remove_takes_one_contact_one_ruid_or_all() { super::remove_takes_one_contact_one_ruid_or_all(B).await }
                 #[tokio::test] async fn sweeping_deletes_expired_rows_in_bounded_batches() { super::sweeping_deletes_expired_rows_in_bounded_batches(B).await }
                 #[tokio::test] async fn two_sweepers_at_once_delete_each_row_once() { super::two_sweepers_at_once_delete_each_row_once(B).await }
                 #[tokio::test] async fn dump_pages_walk_every_valid_row_once() { super::dump_pages_walk_every_valid_row_once(B).await }
                 #[tokio::test] async fn stats_count_valid_contacts_and_distinct_aors() { super::stats_count_valid_contacts_and_distinct_aors(B).await }
                 #[tokio::test] async fn permanent_rows_are_valid_listed_counted_and_never_swept() { super::permanent_rows_are_valid_listed_counted_and_never_swept(B).await }
                 #[tokio::test] async fn migrations_are_idempotent_and_locdb_round_trips() { super::migrations_are_idempotent_and_locdb_round_trips(B).await }
+                #[tokio::test] async fn a_locdb_written_in_local_time_is_read_and_written_in_that_clock() { super::a_locdb_written_in_local_time_is_read_and_written_in_that_clock(B).await }
                 #[tokio::test] async fn deactivation_never_takes_the_last_member_that_is_on() { super::deactivation_never_takes_the_last_member_that_is_on(B).await }
                 #[tokio::test] async fn copies_never_replace_a_newer_row() { super::copies_never_replace_a_newer_row(B).await }
                 #[tokio::test] async fn a_spare_from_another_risk_group_replaces_a_member_exactly_once() { super::a_spare_from_another_risk_group_replaces_a_member_exactly_once(B).await }

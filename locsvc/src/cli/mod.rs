@@ -32,11 +32,20 @@ pub enum UlCommand {
         q: Option<f32>,
     },
     /// Show the valid bindings of an AoR, best first.
-    Show { aor: String },
+    Show {
+        aor: String,
+        /// Only the binding with this record id (Kamailio's ruid).
+        #[arg(long)]
+        ruid: Option<String>,
+    },
     /// Remove one contact of an AoR, or all of them.
     Rm {
         aor: String,
+        #[arg(conflicts_with = "ruid")]
         contact: Option<String>,
+        /// Remove the binding with this record id instead.
+        #[arg(long)]
+        ruid: Option<String>,
     },
     /// Print every valid binding (of one group with --group).
     Dump {
@@ -247,9 +256,22 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
             };
             ul_save(&mut c, args.json, table, aor, spec).await
         }
-        UlCommand::Show { aor } => ul_show(&mut c, args.json, table, aor).await,
-        UlCommand::Rm { aor, contact } => {
-            ul_rm(&mut c, args.json, table, aor, contact.as_deref()).await
+        UlCommand::Show { aor, ruid } => {
+            let req = pb::LookupRequest {
+                table,
+                aor: aor.clone(),
+                ruid: ruid.clone().unwrap_or_default(),
+            };
+            ul_show(&mut c, args.json, req).await
+        }
+        UlCommand::Rm { aor, contact, ruid } => {
+            let req = pb::RemoveRequest {
+                table,
+                aor: aor.clone(),
+                contact: contact.clone().unwrap_or_default(),
+                ruid: ruid.clone().unwrap_or_default(),
+            };
+            ul_rm(&mut c, args.json, req).await
         }
         UlCommand::Dump { group } => ul_dump(&mut c, args.json, table, *group).await,
         UlCommand::Stats => ul_stats(&mut c, args.json, table).await,
@@ -282,36 +304,17 @@ async fn ul_save(
 }
 
 /// `ul show`.
-async fn ul_show(c: &mut Client, json_out: bool, table: String, aor: &str) -> anyhow::Result<()> {
-    let r = c
-        .lookup(pb::LookupRequest {
-            table,
-            aor: aor.to_string(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    print_bindings(json_out, aor, r.group, &r.bindings);
+async fn ul_show(c: &mut Client, json_out: bool, req: pb::LookupRequest) -> anyhow::Result<()> {
+    let aor = req.aor.clone();
+    let r = c.lookup(req).await.map_err(rpc_error)?.into_inner();
+    print_bindings(json_out, &aor, r.group, &r.bindings);
     Ok(())
 }
 
-/// `ul rm`: one contact, or all of them without one.
-async fn ul_rm(
-    c: &mut Client,
-    json_out: bool,
-    table: String,
-    aor: &str,
-    contact: Option<&str>,
-) -> anyhow::Result<()> {
-    let r = c
-        .remove(pb::RemoveRequest {
-            table,
-            aor: aor.to_string(),
-            contact: contact.unwrap_or_default().to_string(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+/// `ul rm`: one contact or ruid, or all of them without either.
+async fn ul_rm(c: &mut Client, json_out: bool, req: pb::RemoveRequest) -> anyhow::Result<()> {
+    let aor = req.aor.clone();
+    let r = c.remove(req).await.map_err(rpc_error)?.into_inner();
     if json_out {
         println!(
             "{}",

@@ -5,7 +5,7 @@
 use locsvc_proto::v1 as pb;
 
 use crate::domain::{Binding, ContactInput, SaveInput, UnixTime};
-use crate::store::StoredBinding;
+use crate::store::{StoredBinding, Which};
 
 /// Contacts accepted in one Save.
 pub const MAX_CONTACTS_PER_REQUEST: usize = 128;
@@ -157,13 +157,23 @@ pub fn save_input(r: &pb::SaveRequest) -> Result<SaveInput, FieldError> {
     })
 }
 
-/// Validates a Remove request's contact ("" = all).
-pub fn remove_contact(c: &str) -> Result<Option<&str>, FieldError> {
-    if c.is_empty() {
-        return Ok(None);
+/// Validates a record id (kamctl `ruid` is 64 bytes).
+pub fn ruid(r: &str) -> Result<&str, FieldError> {
+    check_len("ruid", r, 64)?;
+    Ok(r)
+}
+
+/// What a Remove request deletes: one contact, one ruid, or everything.
+pub fn removal(r: &pb::RemoveRequest) -> Result<Which<'_>, FieldError> {
+    match (r.contact.as_str(), r.ruid.as_str()) {
+        ("", "") => Ok(Which::All),
+        (c, "") => {
+            check_uri("contact", c)?;
+            Ok(Which::Contact(c))
+        }
+        ("", id) => Ok(Which::Ruid(ruid(id)?)),
+        _ => Err(FieldError::new("ruid", "give contact or ruid, not both")),
     }
-    check_uri("contact", c)?;
-    Ok(Some(c))
 }
 
 /// `expires_in` of a permanent binding: the largest delta-seconds a 32-bit

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::{convert, deadline, status};
 use crate::location::LocationService;
 use crate::metrics::Metrics;
+use crate::store::Removal;
 
 /// Largest Dump page.
 pub const MAX_PAGE: u32 = 5000;
@@ -155,13 +156,18 @@ impl Location for LocationApi {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
         self.call("Lookup", &r.aor, deadline, async {
+            let ruid = convert::ruid(&r.ruid)?;
             let (group, bindings) = self
                 .svc
                 .lookup(convert::table(&r.table), &r.aor, deadline)
                 .await?;
             let now = self.svc.now();
             Ok(pb::LookupResponse {
-                bindings: bindings.iter().map(|b| convert::binding(b, now)).collect(),
+                bindings: bindings
+                    .iter()
+                    .filter(|b| ruid.is_empty() || b.ruid == ruid)
+                    .map(|b| convert::binding(b, now))
+                    .collect(),
                 group,
             })
         })
@@ -176,12 +182,11 @@ impl Location for LocationApi {
         let r = req.into_inner();
         let aor = r.aor.clone();
         self.call("Remove", &aor, deadline, async {
-            convert::remove_contact(&r.contact)?;
+            let removal = Removal::from(convert::removal(&r)?);
             let svc = self.svc.clone();
             let (group, removed) = tokio::spawn(
                 async move {
-                    let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
-                    svc.remove(convert::table(&r.table), &r.aor, contact, deadline)
+                    svc.remove(convert::table(&r.table), &r.aor, removal.which(), deadline)
                         .await
                 }
                 .in_current_span(),

@@ -15,7 +15,7 @@ use super::*;
 use crate::cluster::{Group, Member, MemberConfig, MemberHealth, MemberStatus, Topology};
 use crate::domain::{Binding, KeyPolicy, UnixTime};
 use crate::partition::{HashMode, Partitioner};
-use crate::store::{DbUrl, PoolSettings, StoreOptions, StoredBinding, TableStats};
+use crate::store::{DbUrl, PoolSettings, StoreOptions, StoredBinding, TableStats, Which};
 
 /// What a held write does once released.
 #[derive(Clone, Copy, PartialEq)]
@@ -123,7 +123,7 @@ impl LocationStore for FakeStore {
         );
         Ok(())
     }
-    async fn remove(&self, _: &str, _: &Aor, _: Option<&str>) -> Result<u64, StoreError> {
+    async fn remove(&self, _: &str, _: &Aor, _: Which<'_>) -> Result<u64, StoreError> {
         Err(rejected())
     }
     async fn sweep_expired(&self, _: &str, _: UnixTime, _: u32) -> Result<u64, StoreError> {

@@ -145,6 +145,8 @@ pub struct TableSql {
     selects: Vec<String>,
     pub delete_aor: String,
     pub delete_contact: String,
+    /// One binding of an AoR by ruid (never another AoR's).
+    pub delete_aor_ruid: String,
     pub sweep: String,
     /// How many times `sweep` binds the cutoff before its batch size.
     pub sweep_cutoffs: usize,
@@ -218,6 +220,9 @@ impl TableSql {
             delete_aor: f(format!("DELETE FROM {table} WHERE {aor_filter}")),
             delete_contact: f(format!(
                 "DELETE FROM {table} WHERE {aor_filter} AND contact = ?"
+            )),
+            delete_aor_ruid: f(format!(
+                "DELETE FROM {table} WHERE {aor_filter} AND ruid = ?"
             )),
             sweep: f(sweep),
             sweep_cutoffs: if dialect == Dialect::MySql { 1 } else { 2 },

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::exec::{BULK_KEYS, BULK_ROWS, Change, bind_aor, bind_binding, write_changes};
 use super::rows::{decode_row, to_db_time};
-use super::{LocationStore, SqlStore, StoreError, StoredBinding, TableStats, with_pool};
+use super::{LocationStore, SqlStore, StoreError, StoredBinding, TableStats, Which, with_pool};
 use crate::domain::{Aor, Binding, UnixTime};
 
 #[async_trait]
@@ -60,20 +60,19 @@ impl LocationStore for SqlStore {
         write_changes(&self.pool, sql, self.timeout, &[change]).await
     }
 
-    async fn remove(
-        &self,
-        table: &str,
-        aor: &Aor,
-        contact: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    async fn remove(&self, table: &str, aor: &Aor, which: Which<'_>) -> Result<u64, StoreError> {
         let sql = self.sql(table)?;
         with_pool!(&self.pool, p => {
-            let done = match contact {
-                Some(c) => {
+            let done = match which {
+                Which::Contact(c) => {
                     let q = bind_aor!(sqlx::query(&sql.delete_contact), sql, aor).bind(c);
                     self.timed(q.execute(p)).await?
                 }
-                None => self.timed(bind_aor!(sqlx::query(&sql.delete_aor), sql, aor).execute(p)).await?,
+                Which::Ruid(r) => {
+                    let q = bind_aor!(sqlx::query(&sql.delete_aor_ruid), sql, aor).bind(r);
+                    self.timed(q.execute(p)).await?
+                }
+                Which::All => self.timed(bind_aor!(sqlx::query(&sql.delete_aor), sql, aor).execute(p)).await?,
             };
             Ok(done.rows_affected())
         })

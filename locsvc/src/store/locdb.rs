@@ -14,7 +14,8 @@ use super::rows::to_db_time;
 use super::{SqlStore, StoreError, redact, with_pool};
 use crate::domain::UnixTime;
 
-/// One row of the master's `locdb` table, as stored.
+/// One row of the master's `locdb` table, as stored (`failover` in UTC
+/// whatever clock the table is written in).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocdbRow {
     pub id: i64,
@@ -137,7 +138,7 @@ impl SqlStore {
                         url: r.try_get("url")?,
                         status: r.try_get("status")?,
                         errors: r.try_get("errors")?,
-                        failover: r.try_get("failover")?,
+                        failover: self.locdb_time.to_utc(r.try_get("failover")?),
                         spare: r.try_get("spare")?,
                         rg: r.try_get("rg")?,
                         leaving: r.try_get("leaving")?,
@@ -173,7 +174,7 @@ impl SqlStore {
                 .bind(&row.url)
                 .bind(row.status as i32)
                 .bind(row.errors as i32)
-                .bind(row.failover)
+                .bind(self.locdb_time.to_stored(row.failover))
                 .bind(row.spare as i32)
                 .bind(row.rg as i32)
                 .bind(row.leaving as i16);
@@ -188,8 +189,8 @@ impl SqlStore {
             let mut q = sqlx::query(sql);
             for a in args {
                 q = match a {
-                    Arg::Time(t) => q.bind(to_db_time(*t)),
-                    Arg::Naive(t) => q.bind(*t),
+                    Arg::Time(t) => q.bind(self.locdb_time.to_stored(to_db_time(*t))),
+                    Arg::Naive(t) => q.bind(self.locdb_time.to_stored(*t)),
                     Arg::Int(i) => q.bind(*i),
                     Arg::Key(k) => q.bind(*k as i32),
                     Arg::Text(t) => q.bind(*t),
@@ -278,7 +279,7 @@ impl LocdbUpdates for SqlStore {
         at: UnixTime,
     ) -> Result<Promotion, StoreError> {
         let sql = PromoteSql::new(self.dialect(), avoid_rgs.len());
-        let at = to_db_time(at);
+        let at = self.locdb_time.to_stored(to_db_time(at));
         with_pool!(&self.pool, p => {
             self.timed(async {
                 let mut held = Exclusive::acquire(p).await?;

@@ -17,6 +17,7 @@ mod instances;
 mod layout;
 mod location;
 mod locdb;
+mod locdb_time;
 pub mod migrate;
 mod pool;
 pub mod rows;
@@ -25,7 +26,7 @@ mod url;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +39,7 @@ pub use error::StoreError;
 pub use instances::InstanceRow;
 pub use layout::LayoutRow;
 pub use locdb::{FAILOVER_RESET, LocdbRow, LocdbUpdates, Promotion};
+pub use locdb_time::LocdbTime;
 pub(crate) use pool::with_pool;
 pub use pool::{DbPool, PoolSettings};
 pub use rows::StoredBinding;
@@ -50,6 +52,46 @@ use crate::domain::{Aor, Binding, UnixTime};
 pub struct TableStats {
     pub contacts: u64,
     pub aors: u64,
+}
+
+/// Which bindings of an AoR a removal deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which<'a> {
+    /// Every binding.
+    All,
+    /// The bindings of this contact URI.
+    Contact(&'a str),
+    /// The binding with this record id (Kamailio's `ruid`).
+    Ruid(&'a str),
+}
+
+/// A [`Which`] that owns its text, for tasks that outlive the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    All,
+    Contact(Arc<str>),
+    Ruid(Arc<str>),
+}
+
+impl Removal {
+    /// The selection, borrowed.
+    pub fn which(&self) -> Which<'_> {
+        match self {
+            Self::All => Which::All,
+            Self::Contact(c) => Which::Contact(c),
+            Self::Ruid(r) => Which::Ruid(r),
+        }
+    }
+}
+
+impl From<Which<'_>> for Removal {
+    fn from(w: Which<'_>) -> Self {
+        match w {
+            Which::All => Self::All,
+            Which::Contact(c) => Self::Contact(c.into()),
+            Which::Ruid(r) => Self::Ruid(r.into()),
+        }
+    }
 }
 
 /// Binding storage on one database (one group member, or the master for
@@ -73,13 +115,9 @@ pub trait LocationStore: Send + Sync + 'static {
         upserts: &[Binding],
         deletes: &[String],
     ) -> Result<(), StoreError>;
-    /// Deletes one contact of `aor`, or all of them; returns rows deleted.
-    async fn remove(
-        &self,
-        table: &str,
-        aor: &Aor,
-        contact: Option<&str>,
-    ) -> Result<u64, StoreError>;
+    /// Deletes the bindings of `aor` that `which` selects; returns rows
+    /// deleted.
+    async fn remove(&self, table: &str, aor: &Aor, which: Which<'_>) -> Result<u64, StoreError>;
     /// Deletes at most `batch` rows that expired before `before`.
     async fn sweep_expired(
         &self,
@@ -138,6 +176,8 @@ pub struct SqlStore {
     batching: Batching,
     /// Where the coalescing queues report their time (None: nowhere).
     timers: Option<StageTimers>,
+    /// The clock `locdb.failover` is written in (a master's setting).
+    locdb_time: LocdbTime,
 }
 
 /// Histograms a store reports the stages of a coalesced request to, by
@@ -218,7 +258,14 @@ impl SqlStore {
             reads: lazy_cells(tables, batching.read_aors > 0),
             batching,
             timers: None,
+            locdb_time: LocdbTime::Utc,
         })
+    }
+
+    /// The same store reading and writing `locdb.failover` in `clock`.
+    pub fn with_locdb_time(mut self, clock: LocdbTime) -> Self {
+        self.locdb_time = clock;
+        self
     }
 
     /// The same store reporting its queue and statement times to `t`

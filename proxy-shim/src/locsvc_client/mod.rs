@@ -247,6 +247,7 @@ impl LocsvcClient {
         let req = LookupRequest {
             table: self.table.clone(),
             aor: aor.to_string(),
+            ruid: String::new(),
         };
         self.with_failover("lookup", |inst, t| {
             let (mut c, r) = (inst.client.clone(), self.request(req.clone(), t));
