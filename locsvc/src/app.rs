@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::aor_lock::AorLocks;
+use crate::census::Census;
 use crate::clock::{self, Clock};
 use crate::cluster::{ClusterWatcher, Registry};
 use crate::expiry::Sweeper;
@@ -69,6 +70,7 @@ pub struct App {
     watcher: ClusterWatcher,
     service: Arc<LocationService>,
     sweeper: Sweeper,
+    census: Census,
     failover: Arc<Failover>,
     cluster_api: ClusterApi,
     /// kamctl's `subscriber` table; its own pool only with `subscribers.url`.
@@ -360,6 +362,12 @@ impl App {
             settings.store_options(settings.cluster_tables()),
             metrics.clone(),
         );
+        let census = Census::new(
+            router.clone(),
+            settings.cluster.census_interval,
+            clock.clone(),
+            metrics.clone(),
+        );
         let sweeper = Sweeper::new(router, settings.expiry.clone(), clock, metrics.clone());
         // Serve only once every other instance knows of this one, so their
         // Saves of an AoR are serialized with ours (docs/layout-changes.md).
@@ -385,6 +393,7 @@ impl App {
             watcher,
             service,
             sweeper,
+            census,
             failover,
             cluster_api,
             subscribers,
@@ -464,6 +473,9 @@ impl App {
             tokio::spawn(mover.run(self.topology.clone(), token.clone())),
             tokio::spawn(self.failover.run(self.topology, token.clone())),
         ];
+        if !s.cluster.census_interval.is_zero() {
+            tasks.push(tokio::spawn(self.census.run(token.clone())));
+        }
         if let Some(l) = self.metrics_listener {
             let (m, t) = (self.metrics.clone(), token.clone());
             tasks.push(tokio::spawn(async move {

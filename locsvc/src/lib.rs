@@ -12,6 +12,7 @@
 
 pub mod aor_lock;
 pub mod app;
+pub mod census;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub mover_eta_seconds: IntGauge,
     /// Where a request's time goes, stage by stage (README "Metrics").
     pub stages: Stages,
+    /// Valid contacts and distinct AoRs per table and group, as the last
+    /// census counted them.
+    pub group_contacts: IntGaugeVec,
+    pub group_aors: IntGaugeVec,
 }
 
 impl Metrics {
@@ -106,6 +110,19 @@ impl Metrics {
             mover_eta_seconds,
         } = Serialization::register(&registry);
         let stages = Stages::register(&registry);
+        let census = |name: &str, help: &str| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), &["table", "group"]).expect("valid metric");
+            registered(&registry, g)
+        };
+        let group_contacts = census(
+            "group_contacts",
+            "Valid contacts per table and group (last census)",
+        );
+        let group_aors = census(
+            "group_aors",
+            "Distinct AoRs with a valid contact per table and group (last census)",
+        );
         Self {
             registry,
             rpc_requests,
@@ -133,6 +150,8 @@ impl Metrics {
             mover_pass_scanned,
             mover_eta_seconds,
             stages,
+            group_contacts,
+            group_aors,
         }
     }
 

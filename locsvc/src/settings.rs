@@ -73,6 +73,9 @@ pub struct ClusterSettings {
     /// The clock `locdb.failover` is written in (Kamailio without
     /// `UTC_timestamps` writes local time).
     pub locdb_time: LocdbTime,
+    /// How often contacts and AoRs are counted per group for the gauges
+    /// (zero: never).
+    pub census_interval: Duration,
 }
 
 /// Everything locsvc reads from configuration.
@@ -127,6 +130,7 @@ impl Default for Settings {
                 instance_lease: Duration::from_secs(120),
                 mover: MoverSettings::default(),
                 locdb_time: LocdbTime::Utc,
+                census_interval: Duration::from_secs(60),
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
@@ -299,6 +303,7 @@ fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Re
         "cluster.mover_pause_ms" => c.mover.pause = millis(v)?,
         "cluster.mover_carry_timeout_ms" => c.mover.carry_timeout = millis(v)?,
         "cluster.locdb_timestamps" => c.locdb_time = parse(v)?,
+        "cluster.census_interval_ms" => c.census_interval = millis(v)?,
         "partition.hash" => c.hash = parse(v)?,
         "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
         "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,

@@ -145,6 +145,51 @@ async fn register_lookup_remove_round_trip(app: &TestApp) {
 }
 
 #[tokio::test]
+async fn the_census_counts_contacts_and_aors_per_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.cluster.census_interval = Duration::from_millis(100);
+    let app = TestApp::spawn(settings).await;
+    let mut c = app.client().await;
+    for (user, contacts) in [("ann", 2), ("bob", 1), ("cy", 1), ("dee", 1)] {
+        let contacts = (0..contacts)
+            .map(|i| pb::ContactSpec {
+                uri: format!("sip:{user}@192.0.2.{i}"),
+                ..Default::default()
+            })
+            .collect();
+        c.save(pb::SaveRequest {
+            aor: format!("sip:{user}@example.com"),
+            contacts,
+            call_id: format!("census-{user}"),
+            cseq: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let m = &app.metrics;
+    let sum = |contacts: bool| {
+        let g = if contacts {
+            &m.group_contacts
+        } else {
+            &m.group_aors
+        };
+        ["1", "2"]
+            .iter()
+            .map(|group| g.with_label_values(&["location", group]).get())
+            .sum::<i64>()
+    };
+    eventually(
+        "the census counted 5 contacts of 4 AoRs",
+        Duration::from_secs(10),
+        async || sum(true) == 5 && sum(false) == 4,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_embedded_sqlite_layout_serves_a_full_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn(test_settings(dir.path())).await;

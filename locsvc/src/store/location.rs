@@ -4,7 +4,9 @@
 
 use async_trait::async_trait;
 
-use super::exec::{BULK_KEYS, BULK_ROWS, Change, bind_aor, bind_binding, write_changes};
+use std::time::Duration;
+
+use super::exec::{BULK_KEYS, BULK_ROWS, Change, bind_aor, bind_binding, timed, write_changes};
 use super::rows::{decode_row, to_db_time};
 use super::{LocationStore, SqlStore, StoreError, StoredBinding, TableStats, Which, with_pool};
 use crate::domain::{Aor, Binding, UnixTime};
@@ -115,11 +117,20 @@ impl LocationStore for SqlStore {
     }
 
     async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError> {
+        self.stats_within(table, now, self.timeout).await
+    }
+
+    async fn stats_within(
+        &self,
+        table: &str,
+        now: UnixTime,
+        within: Duration,
+    ) -> Result<TableStats, StoreError> {
         let sql = self.sql(table)?;
         let now = to_db_time(now);
         let (contacts, aors): (i64, i64) = with_pool!(&self.pool, p => {
-            let c = self.timed(sqlx::query_scalar(&sql.count_contacts).bind(now).fetch_one(p)).await?;
-            let a = self.timed(sqlx::query_scalar(&sql.count_aors).bind(now).fetch_one(p)).await?;
+            let c = timed(within, sqlx::query_scalar(&sql.count_contacts).bind(now).fetch_one(p)).await?;
+            let a = timed(within, sqlx::query_scalar(&sql.count_aors).bind(now).fetch_one(p)).await?;
             (c, a)
         });
         Ok(TableStats {

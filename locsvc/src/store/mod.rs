@@ -135,6 +135,18 @@ pub trait LocationStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredBinding>, StoreError>;
     /// Valid contacts and distinct AoRs.
     async fn stats(&self, table: &str, now: UnixTime) -> Result<TableStats, StoreError>;
+    /// The same counts with a deadline of their own (`within`), not the
+    /// per-statement one: counting a large table takes longer than a
+    /// request may.
+    async fn stats_within(
+        &self,
+        table: &str,
+        now: UnixTime,
+        within: Duration,
+    ) -> Result<TableStats, StoreError> {
+        let _ = within;
+        self.stats(table, now).await
+    }
     /// A real round trip (`SELECT 1`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Copies rows (of any AoRs) in, never replacing a newer version.
