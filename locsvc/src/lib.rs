@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod credentials;
+pub mod defaults;
 pub mod domain;
 pub mod expiry;
 pub mod failover;

@@ -70,6 +70,12 @@ enum Command {
         #[command(subcommand)]
         command: GroupsCommand,
     },
+    /// Settings: `config defaults` prints every key at its default, with
+    /// what it does (a file `--config` reads).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// SIP digest credentials: add, passwd, rm, list (talks to a running locsvc).
     Subscriber {
         #[command(flatten)]
@@ -77,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         command: SubscriberCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print every setting at its default as TOML, with a line on each.
+    Defaults,
 }
 
 fn overrides(db: &DbArgs) -> Vec<(&'static str, String)> {
@@ -166,6 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscriber { client, command } => {
             locsvc::cli::run_subscriber(&client, &command).await?
         }
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => print!("{}", locsvc::defaults::toml()),
     }
     Ok(())
 }

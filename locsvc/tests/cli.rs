@@ -339,3 +339,11 @@ async fn client_tls_options_reach_a_server_that_requires_client_certificates() {
     assert!(!plain.0, "{plain:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn config_defaults_prints_every_setting_as_a_file_locsvc_reads() {
+    let (ok, out, err) = locsvc(&["config", "defaults"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, locsvc::defaults::toml());
+    assert!(out.contains("[cluster]\npoll_interval_ms = 2000  # "), "{out}");
+}
