@@ -307,6 +307,57 @@ fn is_secret_key(key: &str) -> bool {
         .any(|word| key.contains(word))
 }
 
+/// One documented setting: dotted key, default as a TOML literal, and what
+/// it does (a binary's `config defaults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Documented {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// A [`Documented`] setting, for tables of them.
+pub const fn documented(
+    key: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Documented {
+    Documented { key, default, help }
+}
+
+/// `settings` as a TOML file of their defaults under `header` (comment
+/// lines), a section per key prefix, each key followed by its help.
+pub fn defaults_toml(header: &str, settings: &[Documented]) -> String {
+    let mut out = String::new();
+    for line in header.lines() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    let mut section = "";
+    for s in settings {
+        let (sec, name) = s.key.rsplit_once('.').unwrap_or(("", s.key));
+        if sec != section {
+            out.push_str(&format!("\n[{sec}]\n"));
+            section = sec;
+        }
+        out.push_str(&format!("{name} = {}  # {}\n", s.default, s.help));
+    }
+    out
+}
+
+/// The keys of `settings` the binary does not know: `try_key` resolves a
+/// layer setting only that key (to any value) and returns the error text.
+/// Empty when a `config defaults` table matches the code.
+pub fn unknown_keys(
+    settings: &[Documented],
+    try_key: impl Fn(&str) -> String,
+) -> Vec<&'static str> {
+    settings
+        .iter()
+        .filter(|s| try_key(s.key).contains("unknown setting"))
+        .map(|s| s.key)
+        .collect()
+}
+
 /// `raw` with the password of a URL (`scheme://user:password@host`)
 /// replaced by `***`; anything else unchanged.
 pub fn redact(raw: &str) -> String {

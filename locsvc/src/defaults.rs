@@ -3,17 +3,7 @@
 //! test loads the printed text into the defaults and checks the README's
 //! example names the same keys, so neither drifts from the code.
 
-/// One setting: dotted key, default as a TOML literal, what it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Documented {
-    pub key: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-}
-
-const fn d(key: &'static str, default: &'static str, help: &'static str) -> Documented {
-    Documented { key, default, help }
-}
+use svc_base::settings::{Documented, defaults_toml, documented as d};
 
 /// Every setting, in the order of the README's example.
 pub const SETTINGS: &[Documented] = &[
@@ -282,20 +272,11 @@ pub const SETTINGS: &[Documented] = &[
 
 /// The settings as a commented TOML file of their defaults.
 pub fn toml() -> String {
-    let mut out = String::from(
-        "# locsvc settings: every key at its default (`locsvc config defaults`).\n\
-         # Environment: LOCSVC_<SECTION>__<KEY>; flags override both.\n",
-    );
-    let mut section = "";
-    for s in SETTINGS {
-        let (sec, name) = s.key.rsplit_once('.').unwrap_or(("", s.key));
-        if sec != section {
-            out.push_str(&format!("\n[{sec}]\n"));
-            section = sec;
-        }
-        out.push_str(&format!("{name} = {}  # {}\n", s.default, s.help));
-    }
-    out
+    defaults_toml(
+        "locsvc settings: every key at its default (`locsvc config defaults`).\n\
+         Environment: LOCSVC_<SECTION>__<KEY>; flags override both.",
+        SETTINGS,
+    )
 }
 
 #[cfg(test)]
@@ -344,14 +325,15 @@ mod tests {
 
     #[test]
     fn every_key_is_one_the_settings_take() {
-        for s in SETTINGS {
+        let unknown = svc_base::settings::unknown_keys(SETTINGS, |key| {
             let mut layers = Layers::default();
-            layers.set(s.key, "not a value of any kind".into(), "test");
-            let text = match layers.resolve() {
-                Ok(_) => String::new(),
-                Err(e) => e.to_string(),
-            };
-            assert!(!text.contains("unknown setting"), "{}: {text}", s.key);
-        }
+            layers.set(key, "x".into(), "test");
+            layers
+                .resolve()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        });
+        assert!(unknown.is_empty(), "{unknown:?}");
     }
 }

@@ -345,5 +345,8 @@ async fn config_defaults_prints_every_setting_as_a_file_locsvc_reads() {
     let (ok, out, err) = locsvc(&["config", "defaults"]).await;
     assert!(ok, "{err}");
     assert_eq!(out, locsvc::defaults::toml());
-    assert!(out.contains("[cluster]\npoll_interval_ms = 2000  # "), "{out}");
+    assert!(
+        out.contains("[cluster]\npoll_interval_ms = 2000  # "),
+        "{out}"
+    );
 }

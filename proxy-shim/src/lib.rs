@@ -17,6 +17,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod defaults;
 pub mod digest;
 pub mod envelope;
 pub mod forward;

@@ -12,6 +12,8 @@ use proxy_shim::settings::Settings;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (settings can also come from PROXY_SHIM_* variables).
     #[arg(long, short, env = "PROXY_SHIM_CONFIG")]
     config: Option<PathBuf>,
@@ -83,9 +85,32 @@ struct Cli {
     tcp_message_timeout_ms: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Settings: `config defaults` prints every key at its default, with
+    /// what it does (a file `--config` reads).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCommand {
+    /// Print every setting at its default as TOML, with a line on each.
+    Defaults,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Config {
+        command: ConfigCommand::Defaults,
+    }) = cli.command
+    {
+        print!("{}", proxy_shim::defaults::toml());
+        return Ok(());
+    }
     let mut overrides: Vec<(&str, Vec<String>)> = Vec::new();
     if let Some(l) = cli.listen {
         overrides.push(("listen", vec![l]));

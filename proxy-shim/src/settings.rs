@@ -296,12 +296,13 @@ fn apply_sip(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal
     match key {
         "listen" => s.listen = value.one()?.parse().map_err(|_| "is not an ip:port")?,
         "advertise" => {
-            s.advertise = Some(
-                value
-                    .one()?
-                    .parse::<Advertise>()
-                    .map_err(|()| "must be a host or host:port (IP address or DNS name)")?,
-            )
+            s.advertise = match value.one()? {
+                "" => None,
+                v => Some(
+                    v.parse::<Advertise>()
+                        .map_err(|()| "must be a host or host:port (IP address or DNS name)")?,
+                ),
+            }
         }
         "domains" => {
             s.domains = value

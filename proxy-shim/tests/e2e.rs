@@ -482,3 +482,16 @@ async fn a_cancel_follows_its_proxied_invite_to_the_same_contact_with_the_same_b
     assert_eq!(branch_of(vias[0]), "z9hG4bK-call-1");
     e.finish().await;
 }
+
+#[tokio::test]
+async fn config_defaults_prints_every_setting_as_a_file_the_shim_reads() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxy-shim"))
+        .args(["config", "defaults"])
+        .output()
+        .await
+        .expect("proxy-shim runs");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, proxy_shim::defaults::toml());
+    assert!(text.contains("\nlocsvc_timeout_ms = 400  # "), "{text}");
+}
