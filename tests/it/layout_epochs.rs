@@ -652,13 +652,21 @@ async fn a_move_cut_short_by_a_restart_is_finished_by_the_next_instance() {
         assert_eq!(found, vec![contact_of("rs", i)], "rs{i} after the restart");
     }
     // Each subscriber in exactly one group (one row each), group 3 holding
-    // its share.
-    let mut rows = Vec::new();
-    for g in &layout.members {
-        rows.push(contacts(&open_store(&g[0], true)).await);
-    }
-    let on3 = contacts(&open_store(&group3[0], true)).await;
-    assert_eq!(rows.iter().sum::<u64>() + on3, N as u64, "{rows:?} + {on3}");
-    assert!(on3 > 0, "group 3 took its share");
+    // its share: counted on member 1 of each group, which converges (a
+    // member that missed a write under load is resynced before it is read).
+    let (old1, old2, new1) = (
+        open_store(&layout.members[0][0], true),
+        open_store(&layout.members[1][0], true),
+        open_store(&group3[0], true),
+    );
+    eventually(
+        "one row per subscriber, some on group 3",
+        Duration::from_secs(30),
+        async || {
+            let on3 = contacts(&new1).await;
+            contacts(&old1).await + contacts(&old2).await + on3 == N as u64 && on3 > 0
+        },
+    )
+    .await;
     b.stop().await;
 }
