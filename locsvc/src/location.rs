@@ -171,7 +171,7 @@ impl LocationService {
         let deadline_passed = || RouteError::Deadline {
             group: self.router.target(table, aor).map_or(0, |t| t.group_id()),
         };
-        let waits = &self.router.metrics().stages.aor_lock_wait;
+        let waits = &self.router.metrics().stages;
         let started = std::time::Instant::now();
         let local = self
             .locks
@@ -179,9 +179,7 @@ impl LocationService {
             .await
             .ok_or_else(deadline_passed)?;
         let (local_took, started) = (started.elapsed(), std::time::Instant::now());
-        waits
-            .with_label_values(&["local"])
-            .observe(local_took.as_secs_f64());
+        waits.aor_lock_local.observe(local_took.as_secs_f64());
         let cross = self
             .cross
             .lock(key, deadline)
@@ -189,7 +187,7 @@ impl LocationService {
             .map_err(|_| deadline_passed())?;
         if cross.is_some() {
             waits
-                .with_label_values(&["master"])
+                .aor_lock_master
                 .observe(started.elapsed().as_secs_f64());
         }
         // Routed only now: while this waited, the holder may have made a
@@ -289,6 +287,27 @@ impl LocationService {
         Ok(())
     }
 
+    /// The two halves of a write to a moving AoR: its owner's first, so a
+    /// failure leaves at worst the write half applied, never a binding
+    /// only in the group it was deleted from.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_moving(
+        &self,
+        table: &str,
+        aor: &Aor,
+        locked: &Locked<'_>,
+        old: &Target,
+        to_owner: GroupWrite,
+        to_old: GroupWrite,
+        deadline: Instant,
+    ) -> Result<(), LocationError> {
+        let (owner, key) = (&locked.route.target, locked.key);
+        self.write_rows(table, aor, owner, key, to_owner, deadline, locked.hold())
+            .await?;
+        self.write_rows(table, aor, old, key, to_old, deadline, locked.hold())
+            .await
+    }
+
     /// Applies one REGISTER to `aor` (RFC 3261 §10.3), answering by
     /// `deadline`. While the AoR moves to another group, the registrar
     /// decides on both copies merged, and `placement` says what each
@@ -324,17 +343,7 @@ impl LocationService {
                     deletes,
                     &plan.bindings,
                 );
-                self.write_rows(
-                    table,
-                    aor,
-                    &route.target,
-                    key,
-                    to_owner,
-                    deadline,
-                    locked.hold(),
-                )
-                .await?;
-                self.write_rows(table, aor, old, key, to_old, deadline, locked.hold())
+                self.write_moving(table, aor, &locked, old, to_owner, to_old, deadline)
                     .await?;
             }
         }
@@ -355,7 +364,7 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<bool, LocationError> {
         let locked = self.lock(table, aor, deadline).await?;
-        let (route, key) = (&locked.route, locked.key);
+        let route = &locked.route;
         let Some((old, phase)) = &route.moving else {
             return Ok(false);
         };
@@ -376,17 +385,7 @@ impl LocationService {
             Vec::new(),
             &valid,
         );
-        self.write_rows(
-            table,
-            aor,
-            &route.target,
-            key,
-            to_owner,
-            deadline,
-            locked.hold(),
-        )
-        .await?;
-        self.write_rows(table, aor, old, key, to_old, deadline, locked.hold())
+        self.write_moving(table, aor, &locked, old, to_owner, to_old, deadline)
             .await?;
         Ok(true)
     }

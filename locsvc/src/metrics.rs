@@ -392,15 +392,36 @@ impl Housekeeping {
 /// the wait for a coalescing worker and the statement itself.
 #[derive(Debug, Clone)]
 pub struct Stages {
-    /// Waits for an AoR's lock, by lock: `local` (in this instance),
-    /// `master` (across instances).
-    pub aor_lock_wait: HistogramVec,
+    /// Waits for an AoR's lock (`aor_lock_wait_seconds{lock}`): in this
+    /// instance, and across instances (the master's).
+    pub aor_lock_local: Histogram,
+    pub aor_lock_master: Histogram,
     /// One member's part of a read or write, by group, member and op.
     pub member_query: HistogramVec,
     /// Time a coalesced request waited for a worker, by op.
     pub store_queue: HistogramVec,
     /// Time its batch's statements ran, by op.
     pub store_statement: HistogramVec,
+}
+
+/// One member's part of reads and writes (`member_query_seconds`),
+/// resolved once when the member enters a snapshot, not per operation.
+#[derive(Debug, Clone)]
+pub struct MemberTimers {
+    pub read: Histogram,
+    pub write: Histogram,
+}
+
+impl Metrics {
+    /// The query-time histograms of member `no` of `group`.
+    pub fn member_timers(&self, group: u32, no: u32) -> MemberTimers {
+        let (g, n) = (group.to_string(), no.to_string());
+        let of = |op: &str| self.stages.member_query.with_label_values(&[&g, &n, op]);
+        MemberTimers {
+            read: of("read"),
+            write: of("write"),
+        }
+    }
 }
 
 /// Fine at the low end (a loopback round trip is ~0.1 ms) and with a
@@ -419,12 +440,14 @@ impl Stages {
             .expect("valid metric");
             registered(registry, v)
         };
+        let aor_lock_wait = h(
+            "aor_lock_wait_seconds",
+            "Waits for an AoR's lock, by lock (local, master)",
+            &["lock"],
+        );
         Self {
-            aor_lock_wait: h(
-                "aor_lock_wait_seconds",
-                "Waits for an AoR's lock, by lock (local, master)",
-                &["lock"],
-            ),
+            aor_lock_local: aor_lock_wait.with_label_values(&["local"]),
+            aor_lock_master: aor_lock_wait.with_label_values(&["master"]),
             member_query: h(
                 "member_query_seconds",
                 "One member's part of a read or write, by group, member and op",

@@ -353,16 +353,6 @@ impl Router {
     }
 }
 
-/// Records a member's part of an operation begun at `started` (its wait
-/// for earlier writes of the AoR excluded).
-fn this_member_took(metrics: &Metrics, m: &Member, op: &str, started: std::time::Instant) {
-    metrics
-        .stages
-        .member_query
-        .with_label_values(&[&m.config.group.to_string(), &m.config.no.to_string(), op])
-        .observe(started.elapsed().as_secs_f64());
-}
-
 /// The span of one operation on one member (inside the RPC's span, so a
 /// member's error is logged with its AoR and group).
 fn member_span(m: &Member, op: &'static str) -> tracing::Span {

@@ -10,7 +10,7 @@
 //! message's time goes in the shim, stage by stage.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use svc_base::metrics::{InFlight, RegistryOwner};
 pub use svc_base::metrics::{describe, serve};
@@ -27,7 +27,47 @@ pub struct Metrics {
     overloaded: IntCounter,
     in_flight: IntGauge,
     locsvc: HistogramVec,
-    stages: HistogramVec,
+    /// `proxy_shim_stage_seconds`, one series per [`Stage`], resolved once.
+    stages: [Histogram; Stage::ALL.len()],
+}
+
+/// A stage of handling one message (`proxy_shim_stage_seconds{stage}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Parsing a datagram.
+    Parse,
+    /// Waiting for a task to run the message.
+    Wait,
+    /// Handling it, the locsvc call included.
+    Handle,
+    /// Waiting behind an earlier message of its Call-ID.
+    Turn,
+    /// Sending what it yields.
+    Send,
+    /// From dispatch to the last send.
+    Total,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Parse,
+        Stage::Wait,
+        Stage::Handle,
+        Stage::Turn,
+        Stage::Send,
+        Stage::Total,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::Wait => "wait",
+            Stage::Handle => "handle",
+            Stage::Turn => "turn",
+            Stage::Send => "send",
+            Stage::Total => "total",
+        }
+    }
 }
 
 /// Stage-latency buckets: fine at the low end, with an edge at 40 ms
@@ -116,6 +156,7 @@ impl Metrics {
         registry
             .register(Box::new(stages.clone()))
             .expect("unique metric");
+        let stages = Stage::ALL.map(|st| stages.with_label_values(&[st.label()]));
         registry
             .register(Box::new(overloaded.clone()))
             .expect("unique metric");
@@ -140,10 +181,8 @@ impl Metrics {
     }
 
     /// Records how long one stage of handling a message took.
-    pub fn stage(&self, stage: &'static str, took: std::time::Duration) {
-        self.stages
-            .with_label_values(&[stage])
-            .observe(took.as_secs_f64());
+    pub fn stage(&self, stage: Stage, took: std::time::Duration) {
+        self.stages[stage as usize].observe(took.as_secs_f64());
     }
 
     /// Counts a request received.

@@ -18,6 +18,18 @@ async fn layout_is(master: &SqlStore, what: &str, f: impl Fn(&LayoutRow) -> bool
     .await;
 }
 
+/// An instance on `layout`, once the first epoch is recorded done; and
+/// the master.
+async fn first_epoch_done(
+    layout: &Layout,
+    settings: locsvc::settings::Settings,
+) -> (TestApp, SqlStore) {
+    let a = TestApp::spawn(settings).await;
+    let master = layout.master();
+    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    (a, master)
+}
+
 /// `layout`'s settings, with a layout phase counted as served 300 ms after
 /// it was seen (one request deadline).
 fn quick_settings(layout: &Layout) -> locsvc::settings::Settings {
@@ -120,9 +132,7 @@ async fn a_lagging_instance_holds_the_phase_back() {
     )
     .await;
     let settings = quick_settings(&layout);
-    let a = TestApp::spawn(settings.clone()).await;
-    let master = layout.master();
-    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    let (a, master) = first_epoch_done(&layout, settings.clone()).await;
     // A peer that registered and fell silent (within its lease): it never
     // reports serving the new epoch, so the change waits for it.
     let now = locsvc::cluster::registry::now_ms();
@@ -212,10 +222,7 @@ async fn while_a_group_joins_moved_subscribers_are_found_and_a_register_carries_
         2,
     )
     .await;
-    let settings = quick_settings(&layout);
-    let a = TestApp::spawn(settings).await;
-    let master = layout.master();
-    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    let (a, master) = first_epoch_done(&layout, quick_settings(&layout)).await;
     let mut c = a.client().await;
     register_all(&mut c, "mv", N).await;
     let group3 = add_group(&layout, 3, Backend::MariaDb2).await;
@@ -363,10 +370,7 @@ async fn a_drained_group_is_emptied_online_and_can_then_be_deleted() {
         3,
     )
     .await;
-    let settings = quick_settings(&layout);
-    let a = TestApp::spawn(settings).await;
-    let master = layout.master();
-    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    let (a, master) = first_epoch_done(&layout, quick_settings(&layout)).await;
     let mut c = a.client().await;
     let contact = |i: usize| contact_of("dr", i);
     register_all(&mut c, "dr", N).await;
@@ -572,9 +576,7 @@ async fn deleting_the_rows_of_a_group_that_still_owns_subscribers_keeps_serving_
         2,
     )
     .await;
-    let a = TestApp::spawn(layout.settings()).await;
-    let master = layout.master();
-    layout_is(&master, "epoch 1 done", |r| (r.epoch, r.phase) == (1, 2)).await;
+    let (a, master) = first_epoch_done(&layout, layout.settings()).await;
     let mut c = a.client().await;
     let contact = |i: usize| contact_of("kp", i);
     register_all(&mut c, "kp", N).await;

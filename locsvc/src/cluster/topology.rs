@@ -10,6 +10,7 @@ use super::layout::Phase;
 use super::{ConfigProblem, MemberConfig, MemberStatus};
 use crate::domain::UnixTime;
 pub use crate::failover::MemberHealth;
+use crate::metrics::MemberTimers;
 use crate::partition::Partitioner;
 use crate::store::LocationStore;
 
@@ -18,6 +19,8 @@ pub struct Member {
     pub config: MemberConfig,
     pub store: Arc<dyn LocationStore>,
     pub health: Arc<MemberHealth>,
+    /// Where its reads and writes report their time.
+    pub timers: MemberTimers,
 }
 
 impl std::fmt::Debug for Member {

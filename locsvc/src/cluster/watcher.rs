@@ -187,6 +187,7 @@ impl ClusterWatcher {
                     config: m.clone(),
                     store,
                     health,
+                    timers: self.metrics.member_timers(m.group, m.no),
                 }));
                 self.metrics
                     .member_status

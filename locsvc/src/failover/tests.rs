@@ -189,6 +189,7 @@ impl Fixture {
                     },
                     store: self.stores[i].clone(),
                     health: self.health[i].clone(),
+                    timers: Metrics::default().member_timers(1, i as u32 + 1),
                 })
             })
             .collect();

@@ -9,10 +9,7 @@ use futures::stream::FuturesUnordered;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::{
-    RECENT_ERROR_SECS, RouteError, Router, SINGLE_GROUP, StoreOp, Target, member_span,
-    this_member_took,
-};
+use super::{RECENT_ERROR_SECS, RouteError, Router, SINGLE_GROUP, StoreOp, Target, member_span};
 use crate::cluster::{Group, Member};
 use crate::store::StoreError;
 
@@ -72,7 +69,7 @@ impl Router {
                 }
                 let started = std::time::Instant::now();
                 let r = op(m.store.clone()).await;
-                this_member_took(&self.metrics, &m, "read", started);
+                m.timers.read.observe(started.elapsed().as_secs_f64());
                 (m, r, true)
             }
             .instrument(span)

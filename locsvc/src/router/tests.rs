@@ -190,6 +190,7 @@ impl Fixture {
                     },
                     store: s.clone() as Arc<dyn LocationStore>,
                     health: Arc::new(MemberHealth::default()),
+                    timers: Metrics::default().member_timers(1, i as u32 + 1),
                 })
             })
             .collect();

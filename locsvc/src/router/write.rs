@@ -10,9 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::{
-    Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span, this_member_took,
-};
+use super::{Hold, RouteError, Router, SINGLE_GROUP, Target, WriteOp, member_span};
 use crate::cluster::Member;
 use crate::store::StoreError;
 
@@ -145,7 +143,7 @@ impl Router {
                     }
                     let started = std::time::Instant::now();
                     let r = write.await;
-                    this_member_took(&this.metrics, &m, "write", started);
+                    m.timers.write.observe(started.elapsed().as_secs_f64());
                     // Marks come before the ticket ends: a failed member never
                     // looks complete in between.
                     let partner_took_it = outcome.settle(&this, &m, r.is_ok());

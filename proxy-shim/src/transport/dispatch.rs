@@ -12,6 +12,7 @@ use super::outbox::Outbox;
 use super::sequence::Sequencer;
 use crate::envelope::Inbound;
 use crate::limits::Limits;
+use crate::metrics::Stage;
 use crate::sip::Parsed;
 use crate::state::Core;
 
@@ -53,7 +54,7 @@ impl Dispatcher {
             let _in_flight = in_flight;
             let m = &core.metrics;
             let started = Instant::now();
-            m.stage("wait", started - dispatched);
+            m.stage(Stage::Wait, started - dispatched);
             let out = match msg {
                 Parsed::Request(req) => core.handle_request(req, src).await,
                 Parsed::Response(resp) => {
@@ -61,18 +62,18 @@ impl Dispatcher {
                 }
             };
             let handled = Instant::now();
-            m.stage("handle", handled - started);
+            m.stage(Stage::Handle, handled - started);
             if let Some(t) = turn.as_mut() {
                 t.wait().await;
             }
             let sending = Instant::now();
-            m.stage("turn", sending - handled);
+            m.stage(Stage::Turn, sending - handled);
             for o in out {
                 outbox.send(m, o).await;
             }
             let sent = Instant::now();
-            m.stage("send", sent - sending);
-            m.stage("total", sent - dispatched);
+            m.stage(Stage::Send, sent - sending);
+            m.stage(Stage::Total, sent - dispatched);
         });
     }
 

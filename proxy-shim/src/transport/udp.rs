@@ -9,6 +9,7 @@ use tokio::net::UdpSocket;
 use super::dispatch::Dispatcher;
 use crate::envelope::{Inbound, Transport};
 use crate::limits::SUMMARY_INTERVAL;
+use crate::metrics::Stage;
 use crate::sip::{self, MAX_MESSAGE_BYTES, ParseError};
 
 /// The UDP receive loop. It also writes the dropped-input summary when one
@@ -58,7 +59,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, d: Dispatcher) {
         let parsing = Instant::now();
         match sip::parse_datagram(Bytes::copy_from_slice(data)) {
             Ok(msg) => {
-                d.core.metrics.stage("parse", parsing.elapsed());
+                d.core.metrics.stage(Stage::Parse, parsing.elapsed());
                 d.dispatch(msg, src)
             }
             Err(e) => {
