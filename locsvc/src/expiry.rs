@@ -77,50 +77,95 @@ impl Sweeper {
     /// One pass at time `now`.
     pub async fn sweep_once(&self, now: UnixTime) -> SweepReport {
         let before = now.saturating_sub(self.settings.grace);
-        let mut work: Vec<(String, Arc<dyn LocationStore>, String)> = Vec::new();
+        let mut report = SweepReport::default();
         let topo = self.router.topology();
         for (table, mode) in self.router.tables() {
+            // The worst member's backlog: one lagging copy is enough to
+            // keep a table growing.
+            let mut lag = None;
             match mode {
                 TableMode::Single => {
-                    work.push(("master".into(), self.router.master().clone(), table.clone()));
+                    let master = self.router.master().clone();
+                    lag = self
+                        .sweep_store("master", master.as_ref(), table, before, &mut report)
+                        .await;
                 }
                 TableMode::Cluster => {
+                    // One member at a time (the loop awaits each), marked
+                    // so this instance's reads go to its partners
+                    // meanwhile.
                     for g in topo.groups.values() {
                         for m in g.members.iter().filter(|m| m.writable()) {
-                            work.push((m.label(), m.store.clone(), table.clone()));
+                            let _mark = m.health.sweeping();
+                            let behind = self
+                                .sweep_store(
+                                    &m.label(),
+                                    m.store.as_ref(),
+                                    table,
+                                    before,
+                                    &mut report,
+                                )
+                                .await;
+                            lag = lag.max(behind);
                         }
                     }
                 }
             }
-        }
-        let mut report = SweepReport::default();
-        for (label, store, table) in work {
-            for _ in 0..self.settings.max_batches {
-                match store
-                    .sweep_expired(&table, before, self.settings.batch)
-                    .await
-                {
-                    Ok(n) => {
-                        report.deleted += n;
-                        self.metrics.contacts_swept.inc_by(n);
-                        if n < u64::from(self.settings.batch) {
-                            break;
-                        }
-                        // Let request traffic in between batches.
-                        tokio::task::yield_now().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(member = %label, table, error = %e, "expiry sweep failed");
-                        report.failures += 1;
-                        break;
-                    }
-                }
+            // Unknown everywhere (no member answered): keep the last value.
+            if let Some(lag) = lag {
+                self.metrics
+                    .sweep_lag
+                    .with_label_values(&[table.as_str()])
+                    .set(lag);
             }
         }
+        self.metrics.sweep_last_pass.set((self.clock)());
         if report.deleted > 0 {
             tracing::debug!(deleted = report.deleted, "expired bindings swept");
         }
         report
+    }
+
+    /// Sweeps `table` on one store (at most `max_batches` batches); returns
+    /// how many seconds its oldest expired row left behind had been expired
+    /// at `before` (0 when none; None when that cannot be read now).
+    async fn sweep_store(
+        &self,
+        label: &str,
+        store: &dyn LocationStore,
+        table: &str,
+        before: UnixTime,
+        report: &mut SweepReport,
+    ) -> Option<i64> {
+        for _ in 0..self.settings.max_batches {
+            match store
+                .sweep_expired(table, before, self.settings.batch)
+                .await
+            {
+                Ok(n) => {
+                    report.deleted += n;
+                    self.metrics.contacts_swept.inc_by(n);
+                    if n < u64::from(self.settings.batch) {
+                        break;
+                    }
+                    // Let request traffic in between batches.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(member = %label, table, error = %e, "expiry sweep failed");
+                    report.failures += 1;
+                    break;
+                }
+            }
+        }
+        match store.oldest_expiry(table).await {
+            Ok(Some(t)) if t < before => Some(before - t),
+            Ok(_) => Some(0),
+            Err(e) => {
+                tracing::debug!(member = %label, table, error = %e, "cannot read the sweep's lag");
+                None
+            }
+        }
     }
 
     /// Sweeps every interval until `shutdown`.

@@ -31,8 +31,19 @@ pub struct Metrics {
     pub failover_actions: IntCounterVec,
     /// Configured status per member (0 off, 1 on, 2 maintenance).
     pub member_status: IntGaugeVec,
+    /// Whether reads may go to a member (on and holding every write).
+    pub member_readable: IntGaugeVec,
     /// Expired bindings deleted.
     pub contacts_swept: IntCounter,
+    /// Seconds between the oldest expired row still stored and the last
+    /// sweep pass, per table (0: nothing left behind).
+    pub sweep_lag: IntGaugeVec,
+    /// Unix time the last sweep pass ended.
+    pub sweep_last_pass: IntGauge,
+    /// Whether the last poll of the `locdb` master succeeded.
+    pub master_up: IntGauge,
+    /// Resyncs into members: running, rows copied, last progress.
+    pub resync: ResyncMetrics,
     /// `locdb` reloads by result.
     pub config_reloads: IntCounterVec,
     /// Current number of `locdb` problems.
@@ -85,6 +96,7 @@ impl Metrics {
         let Members {
             member_errors,
             member_status,
+            member_readable,
             circuit_opened,
             circuit_skips,
             failover_actions,
@@ -96,9 +108,13 @@ impl Metrics {
         } = Writes::register(&registry);
         let Housekeeping {
             contacts_swept,
+            sweep_lag,
+            sweep_last_pass,
+            master_up,
             config_reloads,
             config_problems,
         } = Housekeeping::register(&registry);
+        let resync = ResyncMetrics::register(&registry);
         let Serialization {
             peers_live,
             aor_locks,
@@ -134,7 +150,12 @@ impl Metrics {
             member_missed_writes,
             failover_actions,
             member_status,
+            member_readable,
             contacts_swept,
+            sweep_lag,
+            sweep_last_pass,
+            master_up,
+            resync,
             config_reloads,
             config_problems,
             writes_acked_before_member,
@@ -280,6 +301,7 @@ impl Serialization {
 struct Members {
     member_errors: IntCounterVec,
     member_status: IntGaugeVec,
+    member_readable: IntGaugeVec,
     circuit_opened: IntCounterVec,
     circuit_skips: IntCounterVec,
     failover_actions: IntCounterVec,
@@ -303,6 +325,13 @@ impl Members {
                 &["group", "member", "kind"],
             ),
             member_status: registered(registry, member_status),
+            member_readable: gauge_vec(
+                registry,
+                "member_readable",
+                "1 when reads may go to the member (on, and holding every write as far as \
+                 this instance knows), else 0",
+                &["group", "member"],
+            ),
             circuit_opened: counter_vec(
                 registry,
                 "member_circuit_opened_total",
@@ -365,6 +394,9 @@ impl Writes {
 /// Background work: the expiry sweep and `locdb` reloads.
 struct Housekeeping {
     contacts_swept: IntCounter,
+    sweep_lag: IntGaugeVec,
+    sweep_last_pass: IntGauge,
+    master_up: IntGauge,
     config_reloads: IntCounterVec,
     config_problems: IntGauge,
 }
@@ -373,6 +405,23 @@ impl Housekeeping {
     fn register(registry: &Registry) -> Self {
         Self {
             contacts_swept: counter(registry, "contacts_swept_total", "Expired bindings deleted"),
+            sweep_lag: gauge_vec(
+                registry,
+                "sweep_lag_seconds",
+                "Seconds the oldest expired row still stored had expired when the last sweep \
+                 pass ended, per table (worst member; 0: none left)",
+                &["table"],
+            ),
+            sweep_last_pass: gauge(
+                registry,
+                "sweep_last_pass_timestamp_seconds",
+                "Unix time the last expiry sweep pass ended",
+            ),
+            master_up: gauge(
+                registry,
+                "master_up",
+                "1 when the last poll of the locdb master succeeded, else 0",
+            ),
             config_reloads: counter_vec(
                 registry,
                 "config_reloads_total",
@@ -385,6 +434,61 @@ impl Housekeeping {
             ),
         }
     }
+}
+
+/// Resyncs of members that missed writes, by group and member.
+#[derive(Debug, Clone)]
+pub struct ResyncMetrics {
+    /// 1 while a resync (or merge) into the member runs.
+    pub active: IntGaugeVec,
+    /// Rows copied into the member by resyncs.
+    pub rows: IntCounterVec,
+    /// Unix time a resync into the member last finished a page.
+    pub last_progress: IntGaugeVec,
+}
+
+impl ResyncMetrics {
+    fn register(registry: &Registry) -> Self {
+        let labels = &["group", "member"];
+        Self {
+            active: gauge_vec(
+                registry,
+                "resync_active",
+                "1 while a resync into the member runs",
+                labels,
+            ),
+            rows: counter_vec(
+                registry,
+                "resync_rows_total",
+                "Rows copied into the member by resyncs",
+                labels,
+            ),
+            last_progress: gauge_vec(
+                registry,
+                "resync_last_progress_timestamp_seconds",
+                "Unix time a resync into the member last finished a page",
+                labels,
+            ),
+        }
+    }
+
+    /// The series of member `no` of `group`, for one resync.
+    pub fn of(&self, group: u32, no: u32) -> ResyncMeter {
+        let (g, n) = (group.to_string(), no.to_string());
+        ResyncMeter {
+            active: self.active.with_label_values(&[&g, &n]),
+            rows: self.rows.with_label_values(&[&g, &n]),
+            last_progress: self.last_progress.with_label_values(&[&g, &n]),
+        }
+    }
+}
+
+/// One member's resync series.
+#[derive(Debug, Clone)]
+pub struct ResyncMeter {
+    pub active: IntGauge,
+    pub rows: IntCounter,
+    pub last_progress: IntGauge,
 }
 
 /// Per-stage latency: an RPC's time (`rpc_duration_seconds`) split into
@@ -475,7 +579,15 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) ->
     metric
 }
 
-/// A registered counter.
+/// A registered gauge with `labels`.
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// A registered gauge.
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registered(registry, IntGauge::new(name, help).expect("valid metric"))
 }

@@ -46,11 +46,29 @@ fn testdb(args: &[&str]) -> String {
 
 fn signal(name: &str, sig: &str) {
     let pid = testdb(&["pid", name]);
+    let mut pids = vec![pid.clone()];
+    if sig != "-KILL" {
+        // PostgreSQL serves each connection from a child of the postmaster:
+        // stopping the postmaster alone hangs new connections only.
+        pids.extend(children(&pid));
+    }
     let st = std::process::Command::new("kill")
-        .args([sig, &pid])
+        .arg(sig)
+        .args(&pids)
         .status()
         .unwrap();
-    assert!(st.success(), "kill {sig} {pid}");
+    assert!(st.success(), "kill {sig} {pids:?}");
+}
+
+/// The child processes of `pid` (none for MariaDB, which runs threads).
+fn children(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
 }
 
 /// Brings the server back however the test ends.
@@ -60,7 +78,9 @@ impl Drop for Restore {
     fn drop(&mut self) {
         if let Ok(pid) = try_testdb(&["pid", self.0]) {
             let _ = std::process::Command::new("kill")
-                .args(["-CONT", &pid])
+                .arg("-CONT")
+                .arg(&pid)
+                .args(children(&pid))
                 .status();
         }
         if let Err(e) = try_testdb(&["start", self.0]) {
@@ -580,6 +600,13 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
         1,
         "member 2 not read meanwhile"
     );
+    // What the "master unreachable" alert reads.
+    testkit::eventually(
+        "locsvc_master_up 0 with the master hung",
+        Duration::from_secs(10),
+        async || app.metrics.master_up.get() == 0,
+    )
+    .await;
 
     // The master returns: the pending failover and missed writes land.
     signal("pg", "-CONT");
@@ -596,6 +623,12 @@ async fn a_master_outage_keeps_serving_and_failover_lands_when_it_returns() {
         "FAULT master: failover recorded {:.0} ms after the master returned",
         took.as_secs_f64() * 1000.0
     );
+    testkit::eventually(
+        "locsvc_master_up 1 again",
+        Duration::from_secs(10),
+        async || app.metrics.master_up.get() == 1,
+    )
+    .await;
     load.stop.store(true, Ordering::Release);
     other_load.stop.store(true, Ordering::Release);
     for t in tasks {

@@ -211,6 +211,27 @@ async fn a_group_with_no_complete_member_is_merged_and_read_again() {
         let aor = format!("sip:{user}@example.com");
         assert_eq!(lookup_contacts(&mut c, &aor).await.len(), 1, "{aor}");
     }
+    // What an operator sees: each member took the other's rows, no resync
+    // runs any more, and both are reported readable at the next probe.
+    let r = &app.metrics.resync;
+    for no in ["1", "2"] {
+        assert!(
+            r.rows.with_label_values(&["1", no]).get() >= 2,
+            "member {no}"
+        );
+        assert_eq!(r.active.with_label_values(&["1", no]).get(), 0);
+        assert!(r.last_progress.with_label_values(&["1", no]).get() >= now);
+    }
+    wait_for(&app, "both members reported readable", |a| {
+        ["1", "2"].iter().all(|no| {
+            a.metrics
+                .member_readable
+                .with_label_values(&["1", no])
+                .get()
+                == 1
+        })
+    })
+    .await;
     app.stop().await;
 }
 

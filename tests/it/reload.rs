@@ -225,10 +225,16 @@ async fn expired_bindings_are_never_returned_and_the_sweeper_removes_them_from_e
     );
 
     // Two members, 25 expired rows each, 2 batches of 10 per member and pass.
+    let lag = || app.metrics.sweep_lag.with_label_values(&["location"]).get();
+    clock.advance(20);
     let first = app.sweeper.sweep_once(clock.now()).await;
     assert_eq!((first.deleted, first.failures), (40, 0));
+    // Five rows per member left behind, expired at save + 60 s, 21 s ago.
+    assert_eq!(lag(), 21);
+    assert_eq!(app.metrics.sweep_last_pass.get(), clock.now());
     let second = app.sweeper.sweep_once(clock.now()).await;
     assert_eq!(second.deleted, 10);
+    assert_eq!(lag(), 0);
     assert_eq!(app.sweeper.sweep_once(clock.now()).await.deleted, 0);
     assert_eq!(app.metrics.contacts_swept.get(), 50);
     for url in &layout.members[0] {

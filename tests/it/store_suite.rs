@@ -200,7 +200,17 @@ async fn sweeping_deletes_expired_rows_in_bounded_batches(b: Backend) {
         .map(|i| binding(&format!("x{i}"), &format!("sip:h@{i}"), T0 - 10))
         .collect();
     rows.push(binding("live", "sip:h@live", T0 + 10));
+    assert_eq!(s.oldest_expiry("location").await.unwrap(), None);
+    // Permanent rows (Kamailio's 0) are not the sweep's business.
+    let p = aor("sip:perm@example.com");
+    s.apply("location", &p, &[binding("perm", "sip:p@1", 0)], &[])
+        .await
+        .unwrap();
+    assert_eq!(s.oldest_expiry("location").await.unwrap(), None);
+    rows[3].expires = T0 - 30;
     s.apply("location", &a, &rows, &[]).await.unwrap();
+    // What the sweeper's lag is measured from: the earliest expiry.
+    assert_eq!(s.oldest_expiry("location").await.unwrap(), Some(T0 - 30));
     assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 10);
     assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 10);
     assert_eq!(s.sweep_expired("location", T0, 10).await.unwrap(), 5);
@@ -210,6 +220,7 @@ async fn sweeping_deletes_expired_rows_in_bounded_batches(b: Backend) {
         left.iter().map(|b| b.ruid.as_str()).collect::<Vec<_>>(),
         ["live"]
     );
+    assert_eq!(s.oldest_expiry("location").await.unwrap(), Some(T0 + 10));
 }
 
 async fn sweep_all(st: &SqlStore) -> u64 {

@@ -116,6 +116,7 @@ impl ClusterWatcher {
         let rows = match self.master.load_locdb().await {
             Ok(r) => r,
             Err(e) => {
+                self.metrics.master_up.set(0);
                 self.metrics
                     .config_reloads
                     .with_label_values(&["error"])
@@ -123,6 +124,7 @@ impl ClusterWatcher {
                 return Err(e);
             }
         };
+        self.metrics.master_up.set(1);
         let (config, problems) = model::build(&rows, self.config.as_ref());
         if problems != self.problems {
             for p in &problems {

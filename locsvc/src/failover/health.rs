@@ -3,7 +3,7 @@
 //! errors, probes, the circuit and the unconfirmed writes, and the rule
 //! that turns them into "may serve reads".
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{Circuit, Unconfirmed};
@@ -28,6 +28,8 @@ pub struct MemberHealth {
     last_probe_micros: AtomicU64,
     /// Whether the last probe succeeded.
     last_probe_ok: AtomicBool,
+    /// Expiry sweeps of this instance running on the member now.
+    sweeping: AtomicU32,
     /// Whether requests may be sent to the member now.
     pub circuit: Circuit,
     /// Writes the member has not confirmed yet, per AoR.
@@ -129,6 +131,18 @@ impl MemberHealth {
         }
     }
 
+    /// Marks the member as being swept until the guard drops: reads
+    /// prefer its partners meanwhile (see `Router::read_order`).
+    pub fn sweeping(&self) -> SweepMark<'_> {
+        self.sweeping.fetch_add(1, Ordering::AcqRel);
+        SweepMark(&self.sweeping)
+    }
+
+    /// This instance is deleting expired rows on the member right now.
+    pub fn is_sweeping(&self) -> bool {
+        self.sweeping.load(Ordering::Acquire) > 0
+    }
+
     /// Transport failures so far.
     pub fn transport_errors(&self) -> u64 {
         self.transport_errors.load(Ordering::Acquire)
@@ -143,5 +157,14 @@ impl MemberHealth {
                 .last_mark_at
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
+    }
+}
+
+/// Held while a sweep runs on a member (`MemberHealth::sweeping`).
+pub struct SweepMark<'a>(&'a AtomicU32);
+
+impl Drop for SweepMark<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -546,6 +546,7 @@ impl Failover {
             now,
             &self.settings.resync,
             &mut progress,
+            &self.metrics.resync.of(c.group, c.no),
         )
         .await;
         let outcome = match copied {
@@ -615,6 +616,7 @@ impl Failover {
                     now,
                     &self.settings.resync,
                     &mut p,
+                    &self.metrics.resync.of(b.config.group, b.config.no),
                 )
                 .await;
                 if let Err(e) = r {
@@ -674,9 +676,22 @@ impl Failover {
                         _ = self.probe_once(&topo) => {}
                     }
                     self.maybe_resync(&topo);
+                    self.report_readable(&topo);
                 }
             }
         }
         self.stop.cancel();
+    }
+
+    /// Publishes which members reads may go to (`locsvc_member_readable`).
+    fn report_readable(&self, topo: &Topology) {
+        let now = (self.clock)();
+        for m in topo.groups.values().flat_map(|g| g.members.iter()) {
+            let c = &m.config;
+            self.metrics
+                .member_readable
+                .with_label_values(&[&c.group.to_string(), &c.no.to_string()])
+                .set(i64::from(m.readable(now, self.settings.window)));
+        }
     }
 }

@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 use crate::domain::UnixTime;
+use crate::metrics::ResyncMeter;
 use crate::store::{LocationStore, StoreError};
 
 /// Resync throttling.
@@ -52,7 +53,8 @@ pub struct Progress {
 /// Runs (or resumes) a resync of `target` from `source` over `tables`.
 /// `cutoff` is the recorded miss (see above); `None` copies without pruning
 /// (a merge, when neither member is known complete). `now` filters expired
-/// rows.
+/// rows. Each page copied is counted on `meter` (the target's series).
+#[allow(clippy::too_many_arguments)]
 pub async fn resync(
     source: &dyn LocationStore,
     target: &dyn LocationStore,
@@ -61,7 +63,10 @@ pub async fn resync(
     now: UnixTime,
     s: &ResyncSettings,
     p: &mut Progress,
+    meter: &ResyncMeter,
 ) -> Result<(), StoreError> {
+    meter.active.set(1);
+    let _idle = scopeguard(|| meter.active.set(0));
     while let Some(table) = tables.get(p.table) {
         let page = if p.pruning {
             target.dump_page(table, p.after, s.batch, now).await?
@@ -92,9 +97,25 @@ pub async fn resync(
         } else {
             target.copy_in(table, &page).await?;
             p.copied += page.len() as u64;
+            meter.rows.inc_by(page.len() as u64);
         }
+        meter.last_progress.set(chrono::Utc::now().timestamp());
         p.after = last;
         tokio::time::sleep(s.pause).await;
     }
     Ok(())
+}
+
+/// Runs `f` when dropped (also when the resync's future is dropped
+/// mid-page, at shutdown).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -119,7 +119,9 @@ impl Router {
     /// The readable members of `group` in the order a read of the AoR `key`
     /// asks them, each with whether it still owes an acknowledged write of
     /// that AoR. Those holding every acknowledged write go first, spread by
-    /// `spread`, with open circuits and recent failures last; those owing
+    /// `spread`, with open circuits, recent failures and members this
+    /// instance is sweeping (their expired rows' deletion competes with the
+    /// read: a hedge may still reach them) last; those owing
     /// one follow, to be asked only once they confirmed it: when the only
     /// members that hold the write die (their reads hang or fail), the
     /// answer comes from a partner that finishes it a few milliseconds
@@ -153,6 +155,7 @@ impl Router {
                 m.health.circuit.is_open(),
                 key.is_none().then(|| m.health.unconfirmed.behind_aors()),
                 m.health.failed_recently(now, RECENT_ERROR_SECS),
+                m.health.is_sweeping(),
             )
         });
         Ok(order)

@@ -129,6 +129,9 @@ impl LocationStore for FakeStore {
     async fn sweep_expired(&self, _: &str, _: UnixTime, _: u32) -> Result<u64, StoreError> {
         Err(rejected())
     }
+    async fn oldest_expiry(&self, _: &str) -> Result<Option<UnixTime>, StoreError> {
+        Err(rejected())
+    }
     async fn dump_page(
         &self,
         _: &str,
@@ -502,6 +505,27 @@ async fn whole_group_reads_prefer_the_member_lacking_no_acknowledged_write() {
     f.stores[0].release(Release::Apply);
     f.settle().await;
     assert_eq!(f.router.whole_group_member(&f.group).unwrap().config.no, 1);
+}
+
+#[tokio::test]
+async fn reads_go_to_the_partner_of_a_member_being_swept_and_back_after() {
+    let f = Fixture::new(Duration::from_millis(5));
+    let alice = aor("sip:alice@example.com");
+    f.save(&alice, "sip:a@192.0.2.1").await.unwrap();
+    f.settle().await;
+    // Spread 0 puts member 1 first, spread 1 member 2.
+    assert_eq!(f.read(&alice, 0).await.unwrap().1, 1);
+    let mark = f.member(1).health.sweeping();
+    for spread in 0..4 {
+        let (rows, member) = f.read(&alice, spread).await.unwrap();
+        assert_eq!((rows.len(), member), (1, 2), "spread {spread}");
+    }
+    drop(mark);
+    assert_eq!(f.read(&alice, 0).await.unwrap().1, 1);
+    // The only readable member serves even while it is swept.
+    let _mark = f.member(1).health.sweeping();
+    f.stores[1].kill_reads(Release::Fail);
+    assert_eq!(f.read(&alice, 1).await.unwrap().1, 1);
 }
 
 /// Sends when dropped: a write let go of its hold.

@@ -150,6 +150,9 @@ pub struct TableSql {
     pub sweep: String,
     /// How many times `sweep` binds the cutoff before its batch size.
     pub sweep_cutoffs: usize,
+    /// The earliest expiry of a row that is not permanent (the expires
+    /// index's first entry: one probe, whatever the table's size).
+    pub oldest_expiry: String,
     pub dump_page: String,
     pub count_contacts: String,
     pub count_aors: String,
@@ -226,6 +229,9 @@ impl TableSql {
             )),
             sweep: f(sweep),
             sweep_cutoffs: if dialect == Dialect::MySql { 1 } else { 2 },
+            oldest_expiry: f(format!(
+                "SELECT expires FROM {table} WHERE expires > {perm} ORDER BY expires LIMIT 1"
+            )),
             dump_page: f(format!(
                 "SELECT {id} AS row_id, {cols} FROM {table} WHERE id > ? AND {valid} \
                  ORDER BY id LIMIT ?",

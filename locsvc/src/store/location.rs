@@ -3,11 +3,13 @@
 //! through the coalescing queues when they are on.
 
 use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use sqlx::Row;
 
 use std::time::Duration;
 
 use super::exec::{BULK_KEYS, BULK_ROWS, Change, bind_aor, bind_binding, timed, write_changes};
-use super::rows::{decode_row, to_db_time};
+use super::rows::{decode_row, from_db_time, to_db_time};
 use super::{LocationStore, SqlStore, StoreError, StoredBinding, TableStats, Which, with_pool};
 use crate::domain::{Aor, Binding, UnixTime};
 
@@ -95,6 +97,16 @@ impl LocationStore for SqlStore {
             }
             let q = q.bind(i64::from(batch));
             Ok(self.timed(q.execute(p)).await?.rows_affected())
+        })
+    }
+
+    async fn oldest_expiry(&self, table: &str) -> Result<Option<UnixTime>, StoreError> {
+        let sql = self.sql(table)?;
+        with_pool!(&self.pool, p => {
+            let row = self.timed(sqlx::query(&sql.oldest_expiry).fetch_optional(p)).await?;
+            row.map(|r| r.try_get::<NaiveDateTime, _>(0).map(from_db_time))
+                .transpose()
+                .map_err(StoreError::from)
         })
     }
 

@@ -125,6 +125,9 @@ pub trait LocationStore: Send + Sync + 'static {
         before: UnixTime,
         batch: u32,
     ) -> Result<u64, StoreError>;
+    /// The earliest expiry among rows that are not permanent (None: no
+    /// such row); what the sweeper's lag is measured from.
+    async fn oldest_expiry(&self, table: &str) -> Result<Option<UnixTime>, StoreError>;
     /// Valid rows with row id > `after`, ascending, at most `limit`.
     async fn dump_page(
         &self,
