@@ -6,12 +6,15 @@
 //!   problems, documented there;
 //! - [`metrics`]: `GET /metrics` serving of an app's own registry, and the
 //!   in-flight gauge guard;
-//! - [`shutdown`]: the SIGTERM/Ctrl-C future an app drains on.
+//! - [`shutdown`]: the SIGTERM/Ctrl-C future an app drains on;
+//! - [`notify`]: systemd readiness (`READY=1`, `STOPPING=1`) for
+//!   `Type=notify` units.
 //!
 //! What each binary's settings *are* (keys, defaults, parsing, rules across
 //! settings) stays in that binary.
 
 pub mod metrics;
+pub mod notify;
 pub mod settings;
 pub mod shutdown;
 

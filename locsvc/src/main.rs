@@ -1,5 +1,6 @@
 //! The `locsvc` binary: parse flags, load settings, init tracing, then run
-//! the app, a migration, or a `ul` client command.
+//! the app (telling systemd when it is ready and when it stops), a
+//! migration, or a `ul` client command.
 
 use std::path::PathBuf;
 
@@ -114,6 +115,14 @@ fn init_tracing(s: &Settings) {
     }
 }
 
+/// Logs a systemd notification that could not be sent: under
+/// `Type=notify` a lost READY=1 makes systemd time the start out.
+fn notify(sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -164,7 +173,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         })
                     }
                 };
-            app.run(stop).await?;
+            // The listeners are bound: a connection from now on is queued
+            // until `run` serves it, so units ordered after us may start.
+            notify(svc_base::notify::ready(&format!(
+                "serving gRPC on {}",
+                app.grpc_addr()
+            )));
+            app.run(async move {
+                stop.await;
+                notify(svc_base::notify::stopping());
+            })
+            .await?;
         }
         Command::Migrate { db } => {
             let settings = Settings::load(cli.config.as_deref(), &overrides(&db))?;

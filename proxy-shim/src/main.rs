@@ -1,5 +1,6 @@
 //! The `proxy-shim` binary: parse flags, load settings, init tracing, run
-//! the app until SIGTERM or Ctrl-C.
+//! the app until SIGTERM or Ctrl-C, telling systemd when it is ready and
+//! when it stops.
 
 use std::path::PathBuf;
 
@@ -101,6 +102,14 @@ enum ConfigCommand {
     Defaults,
 }
 
+/// Logs a systemd notification that could not be sent: under
+/// `Type=notify` a lost READY=1 makes systemd time the start out.
+fn notify(sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -181,6 +190,16 @@ async fn main() -> anyhow::Result<()> {
     // not the default action that kills the process undrained.
     let shutdown = svc_base::shutdown_signal()?;
     let app = App::build(settings).await.context("starting proxy-shim")?;
-    app.run(shutdown).await;
+    // UDP and TCP are bound: what arrives from now on waits in the socket
+    // until `run` serves it, so units ordered after us may start.
+    notify(svc_base::notify::ready(&format!(
+        "serving SIP on {} (udp+tcp)",
+        app.local_addr()
+    )));
+    app.run(async move {
+        shutdown.await;
+        notify(svc_base::notify::stopping());
+    })
+    .await;
     Ok(())
 }
