@@ -213,6 +213,11 @@ pub const SETTINGS: &[Documented] = &[
         "contacts are swept this long after they expire",
     ),
     d(
+        "expiry.max_rows_per_sec",
+        "2000",
+        "rows deleted per second at most, over every member (0: no limit)",
+    ),
+    d(
         "failover.level",
         "1",
         "1: switch a failing member off; 2: promote a spare from another risk group",

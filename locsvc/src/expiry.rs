@@ -4,11 +4,12 @@
 //!
 //! Every pass deletes, on every member that is on (and on the master for
 //! single tables), rows that expired more than `grace` seconds ago, in
-//! batches of `batch` rows so no statement holds locks for long. Deleting an
-//! expired row is idempotent, so several instances may sweep the same
-//! databases. A pass does at most `max_batches` batches per member and
-//! table, so a backlog is worked off over several passes while requests keep
-//! flowing.
+//! batches of `batch` rows so no statement holds locks for long, one member
+//! at a time (marked, so this instance reads its partner meanwhile), at most
+//! `max_rows_per_sec` rows per second. Deleting an expired row is
+//! idempotent, so several instances may sweep the same databases. A pass
+//! does at most `max_batches` batches per member and table, so a backlog is
+//! worked off over several passes while requests keep flowing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::cluster::Member;
 use crate::domain::UnixTime;
 use crate::metrics::Metrics;
 use crate::router::{Router, TableMode};
 use crate::store::LocationStore;
+
+/// The sweep's default rate: 1 M expired bindings (2 M rows on two
+/// members) go in under 17 minutes, orders of magnitude above the expiry
+/// rate of a healthy population, while lookups keep their latency.
+pub const DEFAULT_MAX_ROWS_PER_SEC: u32 = 2000;
 
 /// Sweeper settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +35,8 @@ pub struct SweepSettings {
     pub batch: u32,
     pub max_batches: u32,
     pub grace: i64,
+    /// Rows deleted per second at most, over every member (0: no limit).
+    pub max_rows_per_sec: u32,
 }
 
 impl Default for SweepSettings {
@@ -37,6 +46,7 @@ impl Default for SweepSettings {
             batch: 1000,
             max_batches: 100,
             grace: 0,
+            max_rows_per_sec: DEFAULT_MAX_ROWS_PER_SEC,
         }
     }
 }
@@ -91,23 +101,31 @@ impl Sweeper {
                         .await;
                 }
                 TableMode::Cluster => {
-                    // One member at a time (the loop awaits each), marked
-                    // so this instance's reads go to its partners
-                    // meanwhile.
-                    for g in topo.groups.values() {
-                        for m in g.members.iter().filter(|m| m.writable()) {
-                            let _mark = m.health.sweeping();
-                            let behind = self
-                                .sweep_store(
-                                    &m.label(),
-                                    m.store.as_ref(),
-                                    table,
-                                    before,
-                                    &mut report,
-                                )
-                                .await;
-                            lag = lag.max(behind);
-                        }
+                    // One member at a time (the loop awaits each), server by
+                    // server, with every member on the same database server
+                    // marked meanwhile: a server deleting (and purging and
+                    // flushing behind it) is slow for all its databases, so
+                    // this instance reads their partners on other servers.
+                    let mut members: Vec<&Arc<Member>> = topo
+                        .groups
+                        .values()
+                        .flat_map(|g| g.members.iter())
+                        .filter(|m| m.writable())
+                        .collect();
+                    members.sort_by_key(|m| server_of(m));
+                    for m in members {
+                        let server = server_of(m);
+                        let _marks: Vec<_> = topo
+                            .groups
+                            .values()
+                            .flat_map(|g| g.members.iter())
+                            .filter(|o| server_of(o) == server)
+                            .map(|o| o.health.sweeping())
+                            .collect();
+                        let behind = self
+                            .sweep_store(&m.label(), m.store.as_ref(), table, before, &mut report)
+                            .await;
+                        lag = lag.max(behind);
                     }
                 }
             }
@@ -145,11 +163,10 @@ impl Sweeper {
                 Ok(n) => {
                     report.deleted += n;
                     self.metrics.contacts_swept.inc_by(n);
+                    self.pace(n).await;
                     if n < u64::from(self.settings.batch) {
                         break;
                     }
-                    // Let request traffic in between batches.
-                    tokio::task::yield_now().await;
                 }
                 Err(e) => {
                     tracing::warn!(member = %label, table, error = %e, "expiry sweep failed");
@@ -164,6 +181,21 @@ impl Sweeper {
             Err(e) => {
                 tracing::debug!(member = %label, table, error = %e, "cannot read the sweep's lag");
                 None
+            }
+        }
+    }
+
+    /// Waits after a batch of `deleted` rows so the sweep stays within
+    /// `max_rows_per_sec`. A database deleting flat out (and purging and
+    /// flushing behind it) slows every query on its server and, on a
+    /// shared machine, on its neighbours: the rate, not the batch size,
+    /// decides what lookups feel (BENCHMARKS.md, "Sweep").
+    async fn pace(&self, deleted: u64) {
+        match self.settings.max_rows_per_sec {
+            // Let request traffic in between batches.
+            0 => tokio::task::yield_now().await,
+            rate => {
+                tokio::time::sleep(Duration::from_secs_f64(deleted as f64 / f64::from(rate))).await
             }
         }
     }
@@ -184,5 +216,14 @@ impl Sweeper {
                 }
             }
         }
+    }
+}
+
+/// The database server a member lives on: its TCP endpoint, or (embedded
+/// databases) its own URL.
+fn server_of(m: &Member) -> String {
+    match m.config.url.tcp_endpoint() {
+        Some((host, port)) => format!("{host}:{port}"),
+        None => m.config.url.expose().to_string(),
     }
 }

@@ -339,6 +339,7 @@ fn apply_expiry(x: &mut SweepSettings, key: &str, v: &str) -> Result<bool, Refus
         "expiry.batch_size" => x.batch = parse(v)?,
         "expiry.max_batches" => x.max_batches = parse(v)?,
         "expiry.grace_secs" => x.grace = parse(v)?,
+        "expiry.max_rows_per_sec" => x.max_rows_per_sec = parse(v)?,
         _ => return Ok(false),
     }
     Ok(true)

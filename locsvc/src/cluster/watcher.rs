@@ -157,6 +157,9 @@ impl ClusterWatcher {
         let mut live_urls = HashSet::new();
         let mut live_keys = HashSet::new();
         let mut to_mark = Vec::new();
+        // Members that left `locdb` (a promoted spare's old slot, a deleted
+        // group) must not keep reporting their last status.
+        self.metrics.member_status.reset();
         for (id, g) in &config.groups {
             let prev_group = previous.as_ref().and_then(|p| p.groups.get(id));
             let mut members = Vec::with_capacity(g.members.len());
@@ -201,6 +204,10 @@ impl ClusterWatcher {
         for kept in self.keep_placed_groups(&mut groups) {
             // Their pools and health stay too.
             for m in &kept.members {
+                self.metrics
+                    .member_status
+                    .with_label_values(&[&kept.id.to_string(), &m.config.no.to_string()])
+                    .set(m.config.status.code());
                 let raw = m.config.url.expose().to_string();
                 live_keys.insert((m.config.group, m.config.no, raw.clone()));
                 live_urls.insert(raw);

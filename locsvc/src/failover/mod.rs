@@ -686,6 +686,8 @@ impl Failover {
     /// Publishes which members reads may go to (`locsvc_member_readable`).
     fn report_readable(&self, topo: &Topology) {
         let now = (self.clock)();
+        // Only the members of the current layout.
+        self.metrics.member_readable.reset();
         for m in topo.groups.values().flat_map(|g| g.members.iter()) {
             let c = &m.config;
             self.metrics
