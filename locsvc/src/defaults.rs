@@ -290,6 +290,17 @@ mod tests {
     use crate::settings::{Layers, Settings};
 
     #[test]
+    fn the_shipped_example_configuration_is_the_printed_defaults() {
+        // deploy/config is what operators copy; regenerate it with
+        // `locsvc config defaults > deploy/config/locsvc.toml`.
+        assert_eq!(
+            include_str!("../../deploy/config/locsvc.toml"),
+            toml(),
+            "deploy/config/locsvc.toml is stale"
+        );
+    }
+
+    #[test]
     fn the_printed_defaults_load_back_into_the_defaults() {
         let mut layers = Layers::default();
         layers.toml(&toml(), "defaults");
