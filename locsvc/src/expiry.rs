@@ -4,9 +4,9 @@
 //!
 //! Every pass deletes, on every member that is on (and on the master for
 //! single tables), rows that expired more than `grace` seconds ago, in
-//! batches of `batch` rows so no statement holds locks for long, one member
-//! at a time (marked, so this instance reads its partner meanwhile), at most
-//! `max_rows_per_sec` rows per second. Deleting an expired row is
+//! batches of `batch` rows so no statement holds locks for long, one
+//! database server at a time (its members marked, so this instance reads
+//! their partners meanwhile), at most `max_rows_per_sec` rows per second. Deleting an expired row is
 //! idempotent, so several instances may sweep the same databases. A pass
 //! does at most `max_batches` batches per member and table, so a backlog is
 //! worked off over several passes while requests keep flowing.
