@@ -6,7 +6,8 @@
 #   2. deploy/config/*.toml are exactly `locsvc config defaults` and
 #      `proxy-shim config defaults`;
 #   3. both binaries tell $NOTIFY_SOCKET READY=1 once their listeners
-#      answer, and STOPPING=1 then exit 0 on SIGTERM (Type=notify);
+#      answer, and STOPPING=1 then exit 0 on SIGTERM (Type=notify); locsvc
+#      re-reads locdb at once on SIGHUP (ExecReload);
 #   4. the container images build (deploy/container/build.sh), run as a
 #      numeric non-root user without a shell, and pass
 #      deploy/container/smoke.sh (a REGISTER through both containers).
@@ -87,6 +88,8 @@ for d in /usr/lib/systemd/system /lib/systemd/system; do
   [ -d "$d" ] && { cp -a "$d" "$root/usr/lib/systemd/"; break; }
 done
 cp deploy/systemd/locsvc.service deploy/systemd/proxy-shim.service "$root/etc/systemd/system/"
+# ExecReload runs /bin/kill: verify wants it there too.
+mkdir -p "$root/bin" && cp "$(type -P kill)" "$root/bin/kill"
 # Not a symlink: systemd resolves links inside --root. A hard link costs
 # nothing when the build is on the same file system.
 for b in locsvc proxy-shim; do
@@ -159,6 +162,55 @@ notify_check locsvc "$BIN_DIR/locsvc" serve --data-dir "$work/data" \
 # The shim connects to locsvc lazily: none needs to run.
 notify_check proxy-shim "$BIN_DIR/proxy-shim" --listen 127.0.0.1:0 --metrics-listen off \
   --domain example.com --locsvc http://127.0.0.1:9
+
+step "reload on SIGHUP"
+# `systemctl reload locsvc` (ExecReload: SIGHUP) re-reads locdb at once. The
+# poll is an hour here, so only the signal can show an edit of locdb.
+LOCSVC_CLUSTER__POLL_INTERVAL_MS=3600000 python3 - "$work/notify-hup" "$work/data-hup" "$BIN_DIR/locsvc" <<'EOF'
+import json, os, re, signal, socket, sqlite3, subprocess, sys, time
+path, data, locsvc = sys.argv[1:4]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(path)
+sock.settimeout(60)
+log = open(path + ".log", "w")
+proc = subprocess.Popen([locsvc, "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
+                         "--metrics-listen", "off"], env=dict(os.environ, NOTIFY_SOCKET=path),
+                        stdout=log, stderr=log)
+def fail(why):
+    proc.kill()
+    proc.wait()
+    sys.stderr.write(open(path + ".log").read())
+    sys.exit(f"reload: {why}")
+def status(server):
+    out = subprocess.run([locsvc, "groups", "list", "--json", "--server", server],
+                         capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        fail(f"groups list: {out.stderr}")
+    return {(m["group"], m["no"]): m["status"] for m in json.loads(out.stdout)["members"]}
+try:
+    m = re.search(r"on (\S+):(\d+)", sock.recv(4096).decode())
+except socket.timeout:
+    fail("no READY=1 within 60 s")
+server = f"http://{m.group(1)}:{m.group(2)}"
+if status(server).get((1, 2)) != "on":
+    fail(f"member 1/2 not on at start: {status(server)}")
+db = sqlite3.connect(os.path.join(data, "master.db"))
+db.execute("UPDATE locdb SET status = 2 WHERE id = 1 AND no = 2")
+db.commit()
+db.close()
+proc.send_signal(signal.SIGHUP)
+end = time.monotonic() + 10
+while status(server).get((1, 2)) != "maintenance":
+    if proc.poll() is not None:
+        fail(f"ended by SIGHUP (exit {proc.returncode})")
+    if time.monotonic() > end:
+        fail("locdb edit not seen 10 s after SIGHUP")
+    time.sleep(0.1)
+proc.send_signal(signal.SIGTERM)
+if proc.wait(timeout=60) != 0:
+    fail(f"exited {proc.returncode} after SIGTERM")
+print("locsvc: SIGHUP re-read locdb at once (member 1/2 in maintenance), then exit 0 on SIGTERM")
+EOF
 
 step "container engine"
 if ! timeout 20 docker info >/dev/null 2>&1; then

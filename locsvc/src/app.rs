@@ -467,7 +467,10 @@ impl App {
             s.cluster.mover,
             self.metrics.clone(),
         );
+        let hangups = hangup_signal();
+        let reload = watcher.reload_handle();
         let mut tasks = vec![
+            tokio::spawn(reload_on_hangup(hangups, reload, token.clone())),
             tokio::spawn(watcher.run(s.cluster.poll_interval, token.clone())),
             tokio::spawn(self.sweeper.run(token.clone())),
             tokio::spawn(mover.run(self.topology.clone(), token.clone())),
@@ -626,3 +629,49 @@ async fn stop_background(token: &CancellationToken, tasks: &TaskTracker) {
         tracing::warn!("failover work still running after the grace period; stopping anyway");
     }
 }
+
+/// The SIGHUP stream, installed now (before `run` serves): from then on a
+/// SIGHUP (`systemctl reload`) no longer ends the process.
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: locdb is re-read at each poll only");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<()> {
+    None
+}
+
+/// Re-reads `locdb` at once on each SIGHUP instead of at the next poll
+/// (an operator who just edited it need not wait); other settings still
+/// take a restart.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    reload: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let Some(mut hup) = hangups else { return };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: re-reading locdb now");
+                reload.notify_one();
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: Option<()>, _: Arc<tokio::sync::Notify>, _: CancellationToken) {}
