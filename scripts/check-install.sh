@@ -117,9 +117,12 @@ echo "deploy/config/*.toml equal \`config defaults\`"
 step "readiness notification"
 # systemd's side of Type=notify: a datagram socket in $NOTIFY_SOCKET. The
 # STATUS line names the bound address, which must accept a connection.
+# With HUP_DATA (locsvc's data dir), also `systemctl reload` (ExecReload:
+# SIGHUP): locdb is edited and must be re-read at once; run it with an
+# hour's poll so only the signal can show the edit.
 notify_check() {
   python3 - "$work/notify-$1" "$@" <<'EOF'
-import os, re, signal, socket, subprocess, sys
+import json, os, re, signal, socket, sqlite3, subprocess, sys, time
 path, name, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.bind(path)
@@ -141,6 +144,30 @@ m = re.search(r"on (\S+):(\d+)", ready)
 if not m:
     fail(f"no address in {ready!r}")
 socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+def status(server):
+    out = subprocess.run([argv[0], "groups", "list", "--json", "--server", server],
+                         capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        fail(f"groups list: {out.stderr}")
+    return {(m["group"], m["no"]): m["status"] for m in json.loads(out.stdout)["members"]}
+data = os.environ.get("HUP_DATA")
+if data:
+    server = f"http://{m.group(1)}:{m.group(2)}"
+    if status(server).get((1, 2)) != "on":
+        fail(f"member 1/2 not on at start: {status(server)}")
+    db = sqlite3.connect(os.path.join(data, "master.db"))
+    db.execute("UPDATE locdb SET status = 2 WHERE id = 1 AND no = 2")
+    db.commit()
+    db.close()
+    proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + 10
+    while status(server).get((1, 2)) != "maintenance":
+        if proc.poll() is not None:
+            fail(f"ended by SIGHUP (exit {proc.returncode})")
+        if time.monotonic() > end:
+            fail("locdb edit not seen 10 s after SIGHUP")
+        time.sleep(0.1)
+    print(f"{name}: SIGHUP re-read locdb at once (member 1/2 in maintenance)")
 proc.send_signal(signal.SIGTERM)
 try:
     stopping = sock.recv(4096).decode()
@@ -157,60 +184,12 @@ if code != 0:
 print(f"{name}: {ready.splitlines()!r}, then {stopping.splitlines()!r}, exit 0")
 EOF
 }
-notify_check locsvc "$BIN_DIR/locsvc" serve --data-dir "$work/data" \
+HUP_DATA="$work/data" LOCSVC_CLUSTER__POLL_INTERVAL_MS=3600000 \
+  notify_check locsvc "$BIN_DIR/locsvc" serve --data-dir "$work/data" \
   --listen 127.0.0.1:0 --metrics-listen off
 # The shim connects to locsvc lazily: none needs to run.
 notify_check proxy-shim "$BIN_DIR/proxy-shim" --listen 127.0.0.1:0 --metrics-listen off \
   --domain example.com --locsvc http://127.0.0.1:9
-
-step "reload on SIGHUP"
-# `systemctl reload locsvc` (ExecReload: SIGHUP) re-reads locdb at once. The
-# poll is an hour here, so only the signal can show an edit of locdb.
-LOCSVC_CLUSTER__POLL_INTERVAL_MS=3600000 python3 - "$work/notify-hup" "$work/data-hup" "$BIN_DIR/locsvc" <<'EOF'
-import json, os, re, signal, socket, sqlite3, subprocess, sys, time
-path, data, locsvc = sys.argv[1:4]
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-sock.bind(path)
-sock.settimeout(60)
-log = open(path + ".log", "w")
-proc = subprocess.Popen([locsvc, "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
-                         "--metrics-listen", "off"], env=dict(os.environ, NOTIFY_SOCKET=path),
-                        stdout=log, stderr=log)
-def fail(why):
-    proc.kill()
-    proc.wait()
-    sys.stderr.write(open(path + ".log").read())
-    sys.exit(f"reload: {why}")
-def status(server):
-    out = subprocess.run([locsvc, "groups", "list", "--json", "--server", server],
-                         capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        fail(f"groups list: {out.stderr}")
-    return {(m["group"], m["no"]): m["status"] for m in json.loads(out.stdout)["members"]}
-try:
-    m = re.search(r"on (\S+):(\d+)", sock.recv(4096).decode())
-except socket.timeout:
-    fail("no READY=1 within 60 s")
-server = f"http://{m.group(1)}:{m.group(2)}"
-if status(server).get((1, 2)) != "on":
-    fail(f"member 1/2 not on at start: {status(server)}")
-db = sqlite3.connect(os.path.join(data, "master.db"))
-db.execute("UPDATE locdb SET status = 2 WHERE id = 1 AND no = 2")
-db.commit()
-db.close()
-proc.send_signal(signal.SIGHUP)
-end = time.monotonic() + 10
-while status(server).get((1, 2)) != "maintenance":
-    if proc.poll() is not None:
-        fail(f"ended by SIGHUP (exit {proc.returncode})")
-    if time.monotonic() > end:
-        fail("locdb edit not seen 10 s after SIGHUP")
-    time.sleep(0.1)
-proc.send_signal(signal.SIGTERM)
-if proc.wait(timeout=60) != 0:
-    fail(f"exited {proc.returncode} after SIGTERM")
-print("locsvc: SIGHUP re-read locdb at once (member 1/2 in maintenance), then exit 0 on SIGTERM")
-EOF
 
 step "container engine"
 if ! timeout 20 docker info >/dev/null 2>&1; then

@@ -25,14 +25,22 @@ pub fn notify(state: &str) -> io::Result<bool> {
 }
 
 /// Tells systemd the service is ready; `status` is shown by `systemctl
-/// status`. Ok(false) when not started by systemd.
-pub fn ready(status: &str) -> io::Result<bool> {
-    notify(&format!("READY=1\nSTATUS={status}"))
+/// status`. Nothing without systemd.
+pub fn ready(status: &str) {
+    report(notify(&format!("READY=1\nSTATUS={status}")));
 }
 
 /// Tells systemd the service has begun to stop (it drains from now on).
-pub fn stopping() -> io::Result<bool> {
-    notify("STOPPING=1\nSTATUS=draining")
+pub fn stopping() {
+    report(notify("STOPPING=1\nSTATUS=draining"));
+}
+
+/// Logs a notification that could not be sent: under `Type=notify` a lost
+/// READY=1 makes systemd time the start out.
+fn report(sent: io::Result<bool>) {
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Sends `state` to `socket`: a path, or `@name` for a Linux abstract

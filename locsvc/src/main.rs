@@ -115,14 +115,6 @@ fn init_tracing(s: &Settings) {
     }
 }
 
-/// Logs a systemd notification that could not be sent: under
-/// `Type=notify` a lost READY=1 makes systemd time the start out.
-fn notify(sent: std::io::Result<bool>) {
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -175,13 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
             // The listeners are bound: a connection from now on is queued
             // until `run` serves it, so units ordered after us may start.
-            notify(svc_base::notify::ready(&format!(
-                "serving gRPC on {}",
-                app.grpc_addr()
-            )));
+            svc_base::notify::ready(&format!("serving gRPC on {}", app.grpc_addr()));
             app.run(async move {
                 stop.await;
-                notify(svc_base::notify::stopping());
+                svc_base::notify::stopping();
             })
             .await?;
         }

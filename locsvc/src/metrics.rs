@@ -439,7 +439,7 @@ impl Housekeeping {
 /// Resyncs of members that missed writes, by group and member.
 #[derive(Debug, Clone)]
 pub struct ResyncMetrics {
-    /// 1 while a resync (or merge) into the member runs.
+    /// 1 while a resync (or merge) into the member runs (one at a time).
     pub active: IntGaugeVec,
     /// Rows copied into the member by resyncs.
     pub rows: IntCounterVec,

@@ -102,14 +102,6 @@ enum ConfigCommand {
     Defaults,
 }
 
-/// Logs a systemd notification that could not be sent: under
-/// `Type=notify` a lost READY=1 makes systemd time the start out.
-fn notify(sent: std::io::Result<bool>) {
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -192,13 +184,10 @@ async fn main() -> anyhow::Result<()> {
     let app = App::build(settings).await.context("starting proxy-shim")?;
     // UDP and TCP are bound: what arrives from now on waits in the socket
     // until `run` serves it, so units ordered after us may start.
-    notify(svc_base::notify::ready(&format!(
-        "serving SIP on {} (udp+tcp)",
-        app.local_addr()
-    )));
+    svc_base::notify::ready(&format!("serving SIP on {} (udp+tcp)", app.local_addr()));
     app.run(async move {
         shutdown.await;
-        notify(svc_base::notify::stopping());
+        svc_base::notify::stopping();
     })
     .await;
     Ok(())

@@ -65,8 +65,8 @@ pub async fn resync(
     p: &mut Progress,
     meter: &ResyncMeter,
 ) -> Result<(), StoreError> {
-    meter.active.set(1);
-    let _idle = scopeguard(|| meter.active.set(0));
+    // Back to 0 however the resync ends (an error, shutdown mid-page).
+    let _active = svc_base::metrics::InFlight::enter(&meter.active);
     while let Some(table) = tables.get(p.table) {
         let page = if p.pruning {
             target.dump_page(table, p.after, s.batch, now).await?
@@ -104,18 +104,4 @@ pub async fn resync(
         tokio::time::sleep(s.pause).await;
     }
     Ok(())
-}
-
-/// Runs `f` when dropped (also when the resync's future is dropped
-/// mid-page, at shutdown).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
