@@ -233,17 +233,17 @@ impl LocationService {
     }
 
     /// The AoR's rows (`load_rows`) in its owner and, while it moves, in its
-    /// previous owner (read at once), and their merge: what the registrar
-    /// decides on, and what a lookup returns.
+    /// previous owner, and their merge: what the registrar decides on. Both
+    /// are read at once, which only a caller holding the AoR's lock may do
+    /// (the mover cannot carry the AoR between the reads).
     async fn load_routed(
         &self,
         table: &str,
         aor: &Aor,
         route: &Route,
         deadline: Instant,
-        valid_at: Option<UnixTime>,
     ) -> Result<Rows, LocationError> {
-        let owner = self.load_rows(table, aor, &route.target, deadline, valid_at);
+        let owner = self.load_rows(table, aor, &route.target, deadline, None);
         let Some((old, _)) = &route.moving else {
             // Not moving: only `merged` is used.
             return Ok(Rows {
@@ -252,7 +252,7 @@ impl LocationService {
                 previous: Vec::new(),
             });
         };
-        let previous = self.load_rows(table, aor, old, deadline, valid_at);
+        let previous = self.load_rows(table, aor, old, deadline, None);
         let (owner, previous) = tokio::try_join!(owner, previous)?;
         Ok(Rows {
             merged: placement::merge(owner.clone(), previous.clone()),
@@ -323,7 +323,7 @@ impl LocationService {
         let aor = &self.parse_aor(aor)?;
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
-        let rows = self.load_routed(table, aor, route, deadline, None).await?;
+        let rows = self.load_routed(table, aor, route, deadline).await?;
         let now = (self.clock)();
         let mut plan = registrar::plan_save(input, &rows.merged, now, &self.policy, &mut new_ruid)?;
         let upserts = std::mem::take(&mut plan.upserts);
@@ -371,7 +371,7 @@ impl LocationService {
         if *phase == Phase::Announced {
             return Ok(false);
         }
-        let rows = self.load_routed(table, aor, route, deadline, None).await?;
+        let rows = self.load_routed(table, aor, route, deadline).await?;
         if rows.previous.is_empty() {
             return Ok(false);
         }
@@ -401,10 +401,26 @@ impl LocationService {
         let aor = &self.parse_aor(aor)?;
         let route = self.router.route(table, aor)?;
         let now = (self.clock)();
-        let rows = self
-            .load_routed(table, aor, &route, deadline, Some(now))
-            .await?
-            .merged;
+        let valid = Some(now);
+        let rows = match &route.moving {
+            None => {
+                self.load_rows(table, aor, &route.target, deadline, valid)
+                    .await?
+            }
+            // A lookup holds no lock, so the mover may carry the AoR
+            // between two reads. It writes the owner before it deletes from
+            // the previous owner; reading in the opposite order, one after
+            // the other, sees the rows in at least one of them (read at
+            // once, the owner could be read before the carry and the
+            // previous owner after it: a subscriber not found).
+            Some((old, _)) => {
+                let previous = self.load_rows(table, aor, old, deadline, valid).await?;
+                let owner = self
+                    .load_rows(table, aor, &route.target, deadline, valid)
+                    .await?;
+                placement::merge(owner, previous)
+            }
+        };
         Ok((
             route.target.group_id(),
             registrar::valid_ordered(&rows, now),
