@@ -2,8 +2,9 @@
 # lab.sh: the whole stack on this machine in one command, as local processes
 # on loopback (docs/operate.md): three MariaDB servers (a locdb master and
 # two member servers), two locsvc instances on that locdb, one proxy-shim in
-# front of both, and Prometheus scraping the three (and itself) with
-# deploy/prometheus/alerts.yml loaded.
+# front of both, Prometheus scraping the three (and itself) with
+# deploy/prometheus/alerts.yml loaded, and otlp-sink receiving the traces of
+# all three (OTLP/gRPC, every request traced; spans as JSON lines).
 #
 #   master  database `locmaster`: locdb, subscriber, locsvc's own tables
 #   a       databases loc_1, loc_2: member 1 of groups 1 and 2 (risk group 1)
@@ -14,7 +15,8 @@
 #                          missing, start everything, print the env (also in status)
 #   scripts/lab.sh status  the env, then one line per process: name port pid up|down
 #   scripts/lab.sh smoke   against a running lab: REGISTER and INVITE through the shim,
-#                          the binding through both instances, kill member server `a`
+#                          the binding through both instances, each request's trace
+#                          (shim -> locsvc -> members) in otlp-sink, kill member server `a`
 #                          and see LocsvcMemberOff fire, restart it and see the alert
 #                          clear and every member readable again, then check every
 #                          dashboard query (scripts/lab/dashboard-check.py); exit 1 on
@@ -29,14 +31,17 @@
 # running: the databases are kept, and unless every process is up already the
 # processes are (re)started on a fresh cluster (databases recreated, schema
 # by `locsvc migrate`). Knobs:
-#   BIN                   binaries (default target/release; target/debug works
-#                         too); a missing one is built with cargo
+#   BIN                   binaries: locsvc, proxy-shim, otlp-sink (default
+#                         target/release; target/debug works too); a missing one
+#                         is built with cargo
 #   LAB_DIR               state (default target/lab; at most 70 characters)
 #   LAB_SCRAPE_INTERVAL   Prometheus scrape and rule evaluation interval (1s)
 #   LAB_ALERT_FOR_DIVISOR every `for:` of the alert rules is divided by this in
 #                         the lab (default 12: 1m -> 5s); 1 loads them as written
 #   LAB_CENSUS_MS         cluster.census_interval_ms of both instances (3000)
 #   LAB_SWEEP_MS          expiry.interval_ms of both instances (5000)
+#   LAB_TRACE_RATIO       trace sample ratio of the shim and both instances (1:
+#                         every request; 0 turns the smoke's trace checks off)
 #   LAB_USERS             subscribers the smoke registers (20)
 #   LAB_FAULT             signal the smoke sends member server `a`: KILL (default)
 #                         or STOP (a hang; the restart is then a SIGCONT)
@@ -46,7 +51,7 @@ shopt -s inherit_errexit
 
 readonly DB_SERVERS=(master a b)
 readonly MEMBER_SERVERS=(a b) # a: member 1 of every group, b: member 2
-readonly PROCS=(prometheus shim locsvc2 locsvc1) # stop order
+readonly PROCS=(prometheus shim locsvc2 locsvc1 otlp) # stop order: otlp last (the others flush their spans to it at SIGTERM)
 readonly DB_USER=lab
 readonly DB_PW=lab-pw
 readonly MASTER_DB=locmaster
@@ -59,6 +64,7 @@ readonly APT_LOCK_TIMEOUT=300
 readonly INIT_MARKER=.lab-initialized
 readonly LOG_TAG=lab
 readonly READY_TIMEOUT=90  # a locsvc instance or the shim answering after start
+readonly TRACE_TIMEOUT=20  # the smoke's wait for a request's trace in otlp-sink (exports every ~1 s)
 readonly FIRE_TIMEOUT=120  # the smoke's alert waits
 readonly CLEAR_TIMEOUT=240 # back on, resynced, readable, alert gone
 ALLOW_REPICK=1             # `up` may move a database whose port was taken (locdb is rewritten)
@@ -83,7 +89,8 @@ done < <(compgen -e | grep -E '^(LOCSVC|PROXY_SHIM)_' || true)
 
 BIN=${BIN:-target/release}
 [[ $BIN == /* ]] || BIN=$REPO/$BIN
-LOCSVC=$BIN/locsvc SHIM=$BIN/proxy-shim
+LOCSVC=$BIN/locsvc SHIM=$BIN/proxy-shim OTLP_SINK=$BIN/otlp-sink
+TRACE_RATIO=${LAB_TRACE_RATIO:-1}
 
 # Every server and process NAME has $STATE_DIR/NAME/{pid,port,data/}; a
 # process runs with data/ as its cwd, which server_pid checks.
@@ -114,16 +121,22 @@ ensure_packages() {
 }
 
 ensure_binaries() {
-	[[ -x $LOCSVC && -x $SHIM ]] && return 0
+	[[ -x $LOCSVC && -x $SHIM && -x $OTLP_SINK ]] && return 0
 	local profile=()
 	case $BIN in
 	"$REPO/target/release") profile=(--release) ;;
 	"$REPO/target/debug") ;;
-	*) die "no locsvc or proxy-shim in BIN=$BIN" ;;
+	*) die "no locsvc, proxy-shim or otlp-sink in BIN=$BIN" ;;
 	esac
-	log "building locsvc and proxy-shim into $BIN"
-	cargo build "${profile[@]}" --locked -p locsvc -p proxy-shim >&2 || die "cargo build failed"
-	[[ -x $LOCSVC && -x $SHIM ]] || die "cargo build left no binaries in $BIN"
+	if ! [[ -x $LOCSVC && -x $SHIM ]]; then
+		log "building locsvc and proxy-shim into $BIN"
+		cargo build "${profile[@]}" --locked -p locsvc -p proxy-shim >&2 || die "cargo build failed"
+	fi
+	if ! [[ -x $OTLP_SINK ]]; then
+		log "building otlp-sink (the lab's trace receiver) into $BIN"
+		cargo build "${profile[@]}" --locked -p locsvc-bench --bin otlp-sink >&2 || die "cargo build of otlp-sink failed"
+	fi
+	[[ -x $LOCSVC && -x $SHIM && -x $OTLP_SINK ]] || die "cargo build left no binaries in $BIN"
 }
 
 # ---------------------------------------------------------------- databases
@@ -229,6 +242,36 @@ proc_up() { # NAME: running and listening on its port
 	[[ -n $pid && -n $port ]] && ! is_stopped "$pid" && port_listened "$port"
 }
 
+# The lab's trace receiver: otlp-sink appends every span it gets to
+# otlp/spans.jsonl, one JSON object a line. A fresh cluster gets a fresh
+# file, as Prometheus gets a fresh TSDB. otlp/ratio: the sample ratio the
+# processes started now run at (the env file says it even when a later `up`
+# finds them running).
+otlp_start() {
+	local dir=$STATE_DIR/otlp port
+	read -r port < <(python3 "$TOOL" free-ports 1)
+	mkdir -p "$dir"
+	echo "$port" >"$dir/port"
+	echo "$TRACE_RATIO" >"$dir/ratio"
+	rm -f "$dir/spans.jsonl"
+	proc_launch otlp "$OTLP_SINK" --listen "127.0.0.1:$port" --out "$dir/spans.jsonl"
+	proc_wait otlp "not listening" log_says "$dir/log" "listening on 127.0.0.1:$port"
+	log "otlp: otlp-sink receiving OTLP/gRPC on 127.0.0.1:$port, spans in $dir/spans.jsonl"
+}
+
+# log_says FILE TEXT: until FILE has a line with TEXT since mark_log (bounded).
+log_says() {
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	until tail -c +"$((LOG_OFFSET + 1))" "$1" 2>/dev/null | grep -qF -- "$2"; do
+		((SECONDS < deadline)) || return 1
+		sleep 0.2
+	done
+}
+
+otlp_endpoint() { echo "http://127.0.0.1:$(read_port otlp)"; }
+
+running_trace_ratio() { cat "$STATE_DIR/otlp/ratio" 2>/dev/null || echo "$TRACE_RATIO"; }
+
 locsvc_start() { # NAME
 	local name=$1 grpc metrics
 	read -r grpc metrics < <(python3 "$TOOL" free-ports 2)
@@ -242,6 +285,9 @@ locsvc_start() { # NAME
 		LOCSVC_CLUSTER__CENSUS_INTERVAL_MS="${LAB_CENSUS_MS:-3000}" \
 		LOCSVC_EXPIRY__INTERVAL_MS="${LAB_SWEEP_MS:-5000}" \
 		LOCSVC_LOG__LEVEL=info \
+		LOCSVC_TRACE__OTLP_ENDPOINT="$(otlp_endpoint)" \
+		LOCSVC_TRACE__SAMPLE_RATIO="$TRACE_RATIO" \
+		LOCSVC_TRACE__SERVICE_NAME="$name" \
 		"$LOCSVC" serve
 }
 
@@ -269,7 +315,12 @@ shim_start() {
 	echo "$metrics" >"$STATE_DIR/shim/metrics_port"
 	# Redirect mode: a call is answered 302 after a locsvc Lookup, so the
 	# lab needs no callee. No rate limit: the smoke sends from one address.
-	proc_launch shim "$SHIM" \
+	# The shim decides which requests are traced; locsvc follows it.
+	proc_launch shim env \
+		PROXY_SHIM_TRACE_OTLP_ENDPOINT="$(otlp_endpoint)" \
+		PROXY_SHIM_TRACE_SAMPLE_RATIO="$TRACE_RATIO" \
+		PROXY_SHIM_TRACE_SERVICE_NAME=proxy-shim \
+		"$SHIM" \
 		--listen "127.0.0.1:$sip" \
 		--metrics-listen "127.0.0.1:$metrics" \
 		--locsvc "http://127.0.0.1:$(read_port locsvc1)" \
@@ -368,6 +419,9 @@ export LAB_LOCSVC2_METRICS=http://127.0.0.1:$(read_port locsvc2 metrics_port)/me
 export LAB_SHIM=127.0.0.1:$(read_port shim)
 export LAB_SHIM_METRICS=http://127.0.0.1:$(read_port shim metrics_port)/metrics
 export LAB_PROMETHEUS=http://127.0.0.1:$(read_port prometheus)
+export LAB_OTLP=$(otlp_endpoint)
+export LAB_TRACES=$STATE_DIR/otlp/spans.jsonl
+export LAB_TRACE_RATIO=$(running_trace_ratio)
 export LAB_DOMAIN=$DOMAIN
 EOF
 }
@@ -382,6 +436,8 @@ all_procs_up() {
 cmd_up() {
 	local started=$SECONDS
 	[[ $EUID -eq 0 ]] || die "must run as root"
+	python3 -c 'import sys; r = float(sys.argv[1]); sys.exit(0 if 0 <= r <= 1 else 1)' "$TRACE_RATIO" 2>/dev/null ||
+		die "LAB_TRACE_RATIO must be a number from 0 to 1 (got '$TRACE_RATIO')"
 	open_state_dir
 	take_lock
 	ensure_packages
@@ -389,9 +445,12 @@ cmd_up() {
 	dbs_start "${DB_SERVERS[@]}"
 	if all_procs_up; then
 		log "every process is up already"
+		[[ $(running_trace_ratio) == "$TRACE_RATIO" ]] ||
+			log "note: the lab runs at trace ratio $(running_trace_ratio), not LAB_TRACE_RATIO=$TRACE_RATIO ('down' and 'up' to change it)"
 	else
 		procs_stop
 		reset_cluster
+		otlp_start
 		locsvc_start locsvc1
 		locsvc_start locsvc2
 		locsvc_wait locsvc1
@@ -424,7 +483,7 @@ cmd_status() {
 		mkdir -p "$STATE_DIR/$s"
 		status_line "$s"
 	done
-	for p in locsvc1 locsvc2 shim prometheus; do
+	for p in otlp locsvc1 locsvc2 shim prometheus; do
 		mkdir -p "$STATE_DIR/$p"
 		pid=$(server_pid "$p")
 		state=down
@@ -540,6 +599,28 @@ wait_until() { # TIMEOUT WHAT CMD...: bounded polling of CMD
 	done
 }
 
+# traces_size: how far otlp-sink's spans file is written now (bytes): a later
+# trace_shown looks only past it, at the spans of what the smoke sent since.
+traces_size() {
+	stat -c %s "$LAB_TRACES" 2>/dev/null || echo 0
+}
+
+# trace_shown METHOD STATUS RPC FROM: waits (TRACE_TIMEOUT) until the spans
+# file, past byte FROM, holds one trace across the shim and locsvc of a
+# smoke user's METHOD answered STATUS: the shim's `SIP METHOD` root, its
+# client span RPC, one lab instance's server span RPC below that, member
+# operations below that; prints it (labtool.py trace) or fails the smoke.
+trace_shown() {
+	local method=$1 status=$2 rpc=$3 from=$4
+	if [[ -z $SMOKE_TRACE_AORS ]]; then
+		log "LAB_TRACE_RATIO=$LAB_TRACE_RATIO: nothing is traced, no trace to check"
+		return 0
+	fi
+	python3 "$TOOL" trace "$LAB_TRACES" "$from" "$method" "$status" "$rpc" proxy-shim locsvc1,locsvc2 \
+		"$SMOKE_TRACE_AORS" "$TRACE_TIMEOUT" >&2 ||
+		fail "no complete trace of the $method ($rpc) in $LAB_TRACES"
+}
+
 binding_shown() { # SERVER AOR
 	local out
 	out=$("$LOCSVC" ul show "$2" --server "$1" 2>&1) || fail "locsvc ul show $2 --server $1: $out"
@@ -561,6 +642,17 @@ cmd_smoke() {
 	for s in "${DB_SERVERS[@]}"; do
 		[[ $(status_line "$s") == *" up" ]] || die "MariaDB $s is not up: run '$SCRIPT_PATH up'"
 	done
+	# Whose requests' traces count: the first user's when every request is
+	# traced; any user's at a lower ratio; none at 0.
+	SMOKE_TRACE_AORS=sip:lab0001@$DOMAIN
+	if ! python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= 1 else 1)' "${LAB_TRACE_RATIO:-1}"; then
+		SMOKE_TRACE_AORS=
+		if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$LAB_TRACE_RATIO"; then
+			for ((i = 1; i <= users; i++)); do
+				SMOKE_TRACE_AORS+=${SMOKE_TRACE_AORS:+,}$(printf 'sip:lab%04d@%s' "$i" "$DOMAIN")
+			done
+		fi
+	fi
 	SMOKE_DIR=$STATE_DIR/smoke
 	rm -rf "$SMOKE_DIR"
 	mkdir -p "$SMOKE_DIR"
@@ -577,13 +669,20 @@ cmd_smoke() {
 		echo "$u;[authentication username=$u password=pw-$u]" >>"$SMOKE_DIR/users.csv"
 	done
 
+	local traces_from
+	traces_from=$(traces_size)
 	step "REGISTER with digest auth through the shim ($LAB_SHIM)"
 	sipp_run register register.xml "$users" 20
+	step "the REGISTER's trace: shim -> locsvc Save -> members (otlp-sink, $LAB_OTLP)"
+	trace_shown REGISTER 200 locsvc.v1.Location/Save "$traces_from"
 	step "the bindings through both instances"
 	binding_shown "$LAB_LOCSVC1" "sip:lab0001@$DOMAIN"
 	binding_shown "$LAB_LOCSVC2" "sip:lab$(printf %04d "$users")@$DOMAIN"
+	traces_from=$(traces_size)
 	step "INVITE -> 302 through the shim (locsvc Lookup)"
 	sipp_run invite invite.xml "$users" 20
+	step "the INVITE's trace: shim -> locsvc Lookup -> members"
+	trace_shown INVITE 302 locsvc.v1.Location/Lookup "$traces_from"
 	step "Prometheus sees the census (every contact counted)"
 	prom wait-expr "sum(max by (group) (locsvc_group_contacts{table=\"location\"})) >= $users" 60 ||
 		fail "locsvc_group_contacts never reached $users"

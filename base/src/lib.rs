@@ -8,7 +8,9 @@
 //!   in-flight gauge guard;
 //! - [`shutdown`]: the SIGTERM/Ctrl-C future an app drains on;
 //! - [`notify`]: systemd readiness (`READY=1`, `STOPPING=1`) for
-//!   `Type=notify` units.
+//!   `Type=notify` units;
+//! - [`telemetry`]: log lines and OTLP traces, and the trace context that
+//!   crosses the shim → locsvc gRPC hop.
 //!
 //! What each binary's settings *are* (keys, defaults, parsing, rules across
 //! settings) stays in that binary.
@@ -17,5 +19,6 @@ pub mod metrics;
 pub mod notify;
 pub mod settings;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use shutdown::shutdown_signal;

@@ -21,6 +21,24 @@ impl RegistryOwner for Registry {
     }
 }
 
+/// Registers the process's own series in `registry`, named
+/// `<namespace>_process_*` (CPU seconds, resident and virtual memory, open
+/// file descriptors and their limit, threads, start time; read from
+/// /proc, Linux only): what the service costs, beside what it does.
+pub fn register_process_metrics(registry: &Registry, namespace: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::new(
+            std::process::id() as i32,
+            namespace,
+        );
+        // Fails only when registered twice in one registry.
+        let _ = registry.register(Box::new(collector));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (registry, namespace);
+}
+
 /// The Prometheus text exposition of every series in `registry`.
 pub fn render(registry: &Registry) -> String {
     let mut out = Vec::new();

@@ -27,6 +27,16 @@
 #                         ACK goes end-to-end (scenarios/invite.xml)
 #                       redirect targets: the call succeeds on the 302, then
 #                         the ACK (scenarios/invite302.xml)
+# Latency probe  before each ladder's sipp steps (after its warm-up or its
+#                     pre-registration, while the target is fresh, and
+#                     after `layout.sh settle` has flushed the servers), for each
+#                     rate of PROBE_RATES one sip-probe run of PROBE_SECS
+#                     seconds: the same requests open-loop, each send and
+#                     final answer timed with microsecond resolution (sipp's
+#                     response times move in 4 ms steps here). REGISTERs are
+#                     new users; INVITEs go to the pre-registered users, in
+#                     relay mode to the probe's own UAS on the port they
+#                     registered from (probe.tsv).
 # A call fails when its final response (200, or 302) has not arrived
 # CALL_TIMEOUT_MS after the request was first sent (sipp -recv_timeout), or
 # when anything else arrives instead. A ladder stops at its first step with a
@@ -50,7 +60,8 @@
 #                      INVITE from a served domain would need its own 407
 #                      answer); the shim targets without -auth run --auth off.
 #
-# Output in OUT_DIR: steps.tsv (one line per sipp run), rows.tsv (rows per
+# Output in OUT_DIR: steps.tsv (one line per sipp run), probe.tsv (one line
+# per sip-probe run: latencies in µs), rows.tsv (rows per
 # member after each REGISTER ladder), machine.txt, summary.md, logs/ (with
 # the shim's and locsvc's /metrics at the end of each shim ladder: their
 # per-stage latency histograms).
@@ -59,6 +70,8 @@
 #   TARGETS ["kamailio shim-proxy shim-redirect"]  RUNS [3]
 #   REG_RATES ["250 500 750 1000 1500 2000 2500 3000"]
 #   INV_RATES ["500 1000 1500 2000 3000 4000 5000 6000"]
+#   PROBE_RATES ["500 1000 2000 3000"] (empty: no probe)  PROBE_SECS [10]
+#   PROBE [${CARGO_TARGET_DIR:-<repo>/target}/release/sip-probe]
 #   STEP_SECS [5]  USERS [10000]  PRE_RATE [500]  WARMUP [500 calls at 250/s]
 #   CALL_TIMEOUT_MS [1000] (warm-up and pre-registration: 10000)
 #   LOCSVC [${CARGO_TARGET_DIR:-<repo>/target}/release/locsvc]
@@ -86,6 +99,9 @@ CALL_TIMEOUT_MS=${CALL_TIMEOUT_MS:-1000}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
 LOCSVC=${LOCSVC:-$BIN/locsvc}
 SHIM=${SHIM:-$BIN/proxy-shim}
+PROBE=${PROBE:-$BIN/sip-probe}
+PROBE_RATES=${PROBE_RATES-"500 1000 2000 3000"}
+PROBE_SECS=${PROBE_SECS:-10}
 LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_SHM_MB=${KAM_SHM_MB:-512}
@@ -114,10 +130,13 @@ if [[ -n ${NEED_SHIM:-} ]]; then
         [[ -x $bin ]] || die "not executable: $bin (set LOCSVC and SHIM)"
     done
 fi
-for n in RUNS STEP_SECS USERS PRE_RATE WARMUP WARMUP_RATE KAM_CHILDREN CALL_TIMEOUT_MS; do
+if [[ -n $PROBE_RATES ]]; then
+    [[ -x $PROBE ]] || die "not executable: $PROBE (cargo build --release -p locsvc-bench; or PROBE_RATES=)"
+fi
+for n in RUNS STEP_SECS PROBE_SECS USERS PRE_RATE WARMUP WARMUP_RATE KAM_CHILDREN CALL_TIMEOUT_MS; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number, not '${!n}'"
 done
-for r in $REG_RATES $INV_RATES; do
+for r in $REG_RATES $INV_RATES $PROBE_RATES; do
     [[ $r =~ ^[1-9][0-9]*$ ]] || die "rates must be positive numbers, not '$r'"
 done
 command -v python3 >/dev/null || die "python3 is needed to pick ports and summarise"
@@ -272,6 +291,7 @@ stop_target() {
 
 printf 'target\trun\tkind\trate\tcalls\tok\tfailed\tretrans\tachieved_cps\tp50_ms\tp99_ms\tseconds\ttimed_out\tunexpected\n' >"$OUT/steps.tsv"
 printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
+printf 'target\trun\tkind\trate\tsent\tok\tfailed\tachieved\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\n' >"$OUT/probe.tsv"
 
 # run_sipp TARGET RUN KIND SCENARIO RATE CALLS PREFIX LOCAL_PORT [CALL_TIMEOUT_MS [INF]]:
 # one bounded sipp run against the target, one line of steps.tsv. INF: the
@@ -286,6 +306,42 @@ run_sipp() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$calls" \
         "$ok" "$failed" "$retrans" "$cps" "$p50" "$p99" "$secs" "$timed_out" "$unexpected" >>"$OUT/steps.tsv"
     tail -n1 "$OUT/steps.tsv" >&2
+}
+
+# probe_steps TARGET RUN KIND PREFIX [UAS_PORT]: one sip-probe run per rate
+# of PROBE_RATES, one line of probe.tsv each. REGISTER users are
+# PREFIX<rate>-<n>, new in every run; INVITEs go to PREFIX<n> (n <= USERS).
+probe_steps() {
+    local target=$1 run=$2 kind=$3 prefix=$4 uas_port=${5:-} rate mode args line
+    # Its REGISTERs need digest answers, which the probe does not give.
+    [[ $target == shim-auth ]] && return 0
+    [[ -n $PROBE_RATES ]] || return 0
+    # Every target's probe starts on servers done with earlier writes
+    # (another target's overloaded ladder, the truncation, the
+    # pre-registration): unflushed pages were still being written out
+    # under the first probes of a ladder.
+    "$LAYOUT" settle
+    case $kind in
+    register) mode=register ;;
+    invite-302) mode=redirect ;;
+    *) mode=relay ;;
+    esac
+    for rate in $PROBE_RATES; do
+        args=(--target "127.0.0.1:$TARGET_PORT" --mode "$mode" --rate "$rate" --secs "$PROBE_SECS"
+            --users "$USERS" --timeout-ms "$CALL_TIMEOUT_MS")
+        if [[ $mode == register ]]; then
+            args+=(--prefix "$prefix$rate-")
+        else
+            args+=(--prefix "$prefix")
+        fi
+        [[ $mode == relay ]] && args+=(--uas-port "$uas_port")
+        # Exit 1 = some requests failed: the line counts them.
+        line=$("$PROBE" "${args[@]}" 2>>"$OUT/logs/probe.log") || true
+        # No line: the probe could not run (see probe.log); all of it failed.
+        [[ -n $line ]] || line="$((rate * PROBE_SECS))"$'\t0\t'"$((rate * PROBE_SECS))"$'\t0\tnan\tnan\tnan\tnan\tnan'
+        printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$line" >>"$OUT/probe.tsv"
+        tail -n1 "$OUT/probe.tsv" >&2
+    done
 }
 
 # Whether the last sipp run had a failed or missing call.
@@ -346,6 +402,7 @@ register_ladder() {
         run_sipp "$target" "$run" warmup "$scenario" "$WARMUP_RATE" "$WARMUP" "w$run-" "$(free_port)" 10000 "$inf_w"
         record_rows "$target" "$run" warmup
     fi
+    probe_steps "$target" "$run" register "p$run-"
     for rate in $REG_RATES; do
         if [[ $target == shim-auth ]]; then
             inf_r=$WORK/auth-r${run}s$rate-.csv
@@ -379,6 +436,7 @@ invite_ladder() {
         stop_target "$target" "$tag"
         return 0
     fi
+    probe_steps "$target" "$run" "$kind" "inv-" "$uas_port"
     uas_pid=
     if [[ $kind == invite-relay ]]; then
         # Bounds: twice the ladder's INVITEs, and the sum of its steps' bounds.
@@ -420,6 +478,7 @@ invite_ladder() {
     echo "repo (working tree): $(git -C "$HERE" describe --always --dirty 2>/dev/null || echo n/a)"
     echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "settings: TARGETS=\"$TARGETS\" RUNS=$RUNS REG_RATES=\"$REG_RATES\" INV_RATES=\"$INV_RATES\"" \
+        "PROBE_RATES=\"$PROBE_RATES\" PROBE_SECS=$PROBE_SECS" \
         "STEP_SECS=$STEP_SECS USERS=$USERS PRE_RATE=$PRE_RATE WARMUP=$WARMUP@$WARMUP_RATE" \
         "CALL_TIMEOUT_MS=$CALL_TIMEOUT_MS" \
         "KAM_CHILDREN=$KAM_CHILDREN KAM_SHM_MB=$KAM_SHM_MB LOCSVC_HASH=$LOCSVC_HASH"

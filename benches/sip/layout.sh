@@ -18,6 +18,8 @@
 #   benches/sip/layout.sh truncate  TRUNCATE every location table and put locdb back
 #                                   to its pristine rows (status 1, errors 0)
 #   benches/sip/layout.sh counts    rows of every location table: "a loc_1 123"
+#   benches/sip/layout.sh settle    flush every server's dirty pages (waits until
+#                                   none is left, at most SETTLE_SECS, default 120)
 #   benches/sip/layout.sh locdb     print the master's locdb
 #   benches/sip/layout.sh status    one line per server: name port pid up|down
 #
@@ -202,6 +204,26 @@ count_location() {
 	printf '%s %s %s\n' "$1" "$2" "$(mariadb_root "$1" "$2" -Nse 'SELECT COUNT(*) FROM location')"
 }
 
+# settle_server NAME: writes out NAME's dirty pages and waits until none
+# is left (or SETTLE_SECS pass), so a measurement starts on a server that
+# is not still flushing what the previous one wrote.
+settle_server() {
+	local name=$1 pct dirty until=$((SECONDS + ${SETTLE_SECS:-120}))
+	pct=$(mariadb_root "$name" -Nse 'SELECT @@GLOBAL.innodb_max_dirty_pages_pct')
+	mariadb_root "$name" -e 'SET GLOBAL innodb_max_dirty_pages_pct = 0'
+	while :; do
+		dirty=$(mariadb_root "$name" -Nse \
+			"SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_PAGES_DIRTY'")
+		((dirty == 0)) && break
+		if ((SECONDS >= until)); then
+			log "$name: $dirty dirty pages left after ${SETTLE_SECS:-120} s"
+			break
+		fi
+		sleep 0.2
+	done
+	mariadb_root "$name" -e "SET GLOBAL innodb_max_dirty_pages_pct = $pct"
+}
+
 write_env() {
 	write_env_file "$STATE_DIR/env" <<EOF
 export BENCH_MASTER_URL=$(member_url master "$MASTER_DB")
@@ -256,6 +278,14 @@ main() {
 		open_state_dir
 		need_up
 		each_member_db count_location
+		;;
+	settle)
+		open_state_dir
+		need_up
+		for s in "${SERVERS[@]}"; do
+			settle_server "$s"
+		done
+		log "every server flushed"
 		;;
 	locdb)
 		open_state_dir

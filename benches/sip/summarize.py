@@ -213,6 +213,33 @@ for target in targets:
               f"{fmt(m('achieved_cps'))} | {fmt(m('p50_ms'))} | {fmt(m('p99_ms'))} | "
               f"{sum(s['clean'] for s in ss)}/{runs} |")
 
+probes = read_tsv("probe.tsv")
+if probes:
+    p("\n## Latency probe (sip-probe: µs resolution, open loop, median over runs)\n")
+    p("Each send and final answer timed by the monotonic clock; failed = no expected answer")
+    p("within CALL_TIMEOUT_MS. p50 / p99 / max in ms.\n")
+    kinds = list(dict.fromkeys(r["kind"] for r in probes))
+    ptargets = list(dict.fromkeys(r["target"] for r in probes))
+    for kind in kinds:
+        ts = [t for t in ptargets if any(r["target"] == t and r["kind"] == kind for r in probes)]
+        p(f"\n### {kind}\n")
+        p("| rate | " + " | ".join(ts) + " |")
+        p("|---|" + "---|" * len(ts))
+        for rate in sorted({int(r["rate"]) for r in probes if r["kind"] == kind}):
+            cells = []
+            for t in ts:
+                rs = [r for r in probes if r["target"] == t and r["kind"] == kind and int(r["rate"]) == rate]
+                if not rs:
+                    cells.append("–")
+                    continue
+                ms = lambda k: med(num(r[k]) for r in rs) / 1000
+                failed = med(num(r["failed"]) for r in rs)
+                cell = f"{ms('p50_us'):.2f} / {ms('p99_us'):.2f} / {ms('max_us'):.1f}"
+                if failed:
+                    cell += f", {fmt(failed)} failed"
+                cells.append(cell)
+            p(f"| {rate} | " + " | ".join(cells) + " |")
+
 pre = [s for s in steps if s["kind"] in ("preregister", "warmup")]
 if pre:
     p("\n## Warm-up and pre-registration (not part of the ladders)\n")

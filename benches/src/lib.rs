@@ -6,11 +6,13 @@
 //! - `load`: gRPC channels, calls with deadlines, closed and open loops;
 //! - `preload`: direct bulk load of the member databases;
 //! - `stats` and `report`: counting, percentiles, text and JSON output;
-//! - `cli`: the command line.
+//! - `cli`: the command line;
+//! - `sip_probe`: the `sip-probe` binary's open-loop SIP latency probe.
 
 pub mod cli;
 pub mod load;
 pub mod preload;
 pub mod report;
+pub mod sip_probe;
 pub mod stats;
 pub mod workload;

@@ -111,7 +111,7 @@ impl Conn {
                 let req = self.request(LookupRequest {
                     table: ctx.table.clone(),
                     aor: ctx.users.aor(op.user),
-                    ruid: String::new(),
+                    ..LookupRequest::default()
                 });
                 let resp = tokio::time::timeout(self.timeout, client.lookup(req))
                     .await

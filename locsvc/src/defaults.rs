@@ -71,6 +71,21 @@ pub const SETTINGS: &[Documented] = &[
         "level or EnvFilter directive; RUST_LOG wins",
     ),
     d(
+        "trace.otlp_endpoint",
+        "\"\"",
+        "OTLP/gRPC collector for traces (http://host:4317); empty: no traces",
+    ),
+    d(
+        "trace.sample_ratio",
+        "0.01",
+        "share of new traces recorded; a caller's sampled flag wins",
+    ),
+    d(
+        "trace.service_name",
+        "\"locsvc\"",
+        "service.name of this instance's spans",
+    ),
+    d(
         "cluster.poll_interval_ms",
         "2000",
         "how often locdb is re-read",

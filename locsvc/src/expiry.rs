@@ -6,10 +6,11 @@
 //! single tables), rows that expired more than `grace` seconds ago, in
 //! batches of `batch` rows so no statement holds locks for long, one
 //! database server at a time (its members marked, so this instance reads
-//! their partners meanwhile), at most `max_rows_per_sec` rows per second. Deleting an expired row is
-//! idempotent, so several instances may sweep the same databases. A pass
-//! does at most `max_batches` batches per member and table, so a backlog is
-//! worked off over several passes while requests keep flowing.
+//! their partners meanwhile), at most `max_rows_per_sec` rows per second.
+//! Deleting an expired row is idempotent, so several instances may sweep
+//! the same databases. A pass does at most `max_batches` batches per member
+//! and table, so a backlog is worked off over several passes while requests
+//! keep flowing.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -103,16 +103,12 @@ fn overrides(db: &DbArgs) -> Vec<(&'static str, String)> {
     o
 }
 
-fn init_tracing(s: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match s.log_format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
-    }
+fn init_tracing(s: &Settings) -> anyhow::Result<svc_base::telemetry::Telemetry> {
+    Ok(svc_base::telemetry::init(
+        &s.log_level,
+        s.log_format == LogFormat::Json,
+        &s.traces,
+    )?)
 }
 
 #[tokio::main]
@@ -150,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 o.push(("grpc.admin_token", t));
             }
             let settings = Settings::load(cli.config.as_deref(), &o)?;
-            init_tracing(&settings);
+            let telemetry = init_tracing(&settings)?;
             let app = App::build(settings).await.context("locsvc cannot start")?;
             // Installed once built: a SIGTERM while starting (migrations,
             // an unreachable master) still ends the process. Without a
@@ -168,15 +164,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // The listeners are bound: a connection from now on is queued
             // until `run` serves it, so units ordered after us may start.
             svc_base::notify::ready(&format!("serving gRPC on {}", app.grpc_addr()));
-            app.run(async move {
-                stop.await;
-                svc_base::notify::stopping();
-            })
-            .await?;
+            let served = app
+                .run(async move {
+                    stop.await;
+                    svc_base::notify::stopping();
+                })
+                .await;
+            // The last spans leave even when serving ended in an error.
+            telemetry.shutdown().await;
+            served?;
         }
         Command::Migrate { db } => {
             let settings = Settings::load(cli.config.as_deref(), &overrides(&db))?;
-            init_tracing(&settings);
+            // Logs only: a one-shot migration is no service to trace.
+            let mut quiet = settings.clone();
+            quiet.traces.otlp_endpoint = None;
+            let _logs = init_tracing(&quiet)?;
             for line in app::migrate(&settings).await? {
                 println!("{line}");
             }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub rpc_shed: IntCounter,
     /// Reads also sent to a second member because the first was slow.
     pub hedged_reads: IntCounter,
+    /// Lookups per LookupMany call (each is also counted as a Lookup).
+    pub lookup_batch: Histogram,
     /// RPCs being served now.
     pub rpc_in_flight: IntGauge,
     /// Member operation failures by group, member and kind.
@@ -86,12 +88,15 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("locsvc".into()), None).unwrap_or_else(|_| Registry::new());
+        // Under the registry's prefix: locsvc_process_*.
+        svc_base::metrics::register_process_metrics(&registry, "");
         let Rpc {
             rpc_requests,
             rpc_seconds,
             rpc_shed,
             rpc_in_flight,
             hedged_reads,
+            lookup_batch,
         } = Rpc::register(&registry);
         let Members {
             member_errors,
@@ -146,6 +151,7 @@ impl Metrics {
             rpc_shed,
             rpc_in_flight,
             hedged_reads,
+            lookup_batch,
             member_errors,
             member_missed_writes,
             failover_actions,
@@ -182,6 +188,7 @@ impl Metrics {
         crate::store::StageTimers {
             queued: self.stages.store_queue.clone(),
             statement: self.stages.store_statement.clone(),
+            batch: self.stages.store_batch.clone(),
         }
     }
 
@@ -201,6 +208,7 @@ struct Rpc {
     rpc_shed: IntCounter,
     rpc_in_flight: IntGauge,
     hedged_reads: IntCounter,
+    lookup_batch: Histogram,
 }
 
 impl Rpc {
@@ -212,7 +220,16 @@ impl Rpc {
             &["method"],
         )
         .expect("valid metric");
+        let lookup_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "lookup_many_size",
+                "Lookups per LookupMany call (each also counted as a Lookup in rpc_*)",
+            )
+            .buckets(powers_of_two(11)),
+        )
+        .expect("valid metric");
         Self {
+            lookup_batch: registered(registry, lookup_batch),
             rpc_requests: counter_vec(
                 registry,
                 "rpc_requests_total",
@@ -506,6 +523,8 @@ pub struct Stages {
     pub store_queue: HistogramVec,
     /// Time its batch's statements ran, by op.
     pub store_statement: HistogramVec,
+    /// Requests per batch (one transaction or query), by op.
+    pub store_batch: HistogramVec,
 }
 
 /// One member's part of reads and writes (`member_query_seconds`),
@@ -567,11 +586,28 @@ impl Stages {
                 "Time the batch of a coalesced request ran, by op",
                 &["op"],
             ),
+            store_batch: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "store_batch_requests",
+                        "Requests per coalesced batch (one transaction or query), by op",
+                    )
+                    .buckets(powers_of_two(9)),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 }
 
 /// `metric`, registered in `registry`; a clash is a bug in this module.
+/// Buckets 1, 2, 4, … (`n` of them), for counts per batch.
+fn powers_of_two(n: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 2.0, n).expect("valid buckets")
+}
+
 fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
         .register(Box::new(metric.clone()))

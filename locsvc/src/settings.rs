@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use svc_base::settings::Refusal;
 pub use svc_base::settings::SettingsError;
+use svc_base::telemetry::{self, TraceSettings};
 
 use crate::aor_lock::AorLockMode;
 use crate::domain::KeyPolicy;
@@ -90,6 +91,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// OTLP trace export (off unless an endpoint is set).
+    pub traces: TraceSettings,
     pub cluster: ClusterSettings,
     pub registrar: RegistrarPolicy,
     pub expiry: SweepSettings,
@@ -118,6 +121,7 @@ impl Default for Settings {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            traces: TraceSettings::off("locsvc"),
             cluster: ClusterSettings {
                 poll_interval: Duration::from_secs(2),
                 query_timeout: Duration::from_millis(500),
@@ -262,6 +266,9 @@ fn apply_root(s: &mut Settings, key: &str, v: &str) -> Result<bool, Refusal> {
             }
         }
         "log.level" => s.log_level = v.to_string(),
+        "trace.otlp_endpoint" => s.traces.otlp_endpoint = telemetry::otlp_endpoint(v)?,
+        "trace.sample_ratio" => s.traces.sample_ratio = telemetry::sample_ratio(v)?,
+        "trace.service_name" => s.traces.service_name = telemetry::service_name(v)?,
         _ => return Ok(false),
     }
     Ok(true)

@@ -7,6 +7,24 @@ pub mod v1 {
     tonic::include_proto!("locsvc.v1");
 }
 
+/// A failed lookup of a `LookupMany` carries the status a `Lookup` would
+/// have returned: code, message and details (ErrorInfo, BadRequest …).
+impl From<tonic::Status> for v1::LookupFailure {
+    fn from(s: tonic::Status) -> Self {
+        Self {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            details: s.details().to_vec(),
+        }
+    }
+}
+
+impl From<v1::LookupFailure> for tonic::Status {
+    fn from(f: v1::LookupFailure) -> Self {
+        tonic::Status::with_details(tonic::Code::from(f.code), f.message, f.details.into())
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("locsvc_descriptor");
 

@@ -83,7 +83,8 @@ impl App {
             settings.locsvc_token.clone(),
             settings.table.clone(),
             TlsClient::load(&settings)?,
-        )?;
+        )?
+        .with_batching(settings.lookup_batching);
         let (udp, tcp) = bind_pair(settings.listen).await?;
         let local = udp.local_addr().map_err(|source| AppError::Bind {
             addr: settings.listen,

@@ -34,6 +34,21 @@ pub const SETTINGS: &[Documented] = &[
         "level or EnvFilter directive; RUST_LOG wins",
     ),
     d(
+        "trace_otlp_endpoint",
+        "\"\"",
+        "OTLP/gRPC collector for traces (http://host:4317); empty: no traces",
+    ),
+    d(
+        "trace_sample_ratio",
+        "0.01",
+        "share of SIP requests traced (each one trace with locsvc's spans)",
+    ),
+    d(
+        "trace_service_name",
+        "\"proxy-shim\"",
+        "service.name of this shim's spans",
+    ),
+    d(
         "trusted",
         "[]",
         "trusted sources (edge proxy, SBC), addresses or CIDRs: in-dialog relays, no limits",
@@ -54,6 +69,16 @@ pub const SETTINGS: &[Documented] = &[
         "locsvc_timeout_ms",
         "400",
         "budget of one locsvc call, failover included (below the phone's T1)",
+    ),
+    d(
+        "lookup_batch_max",
+        "64",
+        "most lookups coalesced into one LookupMany call; 0: a Lookup call each",
+    ),
+    d(
+        "lookup_batch_calls",
+        "2",
+        "LookupMany calls in flight before lookups wait to join the next one",
     ),
     d("locsvc_token", "\"\"", "bearer token locsvc requires"),
     d(

@@ -10,11 +10,56 @@ use crate::hop_mac::{Hop, return_hop};
 use crate::netaddr::resolve;
 use crate::sip::{Request, Response};
 use crate::state::Core;
+use tracing::Instrument;
+
+/// The status code of a response's bytes; None for a request.
+fn status_code(bytes: &[u8]) -> Option<u16> {
+    let code = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
 
 impl Core {
+    /// Handles one request in its trace span (the root of the request's
+    /// trace; the locsvc calls below it carry it on).
+    pub async fn handle_request(&self, req: Request, src: Inbound) -> Vec<Outbound> {
+        // Debug level: it exists only when traces (or debug logs) are on.
+        let span = tracing::debug_span!(
+            "sip",
+            otel.name = tracing::field::Empty,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            sip.method = tracing::field::Empty,
+            sip.call_id = tracing::field::Empty,
+            sip.status_code = tracing::field::Empty,
+            client.address = %src.peer.ip(),
+            client.port = src.peer.port(),
+            network.transport = src.transport.as_str(),
+        );
+        if span.is_disabled() {
+            return self.handle_request_in(req, src).await;
+        }
+        let method = req.method();
+        span.record("otel.name", format!("SIP {method}"));
+        span.record("sip.method", method.as_str());
+        if let Ok(id) = req.call_id() {
+            span.record("sip.call_id", id.as_str());
+        }
+        let out = self
+            .handle_request_in(req, src)
+            .instrument(span.clone())
+            .await;
+        if let Some(code) = out.iter().find_map(|o| status_code(&o.bytes)) {
+            span.record("sip.status_code", code);
+            if code >= 500 {
+                span.record("otel.status_code", "error");
+            }
+        }
+        out
+    }
+
     /// Handles one request: sanity, authentication, then REGISTER goes to
     /// the registrar and the rest is routed.
-    pub async fn handle_request(&self, req: Request, src: Inbound) -> Vec<Outbound> {
+    async fn handle_request_in(&self, req: Request, src: Inbound) -> Vec<Outbound> {
         let method = req.method();
         self.metrics.request(&method);
         let checked = match crate::sanity::check(&req, self.settings.max_forwards, |h, p| {

@@ -172,15 +172,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = svc_base::telemetry::init(&settings.log_level, false, &settings.traces)?;
     // Before the app starts: a SIGTERM while it starts is then drained on,
     // not the default action that kills the process undrained.
     let shutdown = svc_base::shutdown_signal()?;
+    ignore_hangups();
     let app = App::build(settings).await.context("starting proxy-shim")?;
     // UDP and TCP are bound: what arrives from now on waits in the socket
     // until `run` serves it, so units ordered after us may start.
@@ -190,5 +186,25 @@ async fn main() -> anyhow::Result<()> {
         svc_base::notify::stopping();
     })
     .await;
+    telemetry.shutdown().await;
     Ok(())
+}
+
+/// A SIGHUP (a `kill -HUP` out of habit, a closing terminal) would end the
+/// process undrained; the shim has nothing to reload, so it is logged and
+/// otherwise ignored.
+fn ignore_hangups() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP ignored: proxy-shim reloads nothing; restart it to apply changed settings"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: a SIGHUP ends the process"),
+    }
 }

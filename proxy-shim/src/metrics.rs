@@ -96,6 +96,7 @@ impl Metrics {
     /// Creates every series in a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
+        svc_base::metrics::register_process_metrics(&registry, "proxy_shim");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)
                 .expect("static metric definition");

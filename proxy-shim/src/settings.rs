@@ -7,14 +7,15 @@
 //!
 //! Keys: `listen`, `advertise`, `locsvc` (list), `domains` (list, required;
 //! `*` = every domain), `mode`, `table`, `locsvc_timeout_ms`,
-//! `max_in_flight`, `locsvc_token`, `metrics_listen` (an ip:port, or `off`),
+//! `lookup_batch_max`, `lookup_batch_calls`, `max_in_flight`, `locsvc_token`, `metrics_listen` (an ip:port, or `off`),
 //! `log_level`, `trusted` (list of CIDRs), `nat` (`auto`, `always`, `never`),
 //! `max_forwards`; the flood limits (see `limits`): `rate_limit`,
 //! `rate_burst`, `ban_secs`, `tcp_max_connections`, `tcp_max_per_source`,
 //! `tcp_message_timeout_ms`; digest authentication: `auth`, `realm`,
 //! `auth_secret`, `nonce_secs`, `credentials_cache_secs`, `auth_algorithms`
 //! (list); TLS to locsvc: `locsvc_ca`, `locsvc_cert`, `locsvc_key` (PEM
-//! paths, read when the app is built) and `locsvc_tls_domain`.
+//! paths, read when the app is built) and `locsvc_tls_domain`; traces:
+//! `trace_otlp_endpoint`, `trace_sample_ratio`, `trace_service_name`.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use svc_base::settings::SettingsError;
 use svc_base::settings::{Refusal, Value};
+use svc_base::telemetry::{self, TraceSettings};
 
 /// How requests to a registered user are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct Settings {
     pub table: String,
     /// Whole budget of one locsvc call, failover included; under T1 (500 ms).
     pub locsvc_timeout: Duration,
+    /// How lookups are coalesced into `LookupMany` calls
+    /// (`lookup_batch_max`, `lookup_batch_calls`).
+    pub lookup_batching: crate::locsvc_client::Batching,
     /// Requests being handled at once; beyond it new requests get 503.
     pub max_in_flight: usize,
     /// Bearer token for locsvc, when it requires one.
@@ -74,6 +79,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// A tracing filter (`info`, `info,proxy_shim=debug`).
     pub log_level: String,
+    /// OTLP trace export (off unless an endpoint is set).
+    pub traces: TraceSettings,
     /// Sources that may relay through us and bring Path (edge proxies
     /// that authenticate their users themselves).
     pub trusted: Vec<Cidr>,
@@ -196,6 +203,7 @@ impl Default for Settings {
             mode: Mode::Proxy,
             table: String::new(),
             locsvc_timeout: Duration::from_millis(400),
+            lookup_batching: crate::locsvc_client::Batching::default(),
             max_in_flight: 1024,
             locsvc_token: None,
             locsvc_ca: None,
@@ -204,6 +212,7 @@ impl Default for Settings {
             locsvc_tls_domain: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             log_level: "info".into(),
+            traces: TraceSettings::off("proxy-shim"),
             trusted: Vec::new(),
             nat: NatMode::Auto,
             max_forwards: 70,
@@ -325,6 +334,9 @@ fn apply_sip(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refusal
             }
         }
         "log_level" => s.log_level = value.one()?.to_string(),
+        "trace_otlp_endpoint" => s.traces.otlp_endpoint = telemetry::otlp_endpoint(value.one()?)?,
+        "trace_sample_ratio" => s.traces.sample_ratio = telemetry::sample_ratio(value.one()?)?,
+        "trace_service_name" => s.traces.service_name = telemetry::service_name(value.one()?)?,
         "trusted" => s.trusted = trusted(value)?,
         "nat" => {
             s.nat = match value.one()? {
@@ -351,6 +363,16 @@ fn apply_locsvc(s: &mut Settings, key: &str, value: &Value) -> Result<bool, Refu
                 1..=10_000,
                 "must be 1..=10000 milliseconds",
             )?)
+        }
+        "lookup_batch_max" => {
+            s.lookup_batching.max_items = in_range(
+                value.one()?,
+                0..=1000,
+                "must be 0..=1000 (0: one Lookup call per lookup)",
+            )?
+        }
+        "lookup_batch_calls" => {
+            s.lookup_batching.max_calls = in_range(value.one()?, 1..=256, "must be 1..=256")?
         }
         "locsvc_token" => s.locsvc_token = opt_string(value.one()?),
         "locsvc_ca" => s.locsvc_ca = pem_path(value.one()?),

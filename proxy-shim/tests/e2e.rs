@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proxy_shim::settings::Mode;
 use support::*;
-use testkit::{TestApp, eventually, init_tracing};
+use testkit::{TestApp, eventually, free_udp_port, init_tracing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_refresh_add_a_contact_unregister_one_and_query() {
@@ -70,6 +70,21 @@ async fn redirect_mode_answers_302_with_every_contact_best_q_first() {
         .await;
     let (ok, log) = e.sipp("invite_302.xml", &["-m", "1"]).await;
     assert!(ok, "{log}");
+    // The ACK of the 302 ends at the shim: counted, not forwarded.
+    let m = &e.shim.metrics;
+    eventually(
+        "the shim to drop the ACK of its 302",
+        Duration::from_secs(10),
+        async || m.dropped_count("ack_of_our_answer") == 1,
+    )
+    .await;
+    assert!(
+        e.shim
+            .scrape()
+            .await
+            .contains(r#"proxy_shim_requests_total{method="ACK"} 1"#),
+        "the ACK is counted as a request"
+    );
     e.finish().await;
 }
 
@@ -303,12 +318,13 @@ async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
     }
     // And locsvc's side of the same REGISTER, stage by stage.
     let text = e.locsvc.metrics.render();
-    let count = |prefix: &str| -> u64 {
+    let sum = |prefix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    let count = |prefix: &str| sum(prefix) as u64;
     // One lock wait per write RPC (the harness's own probes included).
     assert_eq!(
         count(r#"locsvc_aor_lock_wait_seconds_count{lock="local"}"#),
@@ -322,6 +338,17 @@ async fn the_metrics_endpoint_counts_a_register_its_200_and_the_locsvc_call() {
     );
     assert!(
         count(r#"locsvc_store_statement_seconds_count{op="read"}"#) >= 1,
+        "{text}"
+    );
+    // Every queued request rides in exactly one batch, one statement each.
+    assert_eq!(
+        sum(r#"locsvc_store_batch_requests_sum{op="read"}"#) as u64,
+        count(r#"locsvc_store_queue_seconds_count{op="read"}"#),
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"locsvc_store_batch_requests_count{op="read"}"#),
+        count(r#"locsvc_store_statement_seconds_count{op="read"}"#),
         "{text}"
     );
     assert!(count("locsvc_member_query_seconds_count{") >= 1, "{text}");
@@ -494,4 +521,30 @@ async fn config_defaults_prints_every_setting_as_a_file_the_shim_reads() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, proxy_shim::defaults::toml());
     assert!(text.contains("\nlocsvc_timeout_ms = 400  # "), "{text}");
+}
+
+#[tokio::test]
+async fn a_sighup_is_logged_and_ignored_not_the_end_of_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("PROXY_SHIM_LISTEN", "127.0.0.1:0".to_string()),
+        ("PROXY_SHIM_DOMAINS", "example.com".to_string()),
+        ("PROXY_SHIM_METRICS_LISTEN", "off".to_string()),
+    ];
+    let shim = testkit::process::Service::start(
+        "proxy-shim",
+        &[],
+        &env,
+        dir.path(),
+        Duration::from_secs(30),
+    )
+    .await;
+    shim.signal("HUP");
+    eventually("the SIGHUP logged", Duration::from_secs(10), async || {
+        shim.log().contains("SIGHUP ignored")
+    })
+    .await;
+    // Still running: it drains and exits cleanly on SIGTERM.
+    let log = shim.log();
+    assert!(shim.stop(Duration::from_secs(10)).await.success(), "{log}");
 }

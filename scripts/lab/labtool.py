@@ -11,6 +11,15 @@
         wait until alert NAME with LABELS (k=v,k=v) is in STATE: firing, pending,
         or inactive (neither pending nor firing)
   labtool.py alerts PROM                  print the active alerts, one a line
+  labtool.py trace SPANS FROM METHOD STATUS RPC SHIM LOCSVCS AORS TIMEOUT
+        wait until otlp-sink's file SPANS (JSON lines), past byte FROM, holds
+        one trace of a SIP METHOD answered STATUS for one of AORS (a,b,...):
+        the `SIP METHOD` root of service SHIM, its client span RPC
+        (locsvc.v1.Location/Save), the server span RPC of a service in
+        LOCSVCS (a,b) whose parent is that client span and whose `aor` is the
+        AoR, and `member` spans below it; print that trace as a tree, then
+        how many of SHIM's RPC calls past FROM have such a server span below
+        them (a warning, not a failure, when some have none)
 
 Every wait is bounded: exit 1 with a message on stderr when TIMEOUT (seconds)
 passes; PROM is Prometheus' base URL (http://127.0.0.1:PORT).
@@ -26,6 +35,7 @@ import urllib.request
 
 
 def die(msg, code=1):
+    sys.stdout.flush()
     print(f"labtool: {msg}", file=sys.stderr)
     sys.exit(code)
 
@@ -176,6 +186,185 @@ def alerts(prom):
         print(f"{a['state']:8} {name} {{{labels}}} since {a.get('activeAt', '?')}")
 
 
+# OTLP span kinds as otlp-sink writes them.
+KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+SERVER, CLIENT = 2, 3
+
+
+def read_spans(path, start):
+    """The spans in otlp-sink's file past byte `start`; a line still being
+    written (no newline yet) is left for the next read, and one that `start`
+    falls inside (the file's size taken while a line was being written) is
+    skipped."""
+    try:
+        with open(path, "rb") as f:
+            partial = False
+            if start > 0:
+                f.seek(start - 1)
+                partial = f.read(1) != b"\n"
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")[:-1]
+    if partial:
+        lines = lines[1:]
+    spans = []
+    for line in lines:
+        if line.strip():
+            spans.append(json.loads(line))
+    return spans
+
+
+def is_span(s, name, kind, services):
+    return s["name"] == name and s["kind"] == kind and s["service"] in services
+
+
+def kind_of(s):
+    return KINDS.get(s["kind"], s["kind"])
+
+
+def find_trace(spans, method, status, rpc, shim, locsvcs, aors):
+    """(trace spans, the server span) of the first AoR in `aors` whose
+    request forms a complete trace, else (None, why not)."""
+    by_id = {(s["trace_id"], s["span_id"]): s for s in spans}
+    names = "/".join(sorted(locsvcs))
+    why = f"no {rpc} server span of {names} for {aors[0] if len(aors) == 1 else 'any of the AoRs'}"
+    for aor in aors:
+        quoted = json.dumps(aor)  # locsvc records the AoR Debug-quoted
+        for srv in spans:
+            if not is_span(srv, rpc, SERVER, locsvcs) or srv["attributes"].get("aor") != quoted:
+                continue
+            tid = srv["trace_id"]
+            client = by_id.get((tid, srv["parent_span_id"]))
+            if not client:
+                why = (
+                    f"the parent {srv['parent_span_id'] or '-'} of {srv['service']}'s span "
+                    f"{srv['span_id']} is not (yet) in the file"
+                )
+                continue
+            if not is_span(client, rpc, CLIENT, {shim}):
+                why = (
+                    f"the parent of {srv['service']}'s span is {client['service']} {client['name']} "
+                    f"({kind_of(client)}), not {shim}'s client span {rpc}"
+                )
+                continue
+            root = by_id.get((tid, client["parent_span_id"]))
+            if not root:
+                why = (
+                    f"the parent {client['parent_span_id'] or '-'} of {shim}'s client span "
+                    f"{client['span_id']} is not (yet) in the file"
+                )
+                continue
+            if not is_span(root, f"SIP {method}", SERVER, {shim}) or root["parent_span_id"]:
+                why = (
+                    f"the client span's parent is {root['service']} {root['name']} ({kind_of(root)}, "
+                    f"parent {root['parent_span_id'] or '-'}), not {shim}'s root `SIP {method}`"
+                )
+                continue
+            code = root["attributes"].get("sip.status_code")
+            if code != status:
+                why = f"the `SIP {method}` root has sip.status_code {code!r}, not {status}"
+                continue
+            trace = [s for s in spans if s["trace_id"] == tid]
+            if not any(s["name"] == "member" and descends(s, srv, by_id) for s in trace):
+                why = f"no `member` span below {srv['service']}'s {rpc} span {srv['span_id']} (yet)"
+                continue
+            return trace, srv
+    return None, why
+
+
+def descends(span, ancestor, by_id):
+    seen = set()
+    while span["span_id"] != ancestor["span_id"]:
+        if span["span_id"] in seen or not span["parent_span_id"]:
+            return False
+        seen.add(span["span_id"])
+        span = by_id.get((span["trace_id"], span["parent_span_id"]))
+        if span is None:
+            return False
+    return True
+
+
+def print_trace(trace, srv, method):
+    ids = {s["span_id"] for s in trace}
+    children = {}
+    for s in trace:
+        parent = s["parent_span_id"] if s["parent_span_id"] in ids else ""
+        children.setdefault(parent, []).append(s)
+    services = len({s["service"] for s in trace})
+    aor = srv["attributes"].get("aor")
+    print(f"trace {srv['trace_id']}: {method} of {aor}, {len(trace)} spans, {services} services")
+
+    def show(s, depth):
+        attrs = " ".join(f"{k}={v}" for k, v in sorted(s["attributes"].items()))
+        parent = s["parent_span_id"] or "-"
+        if s["parent_span_id"] and s["parent_span_id"] not in ids:
+            parent += " (not in this trace)"
+        print(f"{'  ' * depth}{s['service']}: {s['name']} [{kind_of(s)}] span {s['span_id']} parent {parent}  {attrs}")
+        for c in children.get(s["span_id"], []):
+            show(c, depth + 1)
+
+    for s in children.get("", []):
+        show(s, 1)
+
+
+def coverage(spans, rpc, shim, locsvcs, quiet=False):
+    """How many of SHIM's RPC client spans in `spans` have a server span of
+    LOCSVCS below them: at ratio 1 every one should. Information only:
+    prints the count (with a warning when some lack one) and returns True,
+    or, when `quiet` and some lack one, prints nothing and returns False."""
+    calls = {(s["trace_id"], s["span_id"]) for s in spans if is_span(s, rpc, CLIENT, {shim})}
+    served = {(s["trace_id"], s["parent_span_id"]) for s in spans if is_span(s, rpc, SERVER, locsvcs)}
+    roots = sum(1 for s in spans if s["service"] in locsvcs and s["name"] == "member" and not s["parent_span_id"])
+    n, m = len(calls), len(calls & served)
+    if quiet and (m < n or roots):
+        return False
+    names = "/".join(sorted(locsvcs))
+    print(f"{shim}'s {rpc} calls in the file since the step: {n}, with {names}'s server span below: {m}")
+    if m < n or roots:
+        print(
+            f"warning: {n - m} of them without a server span; {roots} `member` span(s) of {names} "
+            "as trace roots (member operations outside any request's span)"
+        )
+    return True
+
+
+def trace(path, start, method, status, rpc, shim, locsvcs, aors, timeout):
+    locsvcs = set(filter(None, locsvcs.split(",")))
+    aors = list(filter(None, aors.split(",")))
+    last = ["nothing read yet"]
+
+    def probe():
+        spans = read_spans(path, start)
+        spans_of_trace, server_or_why = find_trace(spans, method, status, rpc, shim, locsvcs, aors)
+        if spans_of_trace is None:
+            clients = sum(1 for s in spans if is_span(s, rpc, CLIENT, {shim}))
+            servers = sum(1 for s in spans if is_span(s, rpc, SERVER, locsvcs))
+            last[0] = (
+                f"{len(spans)} spans since byte {start}, {clients} {shim} client and {servers} "
+                f"{'/'.join(sorted(locsvcs))} server spans {rpc}; {server_or_why}"
+            )
+            return None
+        return spans_of_trace, server_or_why
+
+    deadline = time.time() + timeout
+    while True:
+        found = probe()
+        if found:
+            print_trace(*found, method)
+            # The step's other requests (all answered by now): two export
+            # intervals for their spans to arrive, then up to two more while
+            # some still lack a server span, before counting.
+            time.sleep(2.5)
+            settle = time.time() + 2
+            while not coverage(read_spans(path, start), rpc, shim, locsvcs, quiet=time.time() < settle):
+                time.sleep(0.5)
+            return
+        if time.time() >= deadline:
+            die(f"timed out after {timeout} s waiting for the {method} trace in {path}: {last[0]}")
+        time.sleep(0.5)
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -198,10 +387,12 @@ def main(argv):
             wait_alert(args[0], args[1], args[2], args[3], float(args[4]))
         elif cmd == "alerts" and len(args) == 1:
             alerts(args[0])
+        elif cmd == "trace" and len(args) == 9:
+            trace(args[0], int(args[1]), *args[2:8], float(args[8]))
         else:
             print(__doc__, file=sys.stderr)
             sys.exit(2)
-    except (OSError, RuntimeError, urllib.error.URLError) as e:
+    except (OSError, RuntimeError, ValueError, urllib.error.URLError) as e:
         die(f"{cmd}: {e}")
 
 

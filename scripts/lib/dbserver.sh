@@ -295,7 +295,14 @@ init_datadir() {
 	rm -rf "$dir/data"
 	log "$name: initialising $dir/data"
 	LOG_OFFSET=0
-	"$@" >"$dir/install.log" 2>&1 </dev/null || fail_with_log "$dir/install.log" "$name: $what failed"
+	# One retry from scratch: a failed init leaves nothing worth keeping, and
+	# a second failure is reported with its log.
+	if ! "$@" >"$dir/install.log" 2>&1 </dev/null; then
+		log "$name: $what failed; last lines of its log, then one retry:"
+		tail -n 5 "$dir/install.log" >&2
+		rm -rf "$dir/data"
+		"$@" >"$dir/install.log" 2>&1 </dev/null || fail_with_log "$dir/install.log" "$name: $what failed twice"
+	fi
 	touch "$dir/data/$INIT_MARKER"
 }
 
@@ -356,9 +363,15 @@ mariadb_launch() {
 	# out of it; --skip-name-resolve avoids resolveip, which fails on hosts
 	# whose hostname does not resolve; --user=root because the bootstrap
 	# server refuses to run as root otherwise.
+	# A private --tmpdir: in /tmp, a bootstrap once lost its own temporary
+	# table file ("Could not remove temporary table '/tmp/#sql-temptable-…',
+	# error: 2", then "Unknown table 'mysql.tmp_user_sys'") on a CI machine
+	# where other servers and tests share /tmp.
+	mkdir -p "$dir/tmp"
 	init_datadir "$name" mariadb-install-db \
 		mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
-		--auth-root-authentication-method=normal --skip-test-db --skip-name-resolve
+		--auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
+		--tmpdir="$dir/tmp"
 	port=$(resolve_port "$name")
 	rm -f "$dir/pid" "$dir/sock"
 	mark_log "$dir/server.log"
@@ -371,7 +384,7 @@ mariadb_launch() {
 		exec setsid mariadbd --no-defaults --user=root \
 			--datadir="$dir/data" --bind-address=127.0.0.1 --port="$port" \
 			--socket="$dir/sock" --pid-file="$dir/pid" --log-error="$dir/server.log" \
-			--skip-name-resolve --skip-log-bin --innodb-flush-log-at-trx-commit=2 "$@" \
+			--tmpdir="$dir/tmp" --skip-name-resolve --skip-log-bin --innodb-flush-log-at-trx-commit=2 "$@" \
 			</dev/null >>"$dir/server.log" 2>&1
 	) &
 	LAUNCHED_PID=$!

@@ -2,7 +2,10 @@
 //! or hung (SIGSTOP: accepts connections, never answers) in the middle of a
 //! concurrent Save/Lookup load. This binary runs apart from `it` (cargo runs
 //! test binaries one after another) and its tests take a lock, so no other
-//! test ever sees the faulted server.
+//! test ever sees the faulted server. `scripts/test` builds it in release
+//! (`cargo test --release -p locsvc-suite --test faults`): the tests hold
+//! the services to production timers under load, which a debug build on a
+//! 2-core machine meets with too little CPU to spare.
 
 mod canary;
 #[path = "../it/harness.rs"]

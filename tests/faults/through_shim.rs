@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_shim::settings::{Mode, Settings as ShimSettings};
+use testkit::free_udp_port;
 
 use super::*;
 
@@ -179,14 +180,6 @@ pub(crate) fn now_ms() -> f64 {
         * 1000.0
 }
 
-/// A port free a moment ago (sipp must bind it before registering from it).
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
     let _one = FAULT.lock().await;
     let _ = tracing_subscriber::fmt()
@@ -319,6 +312,26 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
     let rows = layout.master().load_locdb().await.unwrap();
     let switched_off = rows.iter().filter(|r| r.no == 1 && r.status == 0).count();
     let window = (fault_at, fault_at + 5000.0);
+    // When the slow calls came (the slowest per 250 ms, and how many), so a
+    // failure shows whether it was the fault or a stall elsewhere in the run.
+    for (what, run) in [("REGISTER", &reg), ("INVITE", &inv)] {
+        let t0 = run.rtt.iter().map(|r| r.0).fold(f64::MAX, f64::min);
+        let mut buckets = std::collections::BTreeMap::<i64, (usize, f64)>::new();
+        for (at, ms) in &run.rtt {
+            let b = buckets.entry(((at - t0) / 250.0) as i64).or_default();
+            b.0 += 1;
+            b.1 = b.1.max(*ms);
+        }
+        let line: Vec<String> = buckets
+            .iter()
+            .map(|(k, (n, m))| format!("{}:{n}/{m:.0}", k * 250))
+            .collect();
+        eprintln!(
+            "DIAG {what} fault at +{:.0} ms: {}",
+            fault_at - t0,
+            line.join(" ")
+        );
+    }
     for (what, run) in [("REGISTER", &reg), ("INVITE", &inv)] {
         let all = percentiles(&run.rtt, 0.0, f64::MAX);
         let during = percentiles(&run.rtt, window.0, window.1);
@@ -351,6 +364,7 @@ async fn through_shim(sig: &'static str, resume: &'static [&'static str]) {
                         "hedged",
                         "circuit",
                         "missed",
+                        "rpc_seconds_bucket",
                     ]
                     .iter()
                     .any(|k| l.contains(k))

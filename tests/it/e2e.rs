@@ -429,6 +429,62 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_changes_nothing() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // In a LookupMany, a bad lookup fails alone, with the same status and
+    // details a Lookup gets; too many lookups fail the call.
+    let lookup = |aor: &str| pb::LookupRequest {
+        aor: aor.into(),
+        ..Default::default()
+    };
+    let outcomes = c
+        .lookup_many(pb::LookupManyRequest {
+            lookups: vec![
+                lookup("sip:dave@example.com"),
+                lookup(""),
+                lookup("sip:nobody@example.com"),
+            ],
+        })
+        .await
+        .expect("lookup many")
+        .into_inner()
+        .outcomes;
+    use pb::lookup_outcome::Outcome;
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[0].outcome, Some(Outcome::Found(f)) if !f.bindings.is_empty()),
+        "{outcomes:?}"
+    );
+    let Some(Outcome::Failed(failed)) = &outcomes[1].outcome else {
+        panic!("{outcomes:?}");
+    };
+    let status = tonic::Status::from(failed.clone());
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.get_details_error_info().map(|i| i.reason),
+        Some(locsvc_proto::reason::BAD_REQUEST.to_string())
+    );
+    assert_eq!(
+        status
+            .get_details_bad_request()
+            .expect("bad request detail")
+            .field_violations[0]
+            .field,
+        "aor"
+    );
+    assert!(
+        matches!(&outcomes[2].outcome, Some(Outcome::Found(f)) if f.bindings.is_empty()),
+        "{outcomes:?}"
+    );
+    let e = c
+        .lookup_many(pb::LookupManyRequest {
+            lookups: vec![lookup("sip:dave@example.com"); 1001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.get_details_bad_request().unwrap().field_violations[0].field,
+        "lookups"
+    );
     let e = c
         .remove(pb::RemoveRequest {
             table: String::new(),

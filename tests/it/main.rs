@@ -10,4 +10,5 @@ mod read_your_writes;
 mod reload;
 mod store_suite;
 mod subscriber_store;
+mod traces;
 mod two_instances;

@@ -339,7 +339,10 @@ async fn migrations_are_idempotent_and_locdb_round_trips(b: Backend) {
     let (s, _d) = store(b, true).await;
     assert_eq!(s.migrate(Scope::Master).await.unwrap(), 0);
     assert_eq!(s.migrate(Scope::Table("location")).await.unwrap(), 0);
-    assert_eq!(s.migrate(Scope::Table("cfa")).await.unwrap(), 1);
+    assert_eq!(s.migrate(Scope::Table("cfa")).await.unwrap(), 2);
+    // What Kamailio's usrloc checks before it uses a table.
+    assert_eq!(table_version(&s, "location").await, Some(9));
+    assert_eq!(table_version(&s, "cfa").await, Some(9));
     let row = locdb_row(3, 2, "mysql://u:p@h/db");
     s.insert_locdb(&row).await.unwrap();
     assert_eq!(s.load_locdb().await.unwrap(), vec![row]);
@@ -620,6 +623,31 @@ async fn concurrent_registers_are_group_committed_and_all_land(b: Backend) {
         "48 concurrent REGISTERs took {} commits",
         after.batches - before.batches
     );
+}
+
+/// `table_version` of `table` in kamctl's `version` table.
+async fn table_version(s: &SqlStore, table: &str) -> Option<i64> {
+    use locsvc::store::DbPool;
+    const SQL: &str = "SELECT table_version FROM version WHERE table_name = ";
+    match s.pool() {
+        DbPool::Sqlite(p) => sqlx::query_scalar(&format!("{SQL}?"))
+            .bind(table)
+            .fetch_optional(p)
+            .await
+            .unwrap(),
+        DbPool::MySql(p) => sqlx::query_scalar::<_, u32>(&format!("{SQL}?"))
+            .bind(table)
+            .fetch_optional(p)
+            .await
+            .unwrap()
+            .map(i64::from),
+        DbPool::Postgres(p) => sqlx::query_scalar::<_, i32>(&format!("{SQL}$1"))
+            .bind(table)
+            .fetch_optional(p)
+            .await
+            .unwrap()
+            .map(i64::from),
+    }
 }
 
 /// Makes the database refuse any row whose contact is `contact`.

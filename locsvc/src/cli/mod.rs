@@ -261,6 +261,7 @@ pub async fn run(args: &ClientArgs, cmd: &UlCommand) -> anyhow::Result<()> {
                 table,
                 aor: aor.clone(),
                 ruid: ruid.clone().unwrap_or_default(),
+                ..Default::default()
             };
             ul_show(&mut c, args.json, req).await
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::location_server::Location;
 use svc_base::metrics::InFlight;
+use svc_base::telemetry::{self, Parent};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -25,6 +26,8 @@ use crate::store::Removal;
 pub const MAX_PAGE: u32 = 5000;
 /// Dump page when the request says 0.
 pub const DEFAULT_PAGE: u32 = 500;
+/// Most lookups in one LookupMany.
+pub const MAX_LOOKUPS: usize = 1000;
 
 /// The gRPC face of the location service.
 #[derive(Clone)]
@@ -62,20 +65,30 @@ impl LocationApi {
     }
 
     /// Runs one unary call in a span naming the method and AoR (the router
-    /// adds the group, member operations their own spans below it): load
-    /// shedding (answer at once rather than queue), `deadline` as the last
-    /// guard (the work itself answers by then), metrics.
+    /// adds the group, member operations their own spans below it; the
+    /// caller's trace is its parent): load shedding (answer at once rather
+    /// than queue), `deadline` as the last guard (the work itself answers
+    /// by then), metrics.
     async fn call<T>(
         &self,
         method: &'static str,
         aor: &str,
         deadline: Instant,
+        parent: Parent,
         f: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
         // Debug-formatted: the AoR is not validated yet, and escaping keeps a
         // crafted one from forging log lines.
-        let span = tracing::info_span!("rpc", method, aor = ?aor, group = tracing::field::Empty);
-        self.call_in(method, deadline, f).instrument(span).await
+        let span = svc_base::rpc_span!(
+            tracing::Level::INFO,
+            "rpc",
+            method,
+            aor = ?aor,
+            group = tracing::field::Empty,
+        );
+        telemetry::name_rpc_span(&span, "locsvc.v1.Location", method, "server");
+        parent.adopt(&span);
+        telemetry::in_rpc_span(span, self.call_in(method, deadline, f)).await
     }
 
     async fn call_in<T>(
@@ -116,6 +129,34 @@ impl LocationApi {
 
 type DumpStream = Pin<Box<dyn Stream<Item = Result<pb::DumpPage, Status>> + Send>>;
 
+impl LocationApi {
+    /// One Lookup, alone or as part of a LookupMany.
+    async fn lookup_one(
+        &self,
+        r: pb::LookupRequest,
+        deadline: Instant,
+        parent: Parent,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        self.call("Lookup", &r.aor, deadline, parent, async {
+            let ruid = convert::ruid(&r.ruid)?;
+            let (group, bindings) = self
+                .svc
+                .lookup(convert::table(&r.table), &r.aor, deadline)
+                .await?;
+            let now = self.svc.now();
+            Ok(pb::LookupResponse {
+                bindings: bindings
+                    .iter()
+                    .filter(|b| ruid.is_empty() || b.ruid == ruid)
+                    .map(|b| convert::binding(b, now))
+                    .collect(),
+                group,
+            })
+        })
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl Location for LocationApi {
     async fn save(
@@ -123,9 +164,10 @@ impl Location for LocationApi {
         req: Request<pb::SaveRequest>,
     ) -> Result<Response<pb::SaveResponse>, Status> {
         let deadline = self.deadline(&req);
+        let parent = Parent::of(req.metadata());
         let r = req.into_inner();
         let aor = r.aor.clone();
-        self.call("Save", &aor, deadline, async {
+        self.call("Save", &aor, deadline, parent, async {
             let input = convert::save_input(&r)?;
             let table = convert::table(&r.table).to_string();
             let svc = self.svc.clone();
@@ -154,24 +196,39 @@ impl Location for LocationApi {
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let deadline = self.deadline(&req);
-        let r = req.into_inner();
-        self.call("Lookup", &r.aor, deadline, async {
-            let ruid = convert::ruid(&r.ruid)?;
-            let (group, bindings) = self
-                .svc
-                .lookup(convert::table(&r.table), &r.aor, deadline)
-                .await?;
-            let now = self.svc.now();
-            Ok(pb::LookupResponse {
-                bindings: bindings
-                    .iter()
-                    .filter(|b| ruid.is_empty() || b.ruid == ruid)
-                    .map(|b| convert::binding(b, now))
-                    .collect(),
-                group,
-            })
-        })
+        let parent = Parent::of(req.metadata());
+        self.lookup_one(req.into_inner(), deadline, parent).await
+    }
+
+    async fn lookup_many(
+        &self,
+        req: Request<pb::LookupManyRequest>,
+    ) -> Result<Response<pb::LookupManyResponse>, Status> {
+        let deadline = self.deadline(&req);
+        let lookups = req.into_inner().lookups;
+        if lookups.len() > MAX_LOOKUPS {
+            return Err(status::invalid(
+                "lookups",
+                &format!("at most {MAX_LOOKUPS} lookups per call"),
+            ));
+        }
+        self.metrics.lookup_batch.observe(lookups.len() as f64);
+        // Each lookup is served as if it came alone (its own span, shedding,
+        // metrics), all at once: the router coalesces their reads.
+        let outcomes = futures::future::join_all(lookups.into_iter().map(|r| {
+            let parent = Parent::of_map(&r.trace_context);
+            self.lookup_one(r, deadline, parent)
+        }))
         .await
+        .into_iter()
+        .map(|r| pb::LookupOutcome {
+            outcome: Some(match r {
+                Ok(found) => pb::lookup_outcome::Outcome::Found(found.into_inner()),
+                Err(s) => pb::lookup_outcome::Outcome::Failed(s.into()),
+            }),
+        })
+        .collect();
+        Ok(Response::new(pb::LookupManyResponse { outcomes }))
     }
 
     async fn remove(
@@ -179,9 +236,10 @@ impl Location for LocationApi {
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let deadline = self.deadline(&req);
+        let parent = Parent::of(req.metadata());
         let r = req.into_inner();
         let aor = r.aor.clone();
-        self.call("Remove", &aor, deadline, async {
+        self.call("Remove", &aor, deadline, parent, async {
             let removal = Removal::from(convert::removal(&r)?);
             let svc = self.svc.clone();
             let (group, removed) = tokio::spawn(
@@ -208,6 +266,7 @@ impl Location for LocationApi {
         req: Request<pb::DumpRequest>,
     ) -> Result<Response<Self::DumpStream>, Status> {
         let deadline = self.deadline(&req);
+        let parent = Parent::of(req.metadata());
         let r = req.into_inner();
         let page = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -216,7 +275,7 @@ impl Location for LocationApi {
         let group = (r.group != 0).then_some(r.group);
         let svc = self.svc.clone();
         let rx = self
-            .call("Dump", "", deadline, async {
+            .call("Dump", "", deadline, parent, async {
                 Ok(svc.dump(convert::table(&r.table).to_string(), group, page)?)
             })
             .await?
@@ -243,8 +302,9 @@ impl Location for LocationApi {
         req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let deadline = self.deadline(&req);
+        let parent = Parent::of(req.metadata());
         let r = req.into_inner();
-        self.call("Stats", "", deadline, async {
+        self.call("Stats", "", deadline, parent, async {
             let groups = self.svc.stats(convert::table(&r.table), deadline).await?;
             Ok(pb::StatsResponse {
                 contacts: groups.iter().map(|g| g.stats.contacts).sum(),

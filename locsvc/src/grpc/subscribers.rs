@@ -5,6 +5,7 @@
 
 use locsvc_proto::v1 as pb;
 use locsvc_proto::v1::subscribers_server::Subscribers;
+use svc_base::telemetry::{self, Parent};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Level, Tokens};
@@ -29,17 +30,9 @@ impl SubscribersApi {
     pub fn new(store: SubscriberStore, tokens: Tokens) -> Self {
         Self { store, tokens }
     }
-}
 
-fn account(username: &str, domain: &str) -> Result<(), Status> {
-    check_name("username", username)?;
-    check_name("domain", domain)?;
-    Ok(())
-}
-
-#[tonic::async_trait]
-impl Subscribers for SubscribersApi {
-    async fn get_credentials(
+    /// GetCredentials itself (its trace span is around it).
+    async fn credentials(
         &self,
         req: Request<pb::GetCredentialsRequest>,
     ) -> Result<Response<pb::GetCredentialsResponse>, Status> {
@@ -61,6 +54,33 @@ impl Subscribers for SubscribersApi {
             ha1_md5: s.ha1_md5,
             ha1_sha256: s.ha1_sha256,
         }))
+    }
+}
+
+fn account(username: &str, domain: &str) -> Result<(), Status> {
+    check_name("username", username)?;
+    check_name("domain", domain)?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Subscribers for SubscribersApi {
+    async fn get_credentials(
+        &self,
+        req: Request<pb::GetCredentialsRequest>,
+    ) -> Result<Response<pb::GetCredentialsResponse>, Status> {
+        let r = req.get_ref();
+        // Debug-formatted: not validated yet, and escaping keeps a crafted
+        // name from forging log lines.
+        let span = svc_base::rpc_span!(
+            tracing::Level::INFO,
+            "rpc",
+            method = "GetCredentials",
+            account = ?format_args!("{}@{}", r.username, r.domain),
+        );
+        telemetry::name_rpc_span(&span, "locsvc.v1.Subscribers", "GetCredentials", "server");
+        Parent::of(req.metadata()).adopt(&span);
+        telemetry::in_rpc_span(span, self.credentials(req)).await
     }
 
     async fn add(

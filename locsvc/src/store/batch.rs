@@ -150,6 +150,7 @@ struct Counters {
 pub(super) struct Timers {
     pub(super) queued: prometheus::Histogram,
     pub(super) statement: prometheus::Histogram,
+    pub(super) batch: prometheus::Histogram,
 }
 
 /// A request waiting for a worker.
@@ -273,6 +274,12 @@ async fn work<S: Sink>(
             let Some(first) = rx.recv().await else {
                 return;
             };
+            // One turn of the scheduler before draining: the other requests
+            // of a burst (a LookupMany's lookups, spread over members in
+            // one poll) are being queued by a task on the other thread right
+            // now; without it a woken worker takes the first alone. Not a
+            // timer: an idle runtime comes straight back.
+            tokio::task::yield_now().await;
             let mut rows = S::weight(&first.item);
             batch.push(first);
             while rows < max_rows {
@@ -304,6 +311,9 @@ async fn work<S: Sink>(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (items, dones): (Vec<S::Item>, Vec<_>) =
             batch.into_iter().map(|p| (p.item, p.done)).unzip();
+        if let Some(t) = &timers {
+            t.batch.observe(items.len() as f64);
+        }
         let ran = std::time::Instant::now();
         let results = sink.run(&items).await;
         if let Some(t) = &timers {

@@ -2,8 +2,9 @@
 //!
 //! Two scopes: `master` (the `locdb` table, and kamctl's `subscriber` and
 //! `version` tables) and one scope per location table
-//! (`table:<name>`), whose files carry a `{table}` placeholder so extra
-//! tables (p_usrloc's `domain_db`) get the same schema. Applied versions are
+//! (`table:<name>`, with its row in kamctl's `version` table), whose files
+//! carry a `{table}` placeholder so extra tables (p_usrloc's `domain_db`)
+//! get the same schema. Applied versions are
 //! recorded in `locsvc_schema`; every statement is idempotent so two
 //! instances migrating at once do no harm.
 
@@ -47,21 +48,18 @@ const SQLITE_MASTER: &[Migration] = &[
     migration!(3, "instances", "sqlite/master/0003_instances.sql"),
     migration!(4, "layout", "sqlite/master/0004_layout.sql"),
 ];
-const MYSQL_LOCATION: &[Migration] = &[migration!(
-    1,
-    "location",
-    "mysql/location/0001_location.sql"
-)];
-const POSTGRES_LOCATION: &[Migration] = &[migration!(
-    1,
-    "location",
-    "postgres/location/0001_location.sql"
-)];
-const SQLITE_LOCATION: &[Migration] = &[migration!(
-    1,
-    "location",
-    "sqlite/location/0001_location.sql"
-)];
+const MYSQL_LOCATION: &[Migration] = &[
+    migration!(1, "location", "mysql/location/0001_location.sql"),
+    migration!(2, "kamailio version", "mysql/location/0002_version.sql"),
+];
+const POSTGRES_LOCATION: &[Migration] = &[
+    migration!(1, "location", "postgres/location/0001_location.sql"),
+    migration!(2, "kamailio version", "postgres/location/0002_version.sql"),
+];
+const SQLITE_LOCATION: &[Migration] = &[
+    migration!(1, "location", "sqlite/location/0001_location.sql"),
+    migration!(2, "kamailio version", "sqlite/location/0002_version.sql"),
+];
 
 /// What a set of migrations creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,6 +201,8 @@ pub struct SqlStore {
 pub struct StageTimers {
     pub queued: prometheus::HistogramVec,
     pub statement: prometheus::HistogramVec,
+    /// Requests per batch.
+    pub batch: prometheus::HistogramVec,
 }
 
 impl StageTimers {
@@ -209,6 +211,7 @@ impl StageTimers {
         batch::Timers {
             queued: self.queued.with_label_values(&[op]),
             statement: self.statement.with_label_values(&[op]),
+            batch: self.batch.with_label_values(&[op]),
         }
     }
 }

@@ -40,6 +40,15 @@ impl Dispatcher {
     /// after the previous message of its Call-ID; or answers 503 at once
     /// when `max_in_flight` messages are already being handled.
     pub fn dispatch(&self, msg: Parsed, src: Inbound) {
+        if let Parsed::Request(req) = &msg
+            && is_ack_of_our_answer(req)
+        {
+            // It ends here whatever it holds (an ACK gets no answer): no
+            // task, no turn. In redirect mode that is every third datagram.
+            self.core.metrics.request("ACK");
+            self.core.metrics.dropped("ack_of_our_answer");
+            return;
+        }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             self.overloaded(&msg, src);
             return;
@@ -98,4 +107,13 @@ impl Dispatcher {
             }
         });
     }
+}
+
+/// An ACK whose To tag is one the shim gave (`identity::TAG_PREFIX`): the
+/// ACK of a final answer the shim itself sent, which goes nowhere.
+fn is_ack_of_our_answer(req: &crate::sip::Request) -> bool {
+    req.method() == "ACK"
+        && req
+            .to()
+            .is_ok_and(|(_, tag)| tag.is_some_and(|t| t.starts_with(crate::identity::TAG_PREFIX)))
 }

@@ -139,15 +139,6 @@ pub async fn sipp(dir: &Path, target: SocketAddr, name: &str, extra: &[&str]) ->
     (out.status.success(), log)
 }
 
-/// A port that was free a moment ago (for sipp's UAS, which must listen on
-/// a port known before its contact is registered).
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub locsvc: TestApp,
