@@ -36,7 +36,8 @@ pub struct Metrics {
 pub enum Stage {
     /// Parsing a datagram.
     Parse,
-    /// Waiting for a task to run the message.
+    /// From dispatch to the handling's start (≈ 0 since a message is first
+    /// polled in the receive loop).
     Wait,
     /// Handling it, the locsvc call included.
     Handle,

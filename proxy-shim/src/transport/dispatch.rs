@@ -1,6 +1,8 @@
-//! What both receive loops hand their messages to: a task per message,
-//! bounded by `max_in_flight`, whose answers go out through the `Outbox`.
+//! What both receive loops hand their messages to: each message handled at
+//! once until it first waits, then in a task of its own, bounded by
+//! `max_in_flight`; the answers go out through the `Outbox`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,8 +38,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Handles one parsed message in its own task, sending what it yields
-    /// after the previous message of its Call-ID; or answers 503 at once
+    /// Handles one parsed message (`run`), sending what it yields after the
+    /// previous message of its Call-ID; or answers 503 at once
     /// when `max_in_flight` messages are already being handled.
     pub fn dispatch(&self, msg: Parsed, src: Inbound) {
         if let Parsed::Request(req) = &msg
@@ -58,7 +60,7 @@ impl Dispatcher {
         // Taken here, in arrival order; the task may run in any order.
         let mut turn = self.order.take_turn(msg.call_id_bytes().as_deref());
         let dispatched = Instant::now();
-        self.tasks.spawn(async move {
+        self.run(async move {
             let _permit = permit;
             let _in_flight = in_flight;
             let m = &core.metrics;
@@ -84,6 +86,19 @@ impl Dispatcher {
             m.stage(Stage::Send, sent - sending);
             m.stage(Stage::Total, sent - dispatched);
         });
+    }
+
+    /// Runs `work` in the receive loop's task until it first waits (on
+    /// locsvc, a turn, a socket), and only then in a task of its own.
+    /// Spawned at once, a message waited ≈ 0.1 ms for the other runtime
+    /// thread to wake up and steal it before its Lookup even left; polled
+    /// here, its call is queued on the connection before the loop reads
+    /// the next datagram, and whatever needs no wait (a relayed response,
+    /// a 400) never becomes a task. The first poll's waker is a no-op: the spawned
+    /// task polls the future again at once, and every future re-registers
+    /// its waker on each poll, so no wake-up is lost.
+    fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
+        run_here_first(&self.tasks, work);
     }
 
     /// A request gets 503 + Retry-After; an ACK or a response is dropped.
@@ -116,4 +131,69 @@ fn is_ack_of_our_answer(req: &crate::sip::Request) -> bool {
         && req
             .to()
             .is_ok_and(|(_, tag)| tag.is_some_and(|t| t.starts_with(crate::identity::TAG_PREFIX)))
+}
+
+/// `Dispatcher::run`: polls `work` once here, spawns it only if it waits.
+fn run_here_first(tasks: &TaskTracker, work: impl Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        tasks.spawn(work);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn work_that_needs_no_wait_is_done_before_dispatch_returns() {
+        let tasks = TaskTracker::new();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        run_here_first(&tasks, async move { d.store(true, Ordering::SeqCst) });
+        assert!(done.load(Ordering::SeqCst));
+        assert!(tasks.is_empty(), "no task for it");
+    }
+
+    #[tokio::test]
+    async fn work_that_waits_goes_on_in_a_task_and_misses_no_wake_up() {
+        let tasks = TaskTracker::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let got = Arc::new(std::sync::Mutex::new(None));
+        let g = got.clone();
+        run_here_first(&tasks, async move {
+            *g.lock().unwrap() = rx.await.ok();
+        });
+        assert_eq!(tasks.len(), 1);
+        // Sent before the task ran: its first poll in the task must see
+        // it, though the only waker registered so far was the no-op.
+        tx.send(7).unwrap();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*got.lock().unwrap(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_after_the_task_started_reaches_it() {
+        let tasks = TaskTracker::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let got = Arc::new(std::sync::Mutex::new(None));
+        let g = got.clone();
+        run_here_first(&tasks, async move {
+            // Pending here; the rest runs in the task.
+            tokio::task::yield_now().await;
+            let _ = started_tx.send(());
+            *g.lock().unwrap() = rx.await.ok();
+        });
+        assert_eq!(tasks.len(), 1);
+        started.await.unwrap();
+        tx.send(9).unwrap();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*got.lock().unwrap(), Some(9));
+    }
 }
