@@ -234,6 +234,38 @@ async fn the_shim_keeps_answering_through_the_first_locsvc_when_the_second_is_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locsvc_restarted_on_its_address_is_reached_again_on_a_new_connection() {
+    // The shim's plain-HTTP connection to locsvc breaks with the restart;
+    // the next call must make a new one, not fail on the dead one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let first = TestApp::embedded(&data).await;
+    let mut shim = RunningShim::start(&[&first], Mode::Proxy).await;
+    let register = |user: &str| {
+        request(
+            "REGISTER",
+            "sip:example.com",
+            &format!("sip:{user}@example.com"),
+            &format!("Contact: <sip:{user}@127.0.0.1:5999>\r\nExpires: 600\r\n"),
+        )
+    };
+    let ok = udp_exchange(shim.addr, &register("hanna")).await;
+    assert!(ok.starts_with("SIP/2.0 200 "), "before the restart: {ok}");
+    let addr = first.addr;
+    first.stop().await;
+    let mut settings = testkit::embedded_settings(&data);
+    settings.grpc.listen = addr;
+    let again = TestApp::spawn(settings).await;
+    again.warm_up().await;
+    let ok = udp_exchange(shim.addr, &register("ivan")).await;
+    assert!(ok.starts_with("SIP/2.0 200 "), "after the restart: {ok}");
+    assert_eq!(again.lookup("sip:hanna@example.com").await.len(), 1);
+    assert_eq!(again.lookup("sip:ivan@example.com").await.len(), 1);
+    shim.stop().await;
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_to_the_shim_itself_gets_200_and_a_foreign_domain_gets_403() {
     let e = env(Mode::Proxy).await;
     let ruri = format!("sip:{}", e.shim.addr);

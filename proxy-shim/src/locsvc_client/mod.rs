@@ -4,8 +4,9 @@
 //! unreachable or shedding load, and the classification of locsvc's
 //! `ErrorInfo` reasons into what the SIP side answers.
 //!
-//! With `TlsClient` the channels use TLS (rustls, the CA given, no system
-//! roots), with a client certificate for a locsvc that requires one.
+//! With `TlsClient` the connections are tonic channels over TLS (rustls, the
+//! CA given, no system roots), with a client certificate for a locsvc that
+//! requires one; without, hyper's HTTP/2 client (`transport`).
 //!
 //! It does not retry a request locsvc *answered* (bad input, 423, CSeq): the
 //! answer would be the same from any instance sharing the same databases.
@@ -14,11 +15,13 @@
 //! calls are in flight are coalesced into the next one (`batch`), each
 //! still with its own deadline, span and answer.
 //!
-//! `status` classifies what locsvc answers; `tls` reads the TLS files.
+//! `status` classifies what locsvc answers; `tls` reads the TLS files;
+//! `transport` is the connection to one instance.
 
 mod batch;
 mod status;
 mod tls;
+mod transport;
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -34,11 +37,12 @@ use locsvc_proto::v1::{
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
 use batch::Batcher;
+use transport::Transport;
 
 use status::{channel_failure, worth_failover};
 
@@ -67,9 +71,9 @@ struct Instance {
     /// The URI's host and port, for trace spans.
     host: String,
     port: u16,
-    client: LocationClient<Channel>,
+    client: LocationClient<Transport>,
     /// Digest credentials (same connection).
-    subscribers: SubscribersClient<Channel>,
+    subscribers: SubscribersClient<Transport>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -202,8 +206,9 @@ impl Drop for Slot {
 }
 
 impl LocsvcClient {
-    /// Channels connect lazily, so the shim starts even when locsvc is not
-    /// up yet (it answers 503 until it is). Plain HTTP/2: see `with_tls`.
+    /// Connections are made on first use, so the shim starts even when
+    /// locsvc is not up yet (it answers 503 until it is). Plain HTTP/2
+    /// (`transport`): see `with_tls`.
     pub fn new(
         uris: &[String],
         budget: Duration,
@@ -258,13 +263,17 @@ impl LocsvcClient {
                 80
             };
             let port = ep.uri().port_u16().unwrap_or(default_port);
-            let channel = ep.connect_lazy();
+            let origin = ep.uri().clone();
+            let transport = match tls {
+                Some(_) => Transport::Channel(ep.connect_lazy()),
+                None => Transport::direct(budget),
+            };
             instances.push(Instance {
                 uri,
                 host,
                 port,
-                client: LocationClient::new(channel.clone()),
-                subscribers: SubscribersClient::new(channel),
+                client: LocationClient::with_origin(transport.clone(), origin.clone()),
+                subscribers: SubscribersClient::with_origin(transport, origin),
                 down_until: Mutex::new(None),
             });
         }
