@@ -76,6 +76,10 @@
 #   CALL_TIMEOUT_MS [1000] (warm-up and pre-registration: 10000)
 #   LOCSVC [${CARGO_TARGET_DIR:-<repo>/target}/release/locsvc]
 #   SHIM [${CARGO_TARGET_DIR:-<repo>/target}/release/proxy-shim]
+#   A/B: shim-proxy@NAME or shim-redirect@NAME (shim-redirect@base) runs the
+#   locsvc and proxy-shim in the directory BINDIR_NAME (NAME upper-cased:
+#   BINDIR_BASE) instead, so two builds are interleaved within each run
+#   like any two targets.
 #   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
 #   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
 #   AUTH_PW [pw] (shim-auth's subscribers' password)
@@ -117,19 +121,36 @@ LOG_TAG=compare
 # shellcheck source=SCRIPTDIR/../lib/common.sh
 source "$HERE/../lib/common.sh"
 
+# shim_bins TARGET: the locsvc and proxy-shim binaries of a shim target,
+# one per line: LOCSVC and SHIM, or for TARGET@NAME (an A/B variant) those
+# in the directory BINDIR_NAME (NAME upper-cased; not LOCSVC_NAME, which
+# locsvc would read as one of its settings).
+shim_bins() {
+    local variant dir
+    if [[ $1 != *@* ]]; then
+        printf '%s\n%s\n' "$LOCSVC" "$SHIM"
+        return
+    fi
+    variant=${1#*@}
+    dir=BINDIR_${variant^^}
+    [[ -n ${!dir:-} ]] || die "target $1 needs $dir (a directory with locsvc and proxy-shim)"
+    printf '%s\n%s\n' "${!dir}/locsvc" "${!dir}/proxy-shim"
+}
+
 for t in $TARGETS; do
     case $t in
     kamailio | kamailio-tm | kamailio-redirect) NEED_KAM=1 ;;
-    shim-proxy | shim-redirect) NEED_SHIM=1 ;;
+    shim-proxy | shim-redirect | shim-proxy@?* | shim-redirect@?*) NEED_SHIM=1 ;;
     shim-auth) NEED_SHIM=1 NEED_SUBSCRIBERS=1 ;;
-    *) die "unknown target '$t' (kamailio kamailio-tm kamailio-redirect shim-proxy shim-redirect shim-auth)" ;;
+    *) die "unknown target '$t' (kamailio kamailio-tm kamailio-redirect shim-proxy shim-redirect shim-auth; shim-proxy@NAME shim-redirect@NAME)" ;;
     esac
+    if [[ $t == shim-* ]]; then
+        mapfile -t bins < <(shim_bins "$t")
+        for bin in "${bins[@]}"; do
+            [[ -x $bin ]] || die "not executable: $bin (set LOCSVC and SHIM, or the variant's)"
+        done
+    fi
 done
-if [[ -n ${NEED_SHIM:-} ]]; then
-    for bin in "$LOCSVC" "$SHIM"; do
-        [[ -x $bin ]] || die "not executable: $bin (set LOCSVC and SHIM)"
-    done
-fi
 if [[ -n $PROBE_RATES ]]; then
     [[ -x $PROBE ]] || die "not executable: $PROBE (cargo build --release -p locsvc-bench; or PROBE_RATES=)"
 fi
@@ -192,7 +213,7 @@ fi
 # ------------------------------------------------------------------ helpers (more in ../lib/common.sh)
 
 kind_of() {
-    case $1 in
+    case ${1%@*} in
     *redirect) echo invite-302 ;;
     *) echo invite-relay ;;
     esac
@@ -204,7 +225,7 @@ TARGET_PORT=
 TARGET_PIDS=()
 
 start_target() {
-    local target=$1 tag=$2 mode define cfg lport mport auth
+    local target=$1 tag=$2 mode define cfg lport mport auth bins
     TARGET_PORT=$(free_port)
     TARGET_PIDS=()
     case $target in
@@ -226,10 +247,12 @@ start_target() {
         ;;
     shim-*)
         mode=${target#shim-}
+        mode=${mode%@*}
+        mapfile -t bins < <(shim_bins "$target")
         # shim-auth: redirect mode, digest auth, and no trusted source (a
         # trusted one would pass unchallenged).
         auth=(--auth off --trusted 127.0.0.1)
-        if [[ $target == shim-auth ]]; then
+        if [[ $mode == auth ]]; then
             mode=redirect
             auth=(--auth digest)
         fi
@@ -237,7 +260,7 @@ start_target() {
         mport=$(free_port)
         LOCSVC_METRICS_PORT=$(free_port)
         LOCSVC_PARTITION__HASH=$LOCSVC_HASH LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
-            "$LOCSVC" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
+            "${bins[0]}" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
             --metrics-listen "127.0.0.1:$LOCSVC_METRICS_PORT" >"$OUT/logs/$tag.locsvc.log" 2>&1 &
         TARGET_PIDS+=($!)
         PIDS+=($!)
@@ -245,7 +268,7 @@ start_target() {
         # sipp stands for many phones on one address (no per-source rate
         # limit) and, in proxy mode, for a trusted edge: the shim does not
         # Record-Route, so its ACKs through the shim are in-dialog relays.
-        RUST_LOG=warn "$SHIM" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
+        RUST_LOG=warn "${bins[1]}" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
             --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
             --rate-limit 0 "${auth[@]}" \
             >"$OUT/logs/$tag.shim.log" 2>&1 &
