@@ -240,16 +240,15 @@ impl LocsvcClient {
                 }
                 _ => uri.clone(),
             };
-            let mut ep = Endpoint::from_shared(uri.clone())
-                .map_err(|e| ClientError::BadUri {
-                    uri: uri.clone(),
-                    reason: e.to_string(),
-                })?
-                .connect_timeout(budget)
-                .timeout(budget)
-                .tcp_nodelay(true);
+            let mut ep = Endpoint::from_shared(uri.clone()).map_err(|e| ClientError::BadUri {
+                uri: uri.clone(),
+                reason: e.to_string(),
+            })?;
             if let Some(t) = &tls {
                 ep = ep
+                    .connect_timeout(budget)
+                    .timeout(budget)
+                    .tcp_nodelay(true)
                     .tls_config(t.config(budget))
                     .map_err(|e| ClientError::Tls {
                         uri: uri.clone(),

@@ -38,7 +38,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Handles one parsed message (`run`), sending what it yields after the
+    /// Handles one parsed message (`run_here_first`), sending what it yields after the
     /// previous message of its Call-ID; or answers 503 at once
     /// when `max_in_flight` messages are already being handled.
     pub fn dispatch(&self, msg: Parsed, src: Inbound) {
@@ -60,7 +60,7 @@ impl Dispatcher {
         // Taken here, in arrival order; the task may run in any order.
         let mut turn = self.order.take_turn(msg.call_id_bytes().as_deref());
         let dispatched = Instant::now();
-        self.run(async move {
+        run_here_first(&self.tasks, async move {
             let _permit = permit;
             let _in_flight = in_flight;
             let m = &core.metrics;
@@ -86,19 +86,6 @@ impl Dispatcher {
             m.stage(Stage::Send, sent - sending);
             m.stage(Stage::Total, sent - dispatched);
         });
-    }
-
-    /// Runs `work` in the receive loop's task until it first waits (on
-    /// locsvc, a turn, a socket), and only then in a task of its own.
-    /// Spawned at once, a message waited ≈ 0.1 ms for the other runtime
-    /// thread to wake up and steal it before its Lookup even left; polled
-    /// here, its call is queued on the connection before the loop reads
-    /// the next datagram, and whatever needs no wait (a relayed response,
-    /// a 400) never becomes a task. The first poll's waker is a no-op: the spawned
-    /// task polls the future again at once, and every future re-registers
-    /// its waker on each poll, so no wake-up is lost.
-    fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
-        run_here_first(&self.tasks, work);
     }
 
     /// A request gets 503 + Retry-After; an ACK or a response is dropped.
@@ -133,7 +120,16 @@ fn is_ack_of_our_answer(req: &crate::sip::Request) -> bool {
             .is_ok_and(|(_, tag)| tag.is_some_and(|t| t.starts_with(crate::identity::TAG_PREFIX)))
 }
 
-/// `Dispatcher::run`: polls `work` once here, spawns it only if it waits.
+/// Runs `work` in the receive loop's task until it first waits (on
+/// locsvc, a turn, a socket), and only then in a task of its own. Spawned
+/// at once, a message waited 13-76 µs on average for the other runtime
+/// thread to wake up and steal it before its Lookup even left (BENCHMARKS,
+/// "Fewer hops per call"); polled here, its call is queued on the
+/// connection before the loop reads the next datagram, and whatever needs
+/// no wait (a relayed response, a 400) never becomes a task. The first
+/// poll's waker is a no-op: the spawned task polls the future again at
+/// once, and every future re-registers its waker on each poll, so no
+/// wake-up is lost.
 fn run_here_first(tasks: &TaskTracker, work: impl Future<Output = ()> + Send + 'static) {
     let mut work = Box::pin(work);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
