@@ -3,7 +3,7 @@
 //! concurrent Save/Lookup load. This binary runs apart from `it` (cargo runs
 //! test binaries one after another) and its tests take a lock, so no other
 //! test ever sees the faulted server. `scripts/test` builds it in release
-//! (`cargo test --release -p locsvc-suite --test faults`): the tests hold
+//! (`cargo test --release -p locsvc-suite --features faults --test faults`): the tests hold
 //! the services to production timers under load, which a debug build on a
 //! 2-core machine meets with too little CPU to spare.
 
