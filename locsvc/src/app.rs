@@ -24,6 +24,7 @@ use crate::expiry::Sweeper;
 use crate::failover::{Failover, Marks};
 use crate::grpc::{ClusterApi, Level, LocationApi, SubscribersApi, Tokens};
 use crate::location::LocationService;
+use crate::lookup_cache::LookupCache;
 use crate::metrics::{self, Metrics};
 use crate::router::{Router, TableMode};
 use crate::settings::Settings;
@@ -345,13 +346,19 @@ impl App {
             Some(failover.clone()),
         )
         .with_registry(registry.clone());
-        let service = Arc::new(LocationService::new(
-            router.clone(),
-            cross,
-            settings.registrar.clone(),
-            settings.cluster.key_policy,
-            clock.clone(),
-        ));
+        let service = Arc::new(
+            LocationService::new(
+                router.clone(),
+                cross,
+                settings.registrar.clone(),
+                settings.cluster.key_policy,
+                clock.clone(),
+            )
+            .with_lookup_cache(LookupCache::new(
+                settings.cluster.lookup_cache,
+                settings.cluster.lookup_cache_aors,
+            )),
+        );
         let cluster_api = ClusterApi::new(
             router.clone(),
             failover.clone(),

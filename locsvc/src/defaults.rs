@@ -171,6 +171,16 @@ pub const SETTINGS: &[Documented] = &[
         "how often contacts and AoRs are counted per group for the gauges; 0 = never",
     ),
     d(
+        "cluster.lookup_cache_ms",
+        "0",
+        "keep Lookup answers this long; another writer's change shows within it; 0 = off",
+    ),
+    d(
+        "cluster.lookup_cache_aors",
+        "100000",
+        "most AoRs the lookup cache holds",
+    ),
+    d(
         "partition.hash",
         "\"xxh3\"",
         "xxh3, or crc32-mod (p_usrloc's placement)",

@@ -23,6 +23,7 @@ pub mod expiry;
 pub mod failover;
 pub mod grpc;
 pub mod location;
+pub mod lookup_cache;
 pub mod metrics;
 pub mod mover;
 pub mod partition;

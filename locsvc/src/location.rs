@@ -12,6 +12,7 @@ use crate::aor_lock::{AorLockGuard, AorLocks};
 use crate::clock::Clock;
 use crate::cluster::layout::Phase;
 use crate::domain::{Aor, AorError, Binding, KeyPolicy, SaveInput, UnixTime};
+use crate::lookup_cache::LookupCache;
 use crate::placement::{self, GroupWrite};
 use crate::registrar::{self, RegistrarError, RegistrarPolicy};
 use crate::router::{
@@ -114,6 +115,8 @@ pub struct LocationService {
     policy: RegistrarPolicy,
     key_policy: KeyPolicy,
     clock: Clock,
+    /// Lookup answers kept for a bounded time; `None`: off.
+    cache: Option<LookupCache>,
 }
 
 fn new_ruid() -> String {
@@ -136,6 +139,21 @@ impl LocationService {
             policy,
             key_policy,
             clock,
+            cache: None,
+        }
+    }
+
+    /// This service with Lookup answers kept in `cache`.
+    pub fn with_lookup_cache(mut self, cache: Option<LookupCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Drops what the lookup cache holds of `aor` once a write to it has
+    /// ended, acknowledged or not (a failed write may be half applied).
+    fn forget(&self, table: &str, aor: &Aor) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(table, aor, write_key(table, aor));
         }
     }
 
@@ -321,6 +339,18 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<Saved, LocationError> {
         let aor = &self.parse_aor(aor)?;
+        let saved = self.save_parsed(table, aor, input, deadline).await;
+        self.forget(table, aor);
+        saved
+    }
+
+    async fn save_parsed(
+        &self,
+        table: &str,
+        aor: &Aor,
+        input: &SaveInput,
+        deadline: Instant,
+    ) -> Result<Saved, LocationError> {
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let rows = self.load_routed(table, aor, route, deadline).await?;
@@ -358,6 +388,17 @@ impl LocationService {
     /// (the mover's step; the same rule as a REGISTER during `Moving`),
     /// under the AoR's locks. Returns whether it had rows to move.
     pub async fn carry(
+        &self,
+        table: &str,
+        aor: &Aor,
+        deadline: Instant,
+    ) -> Result<bool, LocationError> {
+        let carried = self.carry_locked(table, aor, deadline).await;
+        self.forget(table, aor);
+        carried
+    }
+
+    async fn carry_locked(
         &self,
         table: &str,
         aor: &Aor,
@@ -402,11 +443,32 @@ impl LocationService {
         let route = self.router.route(table, aor)?;
         let now = (self.clock)();
         let valid = Some(now);
+        let group = route.target.group_id();
         let rows = match &route.moving {
-            None => {
-                self.load_rows(table, aor, &route.target, deadline, valid)
-                    .await?
-            }
+            None => match &self.cache {
+                None => {
+                    self.load_rows(table, aor, &route.target, deadline, valid)
+                        .await?
+                }
+                Some(cache) => {
+                    let key = write_key(table, aor);
+                    let counted = &self.router.metrics().lookup_cache;
+                    // An answer from before a layout change names the old
+                    // group: read again.
+                    if let Some((g, rows)) = cache.get(table, aor, key).filter(|(g, _)| *g == group)
+                    {
+                        counted.with_label_values(&["hit"]).inc();
+                        return Ok((g, registrar::valid_ordered(&rows, now)));
+                    }
+                    counted.with_label_values(&["miss"]).inc();
+                    let ticket = cache.ticket(key);
+                    let rows = self
+                        .load_rows(table, aor, &route.target, deadline, valid)
+                        .await?;
+                    cache.fill(ticket, table, aor, group, &rows);
+                    rows
+                }
+            },
             // A lookup holds no lock, so the mover may carry the AoR
             // between two reads. It writes the owner before it deletes from
             // the previous owner; reading in the opposite order, one after
@@ -421,10 +483,7 @@ impl LocationService {
                 placement::merge(owner, previous)
             }
         };
-        Ok((
-            route.target.group_id(),
-            registrar::valid_ordered(&rows, now),
-        ))
+        Ok((group, registrar::valid_ordered(&rows, now)))
     }
 
     /// Removes one contact of `aor`, or all, by `deadline`; returns (group,
@@ -437,6 +496,18 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
+        let removed = self.remove_parsed(table, aor, which, deadline).await;
+        self.forget(table, aor);
+        removed
+    }
+
+    async fn remove_parsed(
+        &self,
+        table: &str,
+        aor: &Aor,
+        which: Which<'_>,
+        deadline: Instant,
+    ) -> Result<(u32, u64), LocationError> {
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());

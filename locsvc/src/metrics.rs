@@ -23,6 +23,9 @@ pub struct Metrics {
     pub hedged_reads: IntCounter,
     /// Lookups per LookupMany call (each is also counted as a Lookup).
     pub lookup_batch: Histogram,
+    /// Lookups answered from the lookup cache (hit) or by a read (miss);
+    /// none while the cache is off.
+    pub lookup_cache: IntCounterVec,
     /// RPCs being served now.
     pub rpc_in_flight: IntGauge,
     /// Member operation failures by group, member and kind.
@@ -97,6 +100,7 @@ impl Metrics {
             rpc_in_flight,
             hedged_reads,
             lookup_batch,
+            lookup_cache,
         } = Rpc::register(&registry);
         let Members {
             member_errors,
@@ -152,6 +156,7 @@ impl Metrics {
             rpc_in_flight,
             hedged_reads,
             lookup_batch,
+            lookup_cache,
             member_errors,
             member_missed_writes,
             failover_actions,
@@ -209,6 +214,7 @@ struct Rpc {
     rpc_in_flight: IntGauge,
     hedged_reads: IntCounter,
     lookup_batch: Histogram,
+    lookup_cache: IntCounterVec,
 }
 
 impl Rpc {
@@ -246,6 +252,12 @@ impl Rpc {
                 registry,
                 "hedged_reads_total",
                 "Reads also sent to a second member",
+            ),
+            lookup_cache: counter_vec(
+                registry,
+                "lookup_cache_total",
+                "Lookups answered from the lookup cache (hit) or by a read (miss)",
+                &["result"],
             ),
         }
     }

@@ -77,6 +77,10 @@ pub struct ClusterSettings {
     /// How often contacts and AoRs are counted per group for the gauges
     /// (zero: never).
     pub census_interval: Duration,
+    /// How long a Lookup answer is kept (`lookup_cache`; zero: off) and
+    /// for how many AoRs at most.
+    pub lookup_cache: Duration,
+    pub lookup_cache_aors: usize,
 }
 
 /// Everything locsvc reads from configuration.
@@ -135,6 +139,8 @@ impl Default for Settings {
                 mover: MoverSettings::default(),
                 locdb_time: LocdbTime::Utc,
                 census_interval: Duration::from_secs(60),
+                lookup_cache: Duration::ZERO,
+                lookup_cache_aors: 100_000,
             },
             registrar: RegistrarPolicy::default(),
             expiry: SweepSettings::default(),
@@ -311,6 +317,8 @@ fn apply_cluster(c: &mut ClusterSettings, key: &str, v: &str) -> Result<bool, Re
         "cluster.mover_carry_timeout_ms" => c.mover.carry_timeout = millis(v)?,
         "cluster.locdb_timestamps" => c.locdb_time = parse(v)?,
         "cluster.census_interval_ms" => c.census_interval = millis(v)?,
+        "cluster.lookup_cache_ms" => c.lookup_cache = Duration::from_millis(parse(v)?),
+        "cluster.lookup_cache_aors" => c.lookup_cache_aors = parse(v)?,
         "partition.hash" => c.hash = parse(v)?,
         "partition.use_domain" => c.key_policy.use_domain = parse(v)?,
         "partition.case_sensitive" => c.key_policy.case_sensitive = parse(v)?,

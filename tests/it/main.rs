@@ -6,6 +6,7 @@ mod cluster_admin;
 mod e2e;
 mod harness;
 mod layout_epochs;
+mod lookup_cache;
 mod read_your_writes;
 mod reload;
 mod store_suite;

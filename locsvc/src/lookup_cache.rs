@@ -1,0 +1,257 @@
+//! Lookup answers kept for a bounded time (`lookup_cache.ttl_ms`, off by
+//! default), so a repeated Lookup of one AoR skips the database.
+//!
+//! Coherence: this instance's own Save and Remove of an AoR drop its entry
+//! when they finish, and a read that was already under way when they began
+//! cannot put its older answer back (a per-shard generation, taken before
+//! the read, must still hold when the answer is stored). What another
+//! writer (a second locsvc instance, a Kamailio p_usrloc node during a
+//! migration) changes is seen at most `ttl` after it was acknowledged: an
+//! entry's age counts from the moment its read *began*, so no entry can
+//! outlive the write it missed by more than `ttl`. Empty answers are never
+//! kept, so a new registration made elsewhere is seen at once; what the
+//! bound covers is a binding removed or replaced elsewhere, and a second
+//! contact added elsewhere to an AoR already cached here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::domain::{Aor, Binding};
+
+/// How many independently locked parts the cache has: enough that two
+/// runtime threads rarely meet on one lock.
+const SHARDS: usize = 64;
+
+/// A cache of Lookup answers (`lookup_cache` module docs).
+#[derive(Debug)]
+pub struct LookupCache {
+    ttl: Duration,
+    per_shard: usize,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Bumped by every invalidation in the shard; a fill taken before a
+    /// bump is refused.
+    generation: u64,
+    entries: HashMap<(Box<str>, Box<str>), Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// When the read that produced the answer began.
+    read_at: Instant,
+    group: u32,
+    bindings: Vec<Binding>,
+}
+
+/// Taken before a read whose answer may be stored (`LookupCache::fill`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    shard: usize,
+    generation: u64,
+    read_at: Instant,
+}
+
+impl LookupCache {
+    /// A cache keeping answers for `ttl`, at most `capacity` AoRs; `None`
+    /// when `ttl` is zero (off).
+    pub fn new(ttl: Duration, capacity: usize) -> Option<Self> {
+        if ttl.is_zero() || capacity == 0 {
+            return None;
+        }
+        Some(Self {
+            ttl,
+            per_shard: capacity.div_ceil(SHARDS),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        })
+    }
+
+    /// How long an answer is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn shard_of(key: u64) -> usize {
+        (key % SHARDS as u64) as usize
+    }
+
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        // A panic while holding a shard leaves only cached answers behind,
+        // which are as good as before it.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kept answer for `aor` in `table` (`key` is its `write_key`):
+    /// its group and bindings (still to be filtered by expiry), if younger
+    /// than the ttl.
+    pub fn get(&self, table: &str, aor: &Aor, key: u64) -> Option<(u32, Vec<Binding>)> {
+        let shard = self.shard(Self::shard_of(key));
+        let entry = shard.entries.get(&(table.into(), aor.key().into()))?;
+        (entry.read_at.elapsed() < self.ttl).then(|| (entry.group, entry.bindings.clone()))
+    }
+
+    /// A ticket for a read of the AoR with `key` that begins now.
+    pub fn ticket(&self, key: u64) -> Ticket {
+        let shard = Self::shard_of(key);
+        Ticket {
+            shard,
+            generation: self.shard(shard).generation,
+            read_at: Instant::now(),
+        }
+    }
+
+    /// Keeps the answer of the read `ticket` was taken for, unless its
+    /// shard was invalidated since or the answer is empty (never kept: a
+    /// registration made elsewhere must be found at once).
+    pub fn fill(&self, ticket: Ticket, table: &str, aor: &Aor, group: u32, bindings: &[Binding]) {
+        if bindings.is_empty() {
+            return;
+        }
+        let ttl = self.ttl;
+        let mut shard = self.shard(ticket.shard);
+        if shard.generation != ticket.generation {
+            return;
+        }
+        if shard.entries.len() >= self.per_shard {
+            shard.entries.retain(|_, e| e.read_at.elapsed() < ttl);
+            if shard.entries.len() >= self.per_shard {
+                return;
+            }
+        }
+        shard.entries.insert(
+            (table.into(), aor.key().into()),
+            Entry {
+                read_at: ticket.read_at,
+                group,
+                bindings: bindings.to_vec(),
+            },
+        );
+    }
+
+    /// Forgets `aor`'s answer in `table` and refuses every fill of its
+    /// shard whose ticket is older than this call.
+    pub fn invalidate(&self, table: &str, aor: &Aor, key: u64) {
+        let mut shard = self.shard(Self::shard_of(key));
+        shard.generation = shard.generation.wrapping_add(1);
+        shard.entries.remove(&(table.into(), aor.key().into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyPolicy;
+    use crate::router::write_key;
+
+    fn aor(s: &str) -> Aor {
+        Aor::parse(s, KeyPolicy::default()).unwrap()
+    }
+
+    fn binding(contact: &str) -> Binding {
+        Binding {
+            ruid: format!("r-{contact}"),
+            contact: contact.into(),
+            expires: 2_000_000_000,
+            q: None,
+            call_id: "c".into(),
+            cseq: 1,
+            path: Vec::new(),
+            received: None,
+            user_agent: String::new(),
+            socket: None,
+            instance: None,
+            reg_id: 0,
+            methods: None,
+            flags: 0,
+            cflags: 0,
+            last_modified: 1_000_000_000,
+        }
+    }
+
+    fn cache(ttl: Duration) -> LookupCache {
+        LookupCache::new(ttl, 1024).unwrap()
+    }
+
+    #[test]
+    fn zero_ttl_is_off() {
+        assert!(LookupCache::new(Duration::ZERO, 10).is_none());
+        assert!(LookupCache::new(Duration::from_secs(1), 0).is_none());
+    }
+
+    #[test]
+    fn a_filled_answer_is_returned_for_its_aor_and_table_only() {
+        let c = cache(Duration::from_secs(60));
+        let (a, b) = (aor("sip:alice@example.com"), aor("sip:bob@example.com"));
+        let (ka, kb) = (write_key("location", &a), write_key("location", &b));
+        let t = c.ticket(ka);
+        c.fill(t, "location", &a, 7, &[binding("sip:a@10.0.0.1")]);
+        let (group, got) = c.get("location", &a, ka).unwrap();
+        assert_eq!((group, got[0].contact.as_str()), (7, "sip:a@10.0.0.1"));
+        assert!(c.get("location", &b, kb).is_none());
+        assert!(c.get("other", &a, write_key("other", &a)).is_none());
+    }
+
+    #[test]
+    fn an_empty_answer_is_not_kept() {
+        let c = cache(Duration::from_secs(60));
+        let a = aor("sip:alice@example.com");
+        let k = write_key("location", &a);
+        c.fill(c.ticket(k), "location", &a, 1, &[]);
+        assert!(c.get("location", &a, k).is_none());
+    }
+
+    #[test]
+    fn an_invalidation_drops_the_entry_and_refuses_a_read_begun_before_it() {
+        let c = cache(Duration::from_secs(60));
+        let a = aor("sip:alice@example.com");
+        let k = write_key("location", &a);
+        c.fill(c.ticket(k), "location", &a, 1, &[binding("sip:old@h")]);
+        // A read begins, a write ends and invalidates, the read's older
+        // answer arrives: it must not be kept.
+        let ticket = c.ticket(k);
+        c.invalidate("location", &a, k);
+        assert!(c.get("location", &a, k).is_none());
+        c.fill(ticket, "location", &a, 1, &[binding("sip:old@h")]);
+        assert!(c.get("location", &a, k).is_none());
+        // A read begun after the write is kept.
+        c.fill(c.ticket(k), "location", &a, 1, &[binding("sip:new@h")]);
+        assert_eq!(c.get("location", &a, k).unwrap().1[0].contact, "sip:new@h");
+    }
+
+    #[test]
+    fn an_answer_ages_from_when_its_read_began() {
+        let c = cache(Duration::from_millis(50));
+        let a = aor("sip:alice@example.com");
+        let k = write_key("location", &a);
+        let ticket = c.ticket(k);
+        std::thread::sleep(Duration::from_millis(60));
+        // The read took longer than the ttl: its answer is already too old.
+        c.fill(ticket, "location", &a, 1, &[binding("sip:a@h")]);
+        assert!(c.get("location", &a, k).is_none());
+    }
+
+    #[test]
+    fn a_full_shard_keeps_what_it_has_and_refuses_more() {
+        let c = LookupCache::new(Duration::from_secs(60), SHARDS).unwrap();
+        let mut kept = 0;
+        for i in 0..(4 * SHARDS) {
+            let a = aor(&format!("sip:u{i}@example.com"));
+            let k = write_key("location", &a);
+            c.fill(c.ticket(k), "location", &a, 1, &[binding("sip:x@h")]);
+            kept += usize::from(c.get("location", &a, k).is_some());
+        }
+        let stored: usize = c
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().entries.len())
+            .sum();
+        assert_eq!(stored, kept);
+        assert!(
+            stored <= SHARDS,
+            "{stored} entries for a capacity of {SHARDS}"
+        );
+    }
+}
