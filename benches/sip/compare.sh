@@ -78,8 +78,10 @@
 #   SHIM [${CARGO_TARGET_DIR:-<repo>/target}/release/proxy-shim]
 #   A/B: shim-proxy@NAME or shim-redirect@NAME (shim-redirect@base) runs the
 #   locsvc and proxy-shim in the directory BINDIR_NAME (NAME upper-cased:
-#   BINDIR_BASE) instead, so two builds are interleaved within each run
-#   like any two targets.
+#   BINDIR_BASE) instead, and/or locsvc with the settings in ENV_NAME
+#   (ENV_CACHE="LOCSVC_CLUSTER__LOOKUP_CACHE_MS=30000", space-separated
+#   variable assignments), so two builds or two configurations are
+#   interleaved within each run like any two targets.
 #   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
 #   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
 #   AUTH_PW [pw] (shim-auth's subscribers' password)
@@ -123,18 +125,37 @@ source "$HERE/../lib/common.sh"
 
 # shim_bins TARGET: the locsvc and proxy-shim binaries of a shim target,
 # one per line: LOCSVC and SHIM, or for TARGET@NAME (an A/B variant) those
-# in the directory BINDIR_NAME (NAME upper-cased; not LOCSVC_NAME, which
-# locsvc would read as one of its settings).
+# in the directory BINDIR_NAME if set (NAME upper-cased; not LOCSVC_NAME,
+# which locsvc would read as one of its settings).
 shim_bins() {
-    local variant dir
+    local variant dir env
     if [[ $1 != *@* ]]; then
         printf '%s\n%s\n' "$LOCSVC" "$SHIM"
         return
     fi
     variant=${1#*@}
     dir=BINDIR_${variant^^}
-    [[ -n ${!dir:-} ]] || die "target $1 needs $dir (a directory with locsvc and proxy-shim)"
-    printf '%s\n%s\n' "${!dir}/locsvc" "${!dir}/proxy-shim"
+    env=ENV_${variant^^}
+    [[ -n ${!dir:-} || -n ${!env:-} ]] ||
+        die "target $1 needs $dir (a directory with locsvc and proxy-shim) or $env (locsvc settings)"
+    if [[ -n ${!dir:-} ]]; then
+        printf '%s\n%s\n' "${!dir}/locsvc" "${!dir}/proxy-shim"
+    else
+        printf '%s\n%s\n' "$LOCSVC" "$SHIM"
+    fi
+}
+
+# variant_env TARGET: the ENV_NAME assignments of TARGET@NAME, one per
+# line (none for other targets); each must be LOCSVC_KEY=VALUE.
+variant_env() {
+    local env a
+    [[ $1 == *@* ]] || return 0
+    env=ENV_${1#*@}
+    env=${env^^}
+    for a in ${!env:-}; do
+        [[ $a =~ ^LOCSVC_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "$env: '$a' is not LOCSVC_KEY=VALUE"
+        echo "$a"
+    done
 }
 
 for t in $TARGETS; do
@@ -146,6 +167,7 @@ for t in $TARGETS; do
     esac
     if [[ $t == shim-* ]]; then
         mapfile -t bins < <(shim_bins "$t")
+        variant_env "$t" >/dev/null
         for bin in "${bins[@]}"; do
             [[ -x $bin ]] || die "not executable: $bin (set LOCSVC and SHIM, or the variant's)"
         done
@@ -225,7 +247,7 @@ TARGET_PORT=
 TARGET_PIDS=()
 
 start_target() {
-    local target=$1 tag=$2 mode define cfg lport mport auth bins
+    local target=$1 tag=$2 mode define cfg lport mport auth bins venv
     TARGET_PORT=$(free_port)
     TARGET_PIDS=()
     case $target in
@@ -259,7 +281,8 @@ start_target() {
         lport=$(free_port)
         mport=$(free_port)
         LOCSVC_METRICS_PORT=$(free_port)
-        LOCSVC_PARTITION__HASH=$LOCSVC_HASH LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
+        mapfile -t venv < <(variant_env "$target")
+        env "${venv[@]}" LOCSVC_PARTITION__HASH="$LOCSVC_HASH" LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
             "${bins[0]}" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
             --metrics-listen "127.0.0.1:$LOCSVC_METRICS_PORT" >"$OUT/logs/$tag.locsvc.log" 2>&1 &
         TARGET_PIDS+=($!)

@@ -115,8 +115,11 @@ pub struct LocationService {
     policy: RegistrarPolicy,
     key_policy: KeyPolicy,
     clock: Clock,
-    /// Lookup answers kept for a bounded time; `None`: off.
-    cache: Option<LookupCache>,
+    /// Lookup answers kept for a bounded time; `None`: off. Every member
+    /// write of an AoR drops its answer once the member has ended it
+    /// (`forgetting`), in the member's task, so a caller that gave up
+    /// early cannot leave an older answer behind.
+    cache: Option<Arc<LookupCache>>,
 }
 
 fn new_ruid() -> String {
@@ -145,15 +148,20 @@ impl LocationService {
 
     /// This service with Lookup answers kept in `cache`.
     pub fn with_lookup_cache(mut self, cache: Option<LookupCache>) -> Self {
-        self.cache = cache;
+        self.cache = cache.map(Arc::new);
         self
     }
 
-    /// Drops what the lookup cache holds of `aor` once a write to it has
-    /// ended, acknowledged or not (a failed write may be half applied).
-    fn forget(&self, table: &str, aor: &Aor) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(table, aor, write_key(table, aor));
+    /// What a member write of `aor` calls once the member has ended it
+    /// (taken, failed or half applied): drops the AoR's cached answer and
+    /// refuses the answers of reads begun before (`lookup_cache`).
+    fn forgetting(&self, table: &Arc<str>, aor: &Aor, key: u64) -> Arc<dyn Fn() + Send + Sync> {
+        match self.cache.clone() {
+            None => Arc::new(|| ()),
+            Some(cache) => {
+                let (table, aor) = (table.clone(), aor.clone());
+                Arc::new(move || cache.invalidate(&table, &aor, key))
+            }
         }
     }
 
@@ -296,10 +304,15 @@ impl LocationService {
         }
         let (upserts, deletes) = (Arc::new(w.upserts), Arc::new(w.deletes));
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
+        let forget = self.forgetting(&table, &aor, key);
         let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
-            let (table, aor) = (table.clone(), aor.clone());
+            let (table, aor, forget) = (table.clone(), aor.clone(), forget.clone());
             let (upserts, deletes) = (upserts.clone(), deletes.clone());
-            Box::pin(async move { s.apply(&table, &aor, &upserts, &deletes).await })
+            Box::pin(async move {
+                let r = s.apply(&table, &aor, &upserts, &deletes).await;
+                forget();
+                r
+            })
         });
         self.router.write(target, key, op, deadline, hold).await?;
         Ok(())
@@ -339,18 +352,6 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<Saved, LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let saved = self.save_parsed(table, aor, input, deadline).await;
-        self.forget(table, aor);
-        saved
-    }
-
-    async fn save_parsed(
-        &self,
-        table: &str,
-        aor: &Aor,
-        input: &SaveInput,
-        deadline: Instant,
-    ) -> Result<Saved, LocationError> {
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let rows = self.load_routed(table, aor, route, deadline).await?;
@@ -388,17 +389,6 @@ impl LocationService {
     /// (the mover's step; the same rule as a REGISTER during `Moving`),
     /// under the AoR's locks. Returns whether it had rows to move.
     pub async fn carry(
-        &self,
-        table: &str,
-        aor: &Aor,
-        deadline: Instant,
-    ) -> Result<bool, LocationError> {
-        let carried = self.carry_locked(table, aor, deadline).await;
-        self.forget(table, aor);
-        carried
-    }
-
-    async fn carry_locked(
         &self,
         table: &str,
         aor: &Aor,
@@ -496,25 +486,19 @@ impl LocationService {
         deadline: Instant,
     ) -> Result<(u32, u64), LocationError> {
         let aor = &self.parse_aor(aor)?;
-        let removed = self.remove_parsed(table, aor, which, deadline).await;
-        self.forget(table, aor);
-        removed
-    }
-
-    async fn remove_parsed(
-        &self,
-        table: &str,
-        aor: &Aor,
-        which: Which<'_>,
-        deadline: Instant,
-    ) -> Result<(u32, u64), LocationError> {
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
+        let forget = self.forgetting(&table, &aor, key);
         let removal = Removal::from(which);
         let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
             let (table, aor, removal) = (table.clone(), aor.clone(), removal.clone());
-            Box::pin(async move { s.remove(&table, &aor, removal.which()).await })
+            let forget = forget.clone();
+            Box::pin(async move {
+                let r = s.remove(&table, &aor, removal.which()).await;
+                forget();
+                r
+            })
         });
         let mut removed = 0;
         let targets =

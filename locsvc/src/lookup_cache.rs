@@ -1,10 +1,11 @@
 //! Lookup answers kept for a bounded time (`lookup_cache.ttl_ms`, off by
 //! default), so a repeated Lookup of one AoR skips the database.
 //!
-//! Coherence: this instance's own Save and Remove of an AoR drop its entry
-//! when they finish, and a read that was already under way when they began
-//! cannot put its older answer back (a per-shard generation, taken before
-//! the read, must still hold when the answer is stored). What another
+//! Coherence: this instance's own writes of an AoR (Save, Remove, the
+//! mover's carry) drop its entry as each member ends them, in the member's
+//! task (so also when the caller gave up early), and a read that was under
+//! way then cannot put its older answer back (a per-shard generation, taken
+//! before the read, must still hold when the answer is stored). What another
 //! writer (a second locsvc instance, a Kamailio p_usrloc node during a
 //! migration) changes is seen at most `ttl` after it was acknowledged: an
 //! entry's age counts from the moment its read *began*, so no entry can
