@@ -152,24 +152,12 @@ mod tests {
     }
 
     fn binding(contact: &str) -> Binding {
-        Binding {
-            ruid: format!("r-{contact}"),
-            contact: contact.into(),
-            expires: 2_000_000_000,
-            q: None,
-            call_id: "c".into(),
-            cseq: 1,
-            path: Vec::new(),
-            received: None,
-            user_agent: String::new(),
-            socket: None,
-            instance: None,
-            reg_id: 0,
-            methods: None,
-            flags: 0,
-            cflags: 0,
-            last_modified: 1_000_000_000,
-        }
+        Binding::new(
+            &format!("r-{contact}"),
+            contact,
+            2_000_000_000,
+            1_000_000_000,
+        )
     }
 
     fn cache(ttl: Duration) -> LookupCache {
