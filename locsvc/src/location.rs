@@ -19,6 +19,7 @@ use crate::router::{
     Hold, Route, RouteError, Router, TableMode, Target, WriteOp, spread_of, write_key,
 };
 use crate::store::{LocationStore, Removal, StoreError, StoredBinding, TableStats, Which};
+use prometheus::IntCounter;
 
 /// Why a location operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,9 +118,25 @@ pub struct LocationService {
     clock: Clock,
     /// Lookup answers kept for a bounded time; `None`: off. Every member
     /// write of an AoR drops its answer once the member has ended it
-    /// (`forgetting`), in the member's task, so a caller that gave up
-    /// early cannot leave an older answer behind.
-    cache: Option<Arc<LookupCache>>,
+    /// (`forget`), in the member's task, so a caller that gave up early
+    /// cannot leave an older answer behind.
+    cache: Option<Arc<Cached>>,
+}
+
+/// The lookup cache and its two counters, resolved once.
+struct Cached {
+    cache: LookupCache,
+    hits: IntCounter,
+    misses: IntCounter,
+}
+
+/// Drops the cached answer of the AoR with `key` once a member has ended a
+/// write of it (taken, failed or half applied), and refuses the answers of
+/// reads begun before (`lookup_cache`).
+fn forget(cache: Option<&Cached>, key: u64) {
+    if let Some(c) = cache {
+        c.cache.invalidate(key);
+    }
 }
 
 fn new_ruid() -> String {
@@ -148,21 +165,15 @@ impl LocationService {
 
     /// This service with Lookup answers kept in `cache`.
     pub fn with_lookup_cache(mut self, cache: Option<LookupCache>) -> Self {
-        self.cache = cache.map(Arc::new);
+        let counted = &self.router.metrics().lookup_cache;
+        self.cache = cache.map(|cache| {
+            Arc::new(Cached {
+                cache,
+                hits: counted.with_label_values(&["hit"]),
+                misses: counted.with_label_values(&["miss"]),
+            })
+        });
         self
-    }
-
-    /// What a member write of `aor` calls once the member has ended it
-    /// (taken, failed or half applied): drops the AoR's cached answer and
-    /// refuses the answers of reads begun before (`lookup_cache`).
-    fn forgetting(&self, table: &Arc<str>, aor: &Aor, key: u64) -> Arc<dyn Fn() + Send + Sync> {
-        match self.cache.clone() {
-            None => Arc::new(|| ()),
-            Some(cache) => {
-                let (table, aor) = (table.clone(), aor.clone());
-                Arc::new(move || cache.invalidate(&table, &aor, key))
-            }
-        }
     }
 
     /// The router.
@@ -304,13 +315,13 @@ impl LocationService {
         }
         let (upserts, deletes) = (Arc::new(w.upserts), Arc::new(w.deletes));
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
-        let forget = self.forgetting(&table, &aor, key);
+        let cache = self.cache.clone();
         let op: WriteOp<()> = Arc::new(move |s: Arc<dyn LocationStore>| {
-            let (table, aor, forget) = (table.clone(), aor.clone(), forget.clone());
+            let (table, aor, cache) = (table.clone(), aor.clone(), cache.clone());
             let (upserts, deletes) = (upserts.clone(), deletes.clone());
             Box::pin(async move {
                 let r = s.apply(&table, &aor, &upserts, &deletes).await;
-                forget();
+                forget(cache.as_deref(), key);
                 r
             })
         });
@@ -435,30 +446,10 @@ impl LocationService {
         let valid = Some(now);
         let group = route.target.group_id();
         let rows = match &route.moving {
-            None => match &self.cache {
-                None => {
-                    self.load_rows(table, aor, &route.target, deadline, valid)
-                        .await?
-                }
-                Some(cache) => {
-                    let key = write_key(table, aor);
-                    let counted = &self.router.metrics().lookup_cache;
-                    // An answer from before a layout change names the old
-                    // group: read again.
-                    if let Some((g, rows)) = cache.get(table, aor, key).filter(|(g, _)| *g == group)
-                    {
-                        counted.with_label_values(&["hit"]).inc();
-                        return Ok((g, registrar::valid_ordered(&rows, now)));
-                    }
-                    counted.with_label_values(&["miss"]).inc();
-                    let ticket = cache.ticket(key);
-                    let rows = self
-                        .load_rows(table, aor, &route.target, deadline, valid)
-                        .await?;
-                    cache.fill(ticket, table, aor, group, &rows);
-                    rows
-                }
-            },
+            None => {
+                let rows = self.owner_rows(table, aor, &route.target, deadline, now);
+                return Ok((group, rows.await?));
+            }
             // A lookup holds no lock, so the mover may carry the AoR
             // between two reads. It writes the owner before it deletes from
             // the previous owner; reading in the opposite order, one after
@@ -476,6 +467,37 @@ impl LocationService {
         Ok((group, registrar::valid_ordered(&rows, now)))
     }
 
+    /// The valid bindings, best first, of `aor`, which is not moving: the
+    /// lookup cache's answer when it holds one of this group, else read
+    /// (and kept).
+    async fn owner_rows(
+        &self,
+        table: &str,
+        aor: &Aor,
+        target: &Target,
+        deadline: Instant,
+        now: UnixTime,
+    ) -> Result<Vec<Binding>, LocationError> {
+        let Some(c) = &self.cache else {
+            let rows = self.load_rows(table, aor, target, deadline, Some(now));
+            return Ok(registrar::valid_ordered(&rows.await?, now));
+        };
+        let (key, group) = (write_key(table, aor), target.group_id());
+        // An answer from before a layout change names the old group: read
+        // again.
+        if let Some((_, rows)) = c.cache.get(key, table, aor).filter(|(g, _)| *g == group) {
+            c.hits.inc();
+            return Ok(registrar::valid_ordered(&rows, now));
+        }
+        c.misses.inc();
+        let ticket = c.cache.ticket(key);
+        let rows = self
+            .load_rows(table, aor, target, deadline, Some(now))
+            .await?;
+        c.cache.fill(ticket, table, aor, group, &rows);
+        Ok(registrar::valid_ordered(&rows, now))
+    }
+
     /// Removes one contact of `aor`, or all, by `deadline`; returns (group,
     /// removed). While the AoR moves, from both groups.
     pub async fn remove(
@@ -489,14 +511,14 @@ impl LocationService {
         let locked = self.lock(table, aor, deadline).await?;
         let (route, key) = (&locked.route, locked.key);
         let (table, aor) = (Arc::<str>::from(table), aor.clone());
-        let forget = self.forgetting(&table, &aor, key);
+        let cache = self.cache.clone();
         let removal = Removal::from(which);
         let op: WriteOp<u64> = Arc::new(move |s: Arc<dyn LocationStore>| {
             let (table, aor, removal) = (table.clone(), aor.clone(), removal.clone());
-            let forget = forget.clone();
+            let cache = cache.clone();
             Box::pin(async move {
                 let r = s.remove(&table, &aor, removal.which()).await;
-                forget();
+                forget(cache.as_deref(), key);
                 r
             })
         });

@@ -15,7 +15,7 @@
 //! contact added elsewhere to an AoR already cached here.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::{Aor, Binding};
@@ -37,21 +37,27 @@ struct Shard {
     /// Bumped by every invalidation in the shard; a fill taken before a
     /// bump is refused.
     generation: u64,
-    entries: HashMap<(Box<str>, Box<str>), Entry>,
+    /// By the AoR's `write_key`, so neither a hit nor an invalidation
+    /// allocates; two AoRs sharing a key share one slot.
+    entries: HashMap<u64, Entry>,
 }
 
 #[derive(Debug)]
 struct Entry {
+    /// Whose answer this is: a lookup of another AoR with the same key
+    /// must not get it.
+    table: Box<str>,
+    aor: Box<str>,
     /// When the read that produced the answer began.
     read_at: Instant,
     group: u32,
-    bindings: Vec<Binding>,
+    bindings: Arc<[Binding]>,
 }
 
 /// Taken before a read whose answer may be stored (`LookupCache::fill`).
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
-    shard: usize,
+    key: u64,
     generation: u64,
     read_at: Instant,
 }
@@ -70,36 +76,29 @@ impl LookupCache {
         })
     }
 
-    /// How long an answer is kept.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn shard_of(key: u64) -> usize {
-        (key % SHARDS as u64) as usize
-    }
-
-    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
         // A panic while holding a shard leaves only cached answers behind,
         // which are as good as before it.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[(key % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The kept answer for `aor` in `table` (`key` is its `write_key`):
     /// its group and bindings (still to be filtered by expiry), if younger
     /// than the ttl.
-    pub fn get(&self, table: &str, aor: &Aor, key: u64) -> Option<(u32, Vec<Binding>)> {
-        let shard = self.shard(Self::shard_of(key));
-        let entry = shard.entries.get(&(table.into(), aor.key().into()))?;
-        (entry.read_at.elapsed() < self.ttl).then(|| (entry.group, entry.bindings.clone()))
+    pub fn get(&self, key: u64, table: &str, aor: &Aor) -> Option<(u32, Arc<[Binding]>)> {
+        let shard = self.shard(key);
+        let e = shard.entries.get(&key)?;
+        (e.read_at.elapsed() < self.ttl && *e.table == *table && *e.aor == *aor.key())
+            .then(|| (e.group, e.bindings.clone()))
     }
 
     /// A ticket for a read of the AoR with `key` that begins now.
     pub fn ticket(&self, key: u64) -> Ticket {
-        let shard = Self::shard_of(key);
         Ticket {
-            shard,
-            generation: self.shard(shard).generation,
+            key,
+            generation: self.shard(key).generation,
             read_at: Instant::now(),
         }
     }
@@ -112,32 +111,34 @@ impl LookupCache {
             return;
         }
         let ttl = self.ttl;
-        let mut shard = self.shard(ticket.shard);
+        let mut shard = self.shard(ticket.key);
         if shard.generation != ticket.generation {
             return;
         }
-        if shard.entries.len() >= self.per_shard {
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&ticket.key) {
             shard.entries.retain(|_, e| e.read_at.elapsed() < ttl);
             if shard.entries.len() >= self.per_shard {
                 return;
             }
         }
         shard.entries.insert(
-            (table.into(), aor.key().into()),
+            ticket.key,
             Entry {
+                table: table.into(),
+                aor: aor.key().into(),
                 read_at: ticket.read_at,
                 group,
-                bindings: bindings.to_vec(),
+                bindings: bindings.into(),
             },
         );
     }
 
-    /// Forgets `aor`'s answer in `table` and refuses every fill of its
-    /// shard whose ticket is older than this call.
-    pub fn invalidate(&self, table: &str, aor: &Aor, key: u64) {
-        let mut shard = self.shard(Self::shard_of(key));
+    /// Forgets the answer of the AoR with `key` and refuses every fill of
+    /// its shard whose ticket is older than this call.
+    pub fn invalidate(&self, key: u64) {
+        let mut shard = self.shard(key);
         shard.generation = shard.generation.wrapping_add(1);
-        shard.entries.remove(&(table.into(), aor.key().into()));
+        shard.entries.remove(&key);
     }
 }
 
@@ -177,10 +178,14 @@ mod tests {
         let (ka, kb) = (write_key("location", &a), write_key("location", &b));
         let t = c.ticket(ka);
         c.fill(t, "location", &a, 7, &[binding("sip:a@10.0.0.1")]);
-        let (group, got) = c.get("location", &a, ka).unwrap();
+        let (group, got) = c.get(ka, "location", &a).unwrap();
         assert_eq!((group, got[0].contact.as_str()), (7, "sip:a@10.0.0.1"));
-        assert!(c.get("location", &b, kb).is_none());
-        assert!(c.get("other", &a, write_key("other", &a)).is_none());
+        assert!(c.get(kb, "location", &b).is_none());
+        assert!(
+            c.get(ka, "location", &b).is_none(),
+            "another AoR whose key is the same"
+        );
+        assert!(c.get(write_key("other", &a), "other", &a).is_none());
     }
 
     #[test]
@@ -189,7 +194,7 @@ mod tests {
         let a = aor("sip:alice@example.com");
         let k = write_key("location", &a);
         c.fill(c.ticket(k), "location", &a, 1, &[]);
-        assert!(c.get("location", &a, k).is_none());
+        assert!(c.get(k, "location", &a).is_none());
     }
 
     #[test]
@@ -201,13 +206,13 @@ mod tests {
         // A read begins, a write ends and invalidates, the read's older
         // answer arrives: it must not be kept.
         let ticket = c.ticket(k);
-        c.invalidate("location", &a, k);
-        assert!(c.get("location", &a, k).is_none());
+        c.invalidate(k);
+        assert!(c.get(k, "location", &a).is_none());
         c.fill(ticket, "location", &a, 1, &[binding("sip:old@h")]);
-        assert!(c.get("location", &a, k).is_none());
+        assert!(c.get(k, "location", &a).is_none());
         // A read begun after the write is kept.
         c.fill(c.ticket(k), "location", &a, 1, &[binding("sip:new@h")]);
-        assert_eq!(c.get("location", &a, k).unwrap().1[0].contact, "sip:new@h");
+        assert_eq!(c.get(k, "location", &a).unwrap().1[0].contact, "sip:new@h");
     }
 
     #[test]
@@ -215,11 +220,14 @@ mod tests {
         let c = cache(Duration::from_millis(50));
         let a = aor("sip:alice@example.com");
         let k = write_key("location", &a);
-        let ticket = c.ticket(k);
-        std::thread::sleep(Duration::from_millis(60));
-        // The read took longer than the ttl: its answer is already too old.
+        let mut ticket = c.ticket(k);
+        ticket.read_at = ticket
+            .read_at
+            .checked_sub(Duration::from_millis(60))
+            .unwrap();
+        // The read began longer than the ttl ago: its answer is already too old.
         c.fill(ticket, "location", &a, 1, &[binding("sip:a@h")]);
-        assert!(c.get("location", &a, k).is_none());
+        assert!(c.get(k, "location", &a).is_none());
     }
 
     #[test]
@@ -230,7 +238,7 @@ mod tests {
             let a = aor(&format!("sip:u{i}@example.com"));
             let k = write_key("location", &a);
             c.fill(c.ticket(k), "location", &a, 1, &[binding("sip:x@h")]);
-            kept += usize::from(c.get("location", &a, k).is_some());
+            kept += usize::from(c.get(k, "location", &a).is_some());
         }
         let stored: usize = c
             .shards

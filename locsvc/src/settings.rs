@@ -427,6 +427,9 @@ fn check(s: &Settings) -> Vec<String> {
     if s.expiry.batch == 0 {
         e.push("expiry.batch_size: must be at least 1".into());
     }
+    if !s.cluster.lookup_cache.is_zero() && s.cluster.lookup_cache_aors == 0 {
+        e.push("cluster.lookup_cache_aors: must be at least 1 while lookup_cache_ms is set".into());
+    }
     if s.expiry.max_batches == 0 {
         e.push("expiry.max_batches: must be at least 1".into());
     }
@@ -614,6 +617,21 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert_eq!(err.0.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn a_lookup_cache_is_read_and_needs_room_for_one_aor() {
+        let cache = |aors: &str| {
+            let mut l = Layers::default();
+            l.set("cluster.lookup_cache_ms", "1500".into(), "t");
+            l.set("cluster.lookup_cache_aors", aors.into(), "t");
+            l.resolve()
+        };
+        let s = cache("10").unwrap();
+        assert_eq!(s.cluster.lookup_cache, Duration::from_millis(1500));
+        assert_eq!(s.cluster.lookup_cache_aors, 10);
+        let err = cache("0").unwrap_err().to_string();
+        assert!(err.contains("cluster.lookup_cache_aors"), "{err}");
     }
 
     #[test]
