@@ -102,9 +102,14 @@ impl Router {
         Err(RouteError::Deadline { group: group.id })
     }
 
-    /// Starts `op` on each of `members` in a task of its own (skipping those
-    /// whose circuit is open while another's is closed: they miss the
-    /// write), and settles the missed-write bookkeeping as answers come.
+    /// Starts `op` on each of `members` (skipping those whose circuit is
+    /// open while another's is closed: they miss the write), all in one
+    /// task of their own, and settles the missed-write bookkeeping as answers
+    /// come. One task, not one per member: a second task queued behind the
+    /// first makes the runtime wake another worker thread to steal it, a
+    /// context switch each way for a write that waits on the network anyway
+    /// (each member's write is still polled on its own, so a hung member
+    /// delays no other).
     fn dispatch<T: Send + 'static>(
         &self,
         members: &[Arc<Member>],
@@ -117,6 +122,7 @@ impl Router {
         let outcome = Arc::new(Outcome::new(members.len(), hold));
         let (tx, results) = mpsc::unbounded_channel();
         let mut running = vec![false; members.len()];
+        let mut writes = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
             if skip_open && m.health.circuit.is_open() {
                 self.metrics
@@ -136,7 +142,7 @@ impl Router {
             let write = op(m.store.clone());
             let (this, m, outcome, tx) = (self.clone(), m.clone(), outcome.clone(), tx.clone());
             let span = member_span(&m, "write");
-            self.background.spawn(
+            writes.push(
                 async move {
                     if let Some(earlier) = earlier {
                         earlier.await;
@@ -155,6 +161,11 @@ impl Router {
                 }
                 .instrument(span),
             );
+        }
+        if !writes.is_empty() {
+            self.background.spawn(async move {
+                futures::future::join_all(writes).await;
+            });
         }
         Dispatched { running, results }
     }

@@ -4,12 +4,15 @@
 //! flush) carries many requests. A worker never waits to fill a batch: when
 //! it is free it takes whatever is queued, so at low load a batch is one
 //! request and adds no latency, and under load batches grow by themselves.
-//! A read that finds its queue wholly idle skips the worker and runs in its
-//! caller's task: the same statement, two thread wake-ups fewer.
+//! A request that finds its queue wholly idle skips the worker and runs in
+//! its caller's task: the same statement, two thread wake-ups fewer.
 //!
 //! A REGISTER stays atomic (its rows are in one transaction), and a batch
 //! never holds two REGISTERs of one AoR (the location service holds the
-//! AoR's lock until its write is acknowledged).
+//! AoR's lock until its write is acknowledged). A write runs inline only
+//! in the router's member task, which is never cancelled, so no caller
+//! going away cuts a REGISTER between its statements (and a dropped
+//! transaction rolls back whole).
 
 use std::future::Future;
 use std::ops::Range;
@@ -31,11 +34,6 @@ const QUEUE: usize = 4096;
 pub(super) trait Sink: Clone + Send + Sync + 'static {
     type Item: Send + Sync + 'static;
     type Out: Send + 'static;
-    /// Whether a lone request may run in its caller's task when the queue
-    /// is idle. Only for what a cancelled caller may leave half done: a
-    /// read; a write always runs in a worker, whatever becomes of its
-    /// caller.
-    const INLINE: bool;
     /// Rows the item adds to a batch.
     fn weight(item: &Self::Item) -> usize;
     /// Runs `items` together: one result per item, in order.
@@ -90,7 +88,6 @@ pub(super) struct Writes(pub(super) TableOn);
 impl Sink for Writes {
     type Item = WriteItem;
     type Out = ();
-    const INLINE: bool = false;
 
     fn weight(item: &WriteItem) -> usize {
         (item.upserts.len() + item.deletes.len()).max(1)
@@ -123,7 +120,6 @@ pub(super) struct Reads(pub(super) TableOn);
 impl Sink for Reads {
     type Item = Aor;
     type Out = Vec<Binding>;
-    const INLINE: bool = true;
 
     fn weight(_: &Aor) -> usize {
         1
@@ -245,14 +241,13 @@ impl<S: Sink> Coalescer<S> {
         }
     }
 
-    /// Runs `item`: alone in the caller's task when the queue is idle (an
-    /// `INLINE` sink), else queued for a worker. Bounded by the query
-    /// deadline, queueing included.
+    /// Runs `item`: alone in the caller's task when the queue is idle, else
+    /// queued for a worker. Bounded by the query deadline, queueing
+    /// included.
     pub(super) async fn submit(&self, item: S::Item) -> Result<S::Out, StoreError> {
         // Only on a wholly idle queue: a second request of a burst finds a
         // runner taken and queues.
-        if S::INLINE
-            && self.waiting.load(Ordering::Acquire) == 0
+        if self.waiting.load(Ordering::Acquire) == 0
             && self.runners.available_permits() == self.workers
             && let Ok(permit) = self.runners.try_acquire()
         {
@@ -430,12 +425,11 @@ mod tests {
 
     /// Answers each item with itself and records every batch's size.
     #[derive(Clone, Default)]
-    struct Echo<const INLINE: bool>(Arc<std::sync::Mutex<Vec<usize>>>);
+    struct Echo(Arc<std::sync::Mutex<Vec<usize>>>);
 
-    impl<const I: bool> Sink for Echo<I> {
+    impl Sink for Echo {
         type Item = u32;
         type Out = u32;
-        const INLINE: bool = I;
         fn weight(_: &u32) -> usize {
             1
         }
@@ -445,7 +439,7 @@ mod tests {
         }
     }
 
-    impl<const I: bool> Echo<I> {
+    impl Echo {
         fn batches(&self) -> Vec<usize> {
             self.0.lock().unwrap().clone()
         }
@@ -470,16 +464,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_no_worker_took_is_locsvc_backlog_not_a_member_failure() {
-        let (c, _rx) = without_worker(Echo::<false>::default());
+        let (c, _rx) = without_worker(Echo::default());
+        // A batch is running: the request cannot run inline and queues.
+        let _running = c.runners.try_acquire().unwrap();
         let e = c.submit(1).await.unwrap_err();
         assert!(matches!(e, StoreError::Backlog(_)), "{e}");
         assert!(!e.is_transport());
     }
 
     #[tokio::test]
-    async fn a_lone_read_on_an_idle_queue_runs_in_its_callers_task() {
+    async fn a_lone_request_on_an_idle_queue_runs_in_its_callers_task() {
         // No worker ever runs: only an inline run can answer.
-        let sink = Echo::<true>::default();
+        let sink = Echo::default();
         let (c, _rx) = without_worker(sink.clone());
         assert_eq!(c.submit(7).await.unwrap(), 7);
         assert_eq!(c.submit(8).await.unwrap(), 8);
@@ -491,14 +487,11 @@ mod tests {
                 requests: 2
             }
         );
-        // A write never does: it waits for the worker, here in vain.
-        let (w, _rx) = without_worker(Echo::<false>::default());
-        assert!(matches!(w.submit(1).await, Err(StoreError::Backlog(_))));
     }
 
     #[tokio::test]
     async fn a_burst_polled_together_rides_in_one_batch_not_one_inline_run_each() {
-        let sink = Echo::<true>::default();
+        let sink = Echo::default();
         let c = Coalescer::start(sink.clone(), Duration::from_secs(5), 2, 64, None);
         let (a, b, d) = tokio::join!(c.submit(1), c.submit(2), c.submit(3));
         assert_eq!((a.unwrap(), b.unwrap(), d.unwrap()), (1, 2, 3));
