@@ -61,7 +61,9 @@
 #                      answer); the shim targets without -auth run --auth off.
 #
 # Output in OUT_DIR: steps.tsv (one line per sipp run), probe.tsv (one line
-# per sip-probe run: latencies in µs), rows.tsv (rows per
+# per sip-probe run: latencies in µs; CPU µs and context switches per request
+# of the target's processes, and CPU µs per request of the three MariaDB
+# servers, read from /proc around the probe), rows.tsv (rows per
 # member after each REGISTER ladder), machine.txt, summary.md, logs/ (with
 # the shim's and locsvc's /metrics at the end of each shim ladder: their
 # per-stage latency histograms).
@@ -71,6 +73,8 @@
 #   REG_RATES ["250 500 750 1000 1500 2000 2500 3000"]
 #   INV_RATES ["500 1000 1500 2000 3000 4000 5000 6000"]
 #   PROBE_RATES ["500 1000 2000 3000"] (empty: no probe)  PROBE_SECS [10]
+#   PROBE_SLOW_MS [20] (each probe answer this slow is listed, with when it
+#   was sent, in logs/TARGET-RUN-KIND-RATE.slow; empty: none listed)
 #   PROBE [${CARGO_TARGET_DIR:-<repo>/target}/release/sip-probe]
 #   STEP_SECS [5]  USERS [10000]  PRE_RATE [500]  WARMUP [500 calls at 250/s]
 #   CALL_TIMEOUT_MS [1000] (warm-up and pre-registration: 10000)
@@ -80,7 +84,9 @@
 #   locsvc and proxy-shim in the directory BINDIR_NAME (NAME upper-cased:
 #   BINDIR_BASE) instead, and/or locsvc with the settings in ENV_NAME
 #   (ENV_CACHE="LOCSVC_CLUSTER__LOOKUP_CACHE_MS=30000", space-separated
-#   variable assignments), so two builds or two configurations are
+#   variable assignments), and/or the shim with those in SHIM_ENV_NAME
+#   (PROXY_SHIM_*; both also take TOKIO_WORKER_THREADS=N, the binary's
+#   runtime threads), so two builds or two configurations are
 #   interleaved within each run like any two targets.
 #   LOCSVC_HASH [crc32-mod: p_usrloc's hash, so both place a user alike]
 #   KAM_CHILDREN [4]  KAM_SHM_MB [512]  KAM_PKG_MB [32]  SIPP [sipp]
@@ -108,6 +114,7 @@ SHIM=${SHIM:-$BIN/proxy-shim}
 PROBE=${PROBE:-$BIN/sip-probe}
 PROBE_RATES=${PROBE_RATES-"500 1000 2000 3000"}
 PROBE_SECS=${PROBE_SECS:-10}
+PROBE_SLOW_MS=${PROBE_SLOW_MS-20}
 LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_SHM_MB=${KAM_SHM_MB:-512}
@@ -128,7 +135,7 @@ source "$HERE/../lib/common.sh"
 # in the directory BINDIR_NAME if set (NAME upper-cased; not LOCSVC_NAME,
 # which locsvc would read as one of its settings).
 shim_bins() {
-    local variant dir env
+    local variant dir env shim_env
     if [[ $1 != *@* ]]; then
         printf '%s\n%s\n' "$LOCSVC" "$SHIM"
         return
@@ -136,8 +143,9 @@ shim_bins() {
     variant=${1#*@}
     dir=BINDIR_${variant^^}
     env=ENV_${variant^^}
-    [[ -n ${!dir:-} || -n ${!env:-} ]] ||
-        die "target $1 needs $dir (a directory with locsvc and proxy-shim) or $env (locsvc settings)"
+    shim_env=SHIM_ENV_${variant^^}
+    [[ -n ${!dir:-} || -n ${!env:-} || -n ${!shim_env:-} ]] ||
+        die "target $1 needs $dir (a directory with locsvc and proxy-shim), $env (locsvc's environment) or $shim_env (the shim's)"
     if [[ -n ${!dir:-} ]]; then
         printf '%s\n%s\n' "${!dir}/locsvc" "${!dir}/proxy-shim"
     else
@@ -145,15 +153,20 @@ shim_bins() {
     fi
 }
 
-# variant_env TARGET: the ENV_NAME assignments of TARGET@NAME, one per
-# line (none for other targets); each must be LOCSVC_KEY=VALUE.
+# variant_env TARGET [PREFIX]: the assignments of TARGET@NAME's
+# {PREFIX}ENV_NAME (locsvc's: ENV_NAME, the shim's: SHIM_ENV_NAME), one per
+# line (none for other targets); each must set one of the binary's settings
+# (LOCSVC_KEY or PROXY_SHIM_KEY) or TOKIO_WORKER_THREADS.
 variant_env() {
-    local env a
+    local env a own
     [[ $1 == *@* ]] || return 0
-    env=ENV_${1#*@}
+    env=${2:-}ENV_${1#*@}
     env=${env^^}
+    own=LOCSVC
+    [[ -n ${2:-} ]] && own=PROXY_SHIM
     for a in ${!env:-}; do
-        [[ $a =~ ^LOCSVC_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "$env: '$a' is not LOCSVC_KEY=VALUE"
+        [[ $a =~ ^(${own}_[A-Z0-9_]+|TOKIO_WORKER_THREADS)=[^[:space:]]*$ ]] ||
+            die "$env: '$a' is not ${own}_KEY=VALUE or TOKIO_WORKER_THREADS=N"
         echo "$a"
     done
 }
@@ -247,7 +260,7 @@ TARGET_PORT=
 TARGET_PIDS=()
 
 start_target() {
-    local target=$1 tag=$2 mode define cfg lport mport auth bins venv
+    local target=$1 tag=$2 mode define cfg lport mport auth bins venv senv
     TARGET_PORT=$(free_port)
     TARGET_PIDS=()
     case $target in
@@ -282,6 +295,7 @@ start_target() {
         mport=$(free_port)
         LOCSVC_METRICS_PORT=$(free_port)
         mapfile -t venv < <(variant_env "$target")
+        mapfile -t senv < <(variant_env "$target" SHIM_)
         env "${venv[@]}" LOCSVC_PARTITION__HASH="$LOCSVC_HASH" LOCSVC_PARTITION__USE_DOMAIN=true RUST_LOG=warn \
             "${bins[0]}" serve --master-url "$BENCH_MASTER_URL" --listen "127.0.0.1:$lport" \
             --metrics-listen "127.0.0.1:$LOCSVC_METRICS_PORT" >"$OUT/logs/$tag.locsvc.log" 2>&1 &
@@ -291,7 +305,7 @@ start_target() {
         # sipp stands for many phones on one address (no per-source rate
         # limit) and, in proxy mode, for a trusted edge: the shim does not
         # Record-Route, so its ACKs through the shim are in-dialog relays.
-        RUST_LOG=warn "${bins[1]}" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
+        env "${senv[@]}" RUST_LOG=warn "${bins[1]}" --listen "127.0.0.1:$TARGET_PORT" --locsvc "http://127.0.0.1:$lport" \
             --domain example.com --mode "$mode" --metrics-listen "127.0.0.1:$mport" \
             --rate-limit 0 "${auth[@]}" \
             >"$OUT/logs/$tag.shim.log" 2>&1 &
@@ -337,7 +351,7 @@ stop_target() {
 
 printf 'target\trun\tkind\trate\tcalls\tok\tfailed\tretrans\tachieved_cps\tp50_ms\tp99_ms\tseconds\ttimed_out\tunexpected\n' >"$OUT/steps.tsv"
 printf 'target\trun\tafter\tserver\tdatabase\trows\n' >"$OUT/rows.tsv"
-printf 'target\trun\tkind\trate\tsent\tok\tfailed\tachieved\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\n' >"$OUT/probe.tsv"
+printf 'target\trun\tkind\trate\tsent\tok\tfailed\tachieved\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\tcpu_us\tswitches\tdb_cpu_us\n' >"$OUT/probe.tsv"
 
 # run_sipp TARGET RUN KIND SCENARIO RATE CALLS PREFIX LOCAL_PORT [CALL_TIMEOUT_MS [INF]]:
 # one bounded sipp run against the target, one line of steps.tsv. INF: the
@@ -358,7 +372,7 @@ run_sipp() {
 # of PROBE_RATES, one line of probe.tsv each. REGISTER users are
 # PREFIX<rate>-<n>, new in every run; INVITEs go to PREFIX<n> (n <= USERS).
 probe_steps() {
-    local target=$1 run=$2 kind=$3 prefix=$4 uas_port=${5:-} rate mode args line
+    local target=$1 run=$2 kind=$3 prefix=$4 uas_port=${5:-} rate mode args line slow dbs t0 t1 d0 d1 n
     # Its REGISTERs need digest answers, which the probe does not give.
     [[ $target == shim-auth ]] && return 0
     [[ -n $PROBE_RATES ]] || return 0
@@ -381,13 +395,57 @@ probe_steps() {
             args+=(--prefix "$prefix")
         fi
         [[ $mode == relay ]] && args+=(--uas-port "$uas_port")
-        # Exit 1 = some requests failed: the line counts them.
-        line=$("$PROBE" "${args[@]}" 2>>"$OUT/logs/probe.log") || true
+        [[ -n $PROBE_SLOW_MS ]] && args+=(--slow-ms "$PROBE_SLOW_MS")
+        # Exit 1 = some requests failed: the line counts them. The slow
+        # answers it lists go to a file of their own.
+        slow=$OUT/logs/$target-$run-$kind-$rate.slow
+        # What the target (and the databases) spent per request, read from
+        # /proc around the probe.
+        mapfile -t dbs < <("$LAYOUT" status 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }')
+        t0=$(proc_cost "${TARGET_PIDS[@]}")
+        d0=$(proc_cost "${dbs[@]}")
+        line=$("$PROBE" "${args[@]}" 2>"$WORK/probe.err") || true
+        t1=$(proc_cost "${TARGET_PIDS[@]}")
+        d1=$(proc_cost "${dbs[@]}")
+        grep -v '^slow' "$WORK/probe.err" >>"$OUT/logs/probe.log" || true
+        grep '^slow' "$WORK/probe.err" >"$slow" || rm -f "$slow"
         # No line: the probe could not run (see probe.log); all of it failed.
         [[ -n $line ]] || line="$((rate * PROBE_SECS))"$'\t0\t'"$((rate * PROBE_SECS))"$'\t0\tnan\tnan\tnan\tnan\tnan'
-        printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$line" >>"$OUT/probe.tsv"
+        n=$((rate * PROBE_SECS))
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$line" \
+            "$(cost_per_request "$t0" "$t1" "$n")" "$(SWITCHES=1 cost_per_request "$t0" "$t1" "$n")" \
+            "$(cost_per_request "$d0" "$d1" "$n")" >>"$OUT/probe.tsv"
         tail -n1 "$OUT/probe.tsv" >&2
     done
+}
+
+# proc_cost PID...: "CPU-ticks context-switches" summed over the PIDs, their
+# children (Kamailio's workers) and all their threads, as counted so far.
+proc_cost() {
+    local p all=() ticks=0 sw=0 t n
+    for p in "$@"; do
+        all+=("$p")
+        mapfile -t -O "${#all[@]}" all < <(pgrep -P "$p" || true)
+    done
+    for p in "${all[@]}"; do
+        t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || continue
+        n=$(cat "/proc/$p"/task/*/status 2>/dev/null |
+            awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')
+        ticks=$((ticks + t)) sw=$((sw + n))
+    done
+    echo "$ticks $sw"
+}
+
+# cost_per_request BEFORE AFTER REQUESTS: CPU µs per request from two
+# proc_cost readings (and, with SWITCHES=1, context switches per request).
+cost_per_request() {
+    local hz
+    hz=$(getconf CLK_TCK)
+    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$hz" -v sw="${SWITCHES:-0}" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        if (sw) printf "%.1f", (y[2] - x[2]) / n
+        else printf "%.0f", (y[1] - x[1]) * 1e6 / hz / n
+    }'
 }
 
 # Whether the last sipp run had a failed or missing call.

@@ -239,6 +239,28 @@ if probes:
                     cell += f", {fmt(failed)} failed"
                 cells.append(cell)
             p(f"| {rate} | " + " | ".join(cells) + " |")
+    if any(r.get("cpu_us") for r in probes):
+        p("\n### CPU per request during the probe (median over runs)\n")
+        p("The target's processes (Kamailio with its workers; the shim and locsvc) and the three")
+        p("MariaDB servers, from /proc around each probe: target µs + databases µs, and the")
+        p("target's context switches per request.\n")
+        for kind in kinds:
+            ts = [t for t in ptargets if any(r["target"] == t and r["kind"] == kind for r in probes)]
+            p(f"\n#### {kind}\n")
+            p("| rate | " + " | ".join(ts) + " |")
+            p("|---|" + "---|" * len(ts))
+            for rate in sorted({int(r["rate"]) for r in probes if r["kind"] == kind}):
+                cells = []
+                for t in ts:
+                    rs = [r for r in probes if r["target"] == t and r["kind"] == kind
+                          and int(r["rate"]) == rate and r.get("cpu_us")]
+                    if not rs:
+                        cells.append("–")
+                        continue
+                    m = lambda k: med(num(r[k]) for r in rs)
+                    cells.append(f"{fmt(m('cpu_us'))} + {fmt(m('db_cpu_us'))} µs, "
+                                 f"{m('switches'):.1f} sw")
+                p(f"| {rate} | " + " | ".join(cells) + " |")
 
 pre = [s for s in steps if s["kind"] in ("preregister", "warmup")]
 if pre:

@@ -66,6 +66,8 @@ pub struct Probe {
     pub uas_port: Option<u16>,
     /// A final answer later than this is a failure.
     pub timeout: Duration,
+    /// Successes at least this slow are listed in `Outcome::slow`.
+    pub slow: Option<Duration>,
 }
 
 /// What a run measured.
@@ -82,6 +84,9 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// Seconds the sending took (the achieved rate is `sent / send_secs`).
     pub send_secs: f64,
+    /// (ms from the start to the send, µs to the answer) of each success at
+    /// least `Probe::slow` slow: when the stalls happened.
+    pub slow: Vec<(u64, u64)>,
 }
 
 impl Outcome {
@@ -183,7 +188,7 @@ pub fn run(p: &Probe) -> io::Result<Outcome> {
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Release);
-    let (latency, ok, wrong) = receiver
+    let (latency, ok, wrong, slow) = receiver
         .join()
         .map_err(|_| io::Error::other("receiver thread panicked"))?;
     if let Some(t) = uas_thread {
@@ -201,11 +206,13 @@ pub fn run(p: &Probe) -> io::Result<Outcome> {
         missing,
         latency,
         send_secs,
+        slow,
     })
 }
 
 /// The UAC's receive loop: matches each final answer to its request by
-/// Call-ID, records it once, ACKs INVITE answers. Returns (latency, ok, wrong).
+/// Call-ID, records it once, ACKs INVITE answers. Returns (latency, ok,
+/// wrong, slow successes).
 fn receive(
     sock: &UdpSocket,
     p: &Probe,
@@ -214,7 +221,8 @@ fn receive(
     sent_at: &[AtomicU64],
     answered: &[AtomicBool],
     stop: &AtomicBool,
-) -> (Histogram<u64>, u64, u64) {
+) -> (Histogram<u64>, u64, u64, Vec<(u64, u64)>) {
+    let mut slow = Vec::new();
     let mut hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static bounds");
     let (mut ok, mut wrong) = (0u64, 0u64);
     let mut buf = vec![0u8; 65_536];
@@ -247,6 +255,9 @@ fn receive(
         if status == p.mode.expected() && took <= p.timeout {
             ok += 1;
             hist.saturating_record(micros(took).max(1));
+            if p.slow.is_some_and(|s| took >= s) {
+                slow.push(((at - 1) / 1_000_000, micros(took)));
+            }
         } else {
             wrong += 1;
         }
@@ -259,7 +270,7 @@ fn receive(
             }
         }
     }
-    (hist, ok, wrong)
+    (hist, ok, wrong, slow)
 }
 
 /// The UAS: answers every INVITE with 200 at once, ignores the rest.
@@ -454,6 +465,7 @@ mod tests {
             domain: "example.com".into(),
             uas_port: None,
             timeout: Duration::from_secs(1),
+            slow: None,
         }
     }
 
@@ -577,6 +589,8 @@ mod tests {
         p.target = addr;
         p.rate = 500;
         p.requests = 50;
+        // No answer is faster than zero: every success is listed as slow.
+        p.slow = Some(Duration::ZERO);
         let out = run(&p).unwrap();
         // The last ACK leaves as its 302 is counted: give it time to land.
         let until = Instant::now() + Duration::from_secs(5);
@@ -589,5 +603,13 @@ mod tests {
         assert_eq!(out.latency.len(), 50);
         assert_eq!(acks.load(Ordering::Relaxed), 50);
         assert_eq!(out.tsv().split('\t').count(), 9);
+        // 50 sends at 500/s: all within the first ~100 ms, none slower
+        // than the histogram's highest.
+        assert_eq!(out.slow.len(), 50);
+        assert!(
+            out.slow
+                .iter()
+                .all(|&(at_ms, took_us)| at_ms < 1000 && took_us <= out.latency.max())
+        );
     }
 }

@@ -45,6 +45,10 @@ struct Args {
     /// A final answer later than this many ms is a failure.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Lists every success at least this many ms slow on stderr ("slow",
+    /// ms from the start to its send, µs to its answer).
+    #[arg(long)]
+    slow_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -63,9 +67,13 @@ fn main() -> ExitCode {
         domain: a.domain,
         uas_port: a.uas_port,
         timeout: Duration::from_millis(a.timeout_ms),
+        slow: a.slow_ms.map(Duration::from_millis),
     };
     match sip_probe::run(&probe) {
         Ok(out) => {
+            for (at_ms, took_us) in &out.slow {
+                eprintln!("slow\t{at_ms}\t{took_us}");
+            }
             println!("{}", out.tsv());
             if out.ok == out.sent {
                 ExitCode::SUCCESS
