@@ -115,6 +115,7 @@ PROBE=${PROBE:-$BIN/sip-probe}
 PROBE_RATES=${PROBE_RATES-"500 1000 2000 3000"}
 PROBE_SECS=${PROBE_SECS:-10}
 PROBE_SLOW_MS=${PROBE_SLOW_MS-20}
+CLK_TCK=$(getconf CLK_TCK)
 LOCSVC_HASH=${LOCSVC_HASH:-crc32-mod}
 KAM_CHILDREN=${KAM_CHILDREN:-4}
 KAM_SHM_MB=${KAM_SHM_MB:-512}
@@ -372,7 +373,7 @@ run_sipp() {
 # of PROBE_RATES, one line of probe.tsv each. REGISTER users are
 # PREFIX<rate>-<n>, new in every run; INVITEs go to PREFIX<n> (n <= USERS).
 probe_steps() {
-    local target=$1 run=$2 kind=$3 prefix=$4 uas_port=${5:-} rate mode args line slow dbs t0 t1 d0 d1 n
+    local target=$1 run=$2 kind=$3 prefix=$4 uas_port=${5:-} rate mode args line slow dbs t0 t1 d0 d1 tc tsw dc
     # Its REGISTERs need digest answers, which the probe does not give.
     [[ $target == shim-auth ]] && return 0
     [[ -n $PROBE_RATES ]] || return 0
@@ -381,6 +382,8 @@ probe_steps() {
     # pre-registration): unflushed pages were still being written out
     # under the first probes of a ladder.
     "$LAYOUT" settle
+    # The servers whose CPU each probe also reads.
+    mapfile -t dbs < <("$LAYOUT" status 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }')
     case $kind in
     register) mode=register ;;
     invite-302) mode=redirect ;;
@@ -401,7 +404,6 @@ probe_steps() {
         slow=$OUT/logs/$target-$run-$kind-$rate.slow
         # What the target (and the databases) spent per request, read from
         # /proc around the probe.
-        mapfile -t dbs < <("$LAYOUT" status 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }')
         t0=$(proc_cost "${TARGET_PIDS[@]}")
         d0=$(proc_cost "${dbs[@]}")
         line=$("$PROBE" "${args[@]}" 2>"$WORK/probe.err") || true
@@ -411,10 +413,10 @@ probe_steps() {
         grep '^slow' "$WORK/probe.err" >"$slow" || rm -f "$slow"
         # No line: the probe could not run (see probe.log); all of it failed.
         [[ -n $line ]] || line="$((rate * PROBE_SECS))"$'\t0\t'"$((rate * PROBE_SECS))"$'\t0\tnan\tnan\tnan\tnan\tnan'
-        n=$((rate * PROBE_SECS))
+        read -r tc tsw < <(per_request "$t0" "$t1" "$((rate * PROBE_SECS))")
+        read -r dc _ < <(per_request "$d0" "$d1" "$((rate * PROBE_SECS))")
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$kind" "$rate" "$line" \
-            "$(cost_per_request "$t0" "$t1" "$n")" "$(SWITCHES=1 cost_per_request "$t0" "$t1" "$n")" \
-            "$(cost_per_request "$d0" "$d1" "$n")" >>"$OUT/probe.tsv"
+            "$tc" "$tsw" "$dc" >>"$OUT/probe.tsv"
         tail -n1 "$OUT/probe.tsv" >&2
     done
 }
@@ -436,15 +438,12 @@ proc_cost() {
     echo "$ticks $sw"
 }
 
-# cost_per_request BEFORE AFTER REQUESTS: CPU µs per request from two
-# proc_cost readings (and, with SWITCHES=1, context switches per request).
-cost_per_request() {
-    local hz
-    hz=$(getconf CLK_TCK)
-    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$hz" -v sw="${SWITCHES:-0}" 'BEGIN {
+# per_request BEFORE AFTER REQUESTS: from two proc_cost readings, "CPU-µs
+# context-switches" per request.
+per_request() {
+    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
         split(b, x, " "); split(a, y, " ")
-        if (sw) printf "%.1f", (y[2] - x[2]) / n
-        else printf "%.0f", (y[1] - x[1]) * 1e6 / hz / n
+        printf "%.0f %.1f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) / n
     }'
 }
 

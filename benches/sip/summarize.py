@@ -214,53 +214,49 @@ for target in targets:
               f"{sum(s['clean'] for s in ss)}/{runs} |")
 
 probes = read_tsv("probe.tsv")
+
+
+def probe_tables(heading, rows, cell):
+    """One table per kind of `rows`: a line per rate, a column per target,
+    each cell `cell` of that target's runs at that rate (– when none)."""
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        of_kind = [r for r in rows if r["kind"] == kind]
+        ts = list(dict.fromkeys(r["target"] for r in of_kind))
+        p(f"\n{heading} {kind}\n")
+        p("| rate | " + " | ".join(ts) + " |")
+        p("|---|" + "---|" * len(ts))
+        for rate in sorted({int(r["rate"]) for r in of_kind}):
+            cells = []
+            for t in ts:
+                rs = [r for r in of_kind if r["target"] == t and int(r["rate"]) == rate]
+                cells.append(cell(rs) if rs else "–")
+            p(f"| {rate} | " + " | ".join(cells) + " |")
+
+
+def latency_cell(rs):
+    ms = lambda k: med(num(r[k]) for r in rs) / 1000
+    failed = med(num(r["failed"]) for r in rs)
+    cell = f"{ms('p50_us'):.2f} / {ms('p99_us'):.2f} / {ms('max_us'):.1f}"
+    return cell + (f", {fmt(failed)} failed" if failed else "")
+
+
+def cost_cell(rs):
+    m = lambda k: med(num(r[k]) for r in rs)
+    return f"{fmt(m('cpu_us'))} + {fmt(m('db_cpu_us'))} µs, {m('switches'):.1f} sw"
+
+
 if probes:
     p("\n## Latency probe (sip-probe: µs resolution, open loop, median over runs)\n")
     p("Each send and final answer timed by the monotonic clock; failed = no expected answer")
     p("within CALL_TIMEOUT_MS. p50 / p99 / max in ms.\n")
-    kinds = list(dict.fromkeys(r["kind"] for r in probes))
-    ptargets = list(dict.fromkeys(r["target"] for r in probes))
-    for kind in kinds:
-        ts = [t for t in ptargets if any(r["target"] == t and r["kind"] == kind for r in probes)]
-        p(f"\n### {kind}\n")
-        p("| rate | " + " | ".join(ts) + " |")
-        p("|---|" + "---|" * len(ts))
-        for rate in sorted({int(r["rate"]) for r in probes if r["kind"] == kind}):
-            cells = []
-            for t in ts:
-                rs = [r for r in probes if r["target"] == t and r["kind"] == kind and int(r["rate"]) == rate]
-                if not rs:
-                    cells.append("–")
-                    continue
-                ms = lambda k: med(num(r[k]) for r in rs) / 1000
-                failed = med(num(r["failed"]) for r in rs)
-                cell = f"{ms('p50_us'):.2f} / {ms('p99_us'):.2f} / {ms('max_us'):.1f}"
-                if failed:
-                    cell += f", {fmt(failed)} failed"
-                cells.append(cell)
-            p(f"| {rate} | " + " | ".join(cells) + " |")
-    if any(r.get("cpu_us") for r in probes):
+    probe_tables("###", probes, latency_cell)
+    costed = [r for r in probes if r.get("cpu_us")]
+    if costed:
         p("\n### CPU per request during the probe (median over runs)\n")
         p("The target's processes (Kamailio with its workers; the shim and locsvc) and the three")
         p("MariaDB servers, from /proc around each probe: target µs + databases µs, and the")
         p("target's context switches per request.\n")
-        for kind in kinds:
-            ts = [t for t in ptargets if any(r["target"] == t and r["kind"] == kind for r in probes)]
-            p(f"\n#### {kind}\n")
-            p("| rate | " + " | ".join(ts) + " |")
-            p("|---|" + "---|" * len(ts))
-            for rate in sorted({int(r["rate"]) for r in probes if r["kind"] == kind}):
-                cells = []
-                for t in ts:
-                    rs = [r for r in probes if r["target"] == t and r["kind"] == kind
-                          and int(r["rate"]) == rate and r.get("cpu_us")]
-                    if not rs:
-                        cells.append("–")
-                        continue
-                    m = lambda k: med(num(r[k]) for r in rs)
-                    cells.append(f"{fmt(m('cpu_us'))} + {fmt(m('db_cpu_us'))} µs, "
-                                 f"{m('switches'):.1f} sw")
-                p(f"| {rate} | " + " | ".join(cells) + " |")
+        probe_tables("####", costed, cost_cell)
 
 pre = [s for s in steps if s["kind"] in ("preregister", "warmup")]
 if pre:
