@@ -343,7 +343,7 @@ say "sipp UAS on 127.0.0.1:$UAS_PORT for $INVITES calls"
 UAS_PID=$!
 PIDS+=("$UAS_PID")
 deadline=$((SECONDS + 15))
-until awk 'FNR > 1 { split($2, a, ":"); print a[2] }' /proc/net/udp | grep -qx "$(printf '%04X' "$UAS_PORT")"; do
+until grep -qx "$(printf '%04X' "$UAS_PORT")" < <(awk 'FNR > 1 { split($2, a, ":"); print a[2] }' /proc/net/udp); do
 	alive uas "$UAS_PID"
 	((SECONDS < deadline)) || fail "the sipp UAS did not bind 127.0.0.1:$UAS_PORT"
 	sleep 0.1

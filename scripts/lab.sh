@@ -262,7 +262,9 @@ otlp_start() {
 # log_says FILE TEXT: until FILE has a line with TEXT since mark_log (bounded).
 log_says() {
 	local deadline=$((SECONDS + READY_TIMEOUT))
-	until tail -c +"$((LOG_OFFSET + 1))" "$1" 2>/dev/null | grep -qF -- "$2"; do
+	# Not `tail | grep -q`: under pipefail a tail cut off by grep's early exit
+	# would read as "not yet" on a log longer than a pipe's buffer.
+	until grep -qF -- "$2" < <(tail -c +"$((LOG_OFFSET + 1))" "$1" 2>/dev/null); do
 		((SECONDS < deadline)) || return 1
 		sleep 0.2
 	done

@@ -92,7 +92,7 @@ grep -q 'sip:bob@192.0.2.20:5060' "$work/bob" || fail "ul show lacks the saved b
   --advertise 127.0.0.1 >/dev/null
 for i in $(seq 1 60); do
   running "$shim" || fail "proxy-shim container exited"
-  "$DOCKER" logs "$shim" 2>&1 | grep -q 'proxy-shim serving' && break
+  grep -q 'proxy-shim serving' < <("$DOCKER" logs "$shim" 2>&1) && break
   [ "$i" -lt 60 ] || fail "proxy-shim did not start within 30 s"
   sleep 0.5
 done
@@ -117,9 +117,11 @@ code=$("$DOCKER" container inspect --format '{{.State.ExitCode}}' "$loc")
 [ "$code" = 0 ] || fail "locsvc exited $code on SIGTERM"
 "$DOCKER" start "$loc" >/dev/null
 wait_locsvc
-"$cli" ul show sip:alice@example.com | grep -q "sip:alice@127.0.0.1:$lport" \
-  || fail "binding lost across a restart"
-"$cli" ul show sip:bob@example.com | grep -q 'sip:bob@192.0.2.20:5060' \
-  || fail "binding lost across a restart"
+# Output captured first: under pipefail, `ul show | grep -q` fails whenever
+# grep exits on its match before ul show has written its last line.
+after=$("$cli" ul show sip:alice@example.com)
+grep -qF "sip:alice@127.0.0.1:$lport" <<<"$after" || fail "binding lost across a restart: $after"
+after=$("$cli" ul show sip:bob@example.com)
+grep -qF 'sip:bob@192.0.2.20:5060' <<<"$after" || fail "binding lost across a restart: $after"
 echo "smoke.sh: locsvc drained on stop (exit 0) and kept its bindings across the restart"
 echo "smoke.sh: OK"

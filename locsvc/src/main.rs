@@ -181,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             quiet.traces.otlp_endpoint = None;
             let _logs = init_tracing(&quiet)?;
             for line in app::migrate(&settings).await? {
-                println!("{line}");
+                locsvc::cli::print_line(format_args!("{line}"));
             }
         }
         Command::Ul { client, command } => locsvc::cli::run(&client, &command).await?,

@@ -103,6 +103,42 @@ async fn ul_save_and_show_round_trip_a_contact() {
     app.stop().await;
 }
 
+/// `locsvc ul show AOR | grep -q X`: grep may exit on its match before the
+/// command's last line is written; the command must then end quietly with
+/// status 0, not panic (under `pipefail` a script's check failed).
+#[tokio::test]
+async fn ul_show_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), |_| {}).await;
+    let server = app.url();
+    let saved = ul(
+        &server,
+        &["save", "sip:gone@example.com", "sip:gone@192.0.2.9"],
+    )
+    .await;
+    assert!(saved.0, "{saved:?}");
+
+    // The reader is closed before the command writes anything.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"))
+        .args(["ul", "show", "sip:gone@example.com", "--server", &server])
+        .env_remove("LOCSVC_TOKEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        // `output()` would replace the closed pipe with one of its own.
+        .spawn()
+        .expect("locsvc runs")
+        .wait_with_output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn subscriber_commands_manage_credentials_with_the_admin_token() {
     let dir = tempfile::tempdir().unwrap();

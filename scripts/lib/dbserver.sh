@@ -208,7 +208,7 @@ tcp_ports() {
 
 # port_listened PORT: whether something listens on TCP PORT.
 port_listened() {
-	tcp_ports 0A | grep -qx "$(printf '%04X' "$1")"
+	grep -qx "$(printf '%04X' "$1")" < <(tcp_ports 0A)
 }
 
 # pick_port: a random port below the ephemeral range (so that no outgoing

@@ -80,9 +80,9 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
             .await
             .map_err(rpc_error)?;
             if args.json {
-                println!("{}", json!({"group": group, "no": no, "status": status}));
+                out!("{}", json!({"group": group, "no": no, "status": status}));
             } else {
-                println!("member {group}/{no} set to {status} in locdb");
+                out!("member {group}/{no} set to {status} in locdb");
             }
         }
         GroupsCommand::Add { group, urls } => {
@@ -93,9 +93,9 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
             .await
             .map_err(rpc_error)?;
             if args.json {
-                println!("{}", json!({"group": group, "added": true}));
+                out!("{}", json!({"group": group, "added": true}));
             } else {
-                println!(
+                out!(
                     "group {group} added to locdb; its subscribers move to it online (see `groups list`)"
                 );
             }
@@ -108,11 +108,11 @@ pub async fn run_groups(args: &ClientArgs, cmd: &GroupsCommand) -> anyhow::Resul
             .await
             .map_err(rpc_error)?;
             if args.json {
-                println!("{}", json!({"group": group, "leaving": !undo}));
+                out!("{}", json!({"group": group, "leaving": !undo}));
             } else if *undo {
-                println!("group {group} no longer leaving");
+                out!("group {group} no longer leaving");
             } else {
-                println!(
+                out!(
                     "group {group} marked leaving; delete its locdb rows once `groups list` shows the layout done"
                 );
             }
@@ -181,7 +181,7 @@ fn print_groups_json(r: &pb::ListGroupsResponse) {
             })
         })
         .collect();
-    println!(
+    out!(
         "{}",
         json!({
             "generation": r.generation, "members": members, "problems": r.problems,
@@ -197,9 +197,15 @@ fn print_groups_json(r: &pb::ListGroupsResponse) {
 
 /// `groups list`: one line per member, then the layout's problems.
 fn print_groups_table(r: &pb::ListGroupsResponse) {
-    println!(
+    out!(
         "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  url",
-        "group", "no", "status", "readable", "errors", "failover", "probe"
+        "group",
+        "no",
+        "status",
+        "readable",
+        "errors",
+        "failover",
+        "probe"
     );
     for m in &r.members {
         let probe = match m.last_probe_ms {
@@ -213,7 +219,7 @@ fn print_groups_table(r: &pb::ListGroupsResponse) {
         } else {
             member_status(m).to_string()
         };
-        println!(
+        out!(
             "{:>5} {:>3} {:<11} {:<8} {:>6} {:<19} {:>12}  {}",
             m.group,
             m.no,
@@ -226,9 +232,9 @@ fn print_groups_table(r: &pb::ListGroupsResponse) {
         );
     }
     if let Some(l) = &r.layout {
-        println!("{}", layout_line(l));
+        out!("{}", layout_line(l));
     }
     for p in &r.problems {
-        println!("problem: {p}");
+        out!("problem: {p}");
     }
 }

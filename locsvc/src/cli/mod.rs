@@ -14,6 +14,30 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::credentials::split_aor;
 
+/// `println!` for command output, except that a reader who stopped
+/// reading (`locsvc ul show ... | grep -q ...`, `| head`) ends the command
+/// quietly with status 0, as `grep`/`head` users expect, instead of a
+/// panic and a backtrace.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::print_line(format_args!($($arg)*)) };
+}
+
+/// Writes one line of command output; see [`out!`].
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("locsvc: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod groups;
 pub use groups::{GroupsCommand, run_groups};
 
@@ -221,13 +245,13 @@ fn binding_line(b: &pb::Binding) -> String {
 fn print_bindings(json: bool, aor: &str, group: u32, bindings: &[pb::Binding]) {
     if json {
         let v = json!({"aor": aor, "group": group, "bindings": bindings.iter().map(binding_json).collect::<Vec<_>>()});
-        println!("{v}");
+        out!("{v}");
     } else if bindings.is_empty() {
-        println!("AoR: {aor} (group {group}): no valid bindings");
+        out!("AoR: {aor} (group {group}): no valid bindings");
     } else {
-        println!("AoR: {aor} (group {group})");
+        out!("AoR: {aor} (group {group})");
         for b in bindings {
-            println!("{}", binding_line(b));
+            out!("{}", binding_line(b));
         }
     }
 }
@@ -317,14 +341,15 @@ async fn ul_rm(c: &mut Client, json_out: bool, req: pb::RemoveRequest) -> anyhow
     let aor = req.aor.clone();
     let r = c.remove(req).await.map_err(rpc_error)?.into_inner();
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({"aor": aor, "group": r.group, "removed": r.removed})
         );
     } else {
-        println!(
+        out!(
             "AoR: {aor} (group {}): {} binding(s) removed",
-            r.group, r.removed
+            r.group,
+            r.removed
         );
     }
     Ok(())
@@ -349,7 +374,7 @@ async fn ul_dump(c: &mut Client, json_out: bool, table: String, group: u32) -> a
             if json_out {
                 all.push(json!({"group": page.group, "aor": ab.aor, "binding": binding_json(&b)}));
             } else {
-                println!(
+                out!(
                     "AoR: {} (group {})\n{}",
                     ab.aor,
                     page.group,
@@ -359,7 +384,7 @@ async fn ul_dump(c: &mut Client, json_out: bool, table: String, group: u32) -> a
         }
     }
     if json_out {
-        println!("{}", Value::Array(all));
+        out!("{}", Value::Array(all));
     }
     Ok(())
 }
@@ -377,16 +402,16 @@ async fn ul_stats(c: &mut Client, json_out: bool, table: String) -> anyhow::Resu
             .iter()
             .map(|g| json!({"group": g.group, "contacts": g.contacts, "aors": g.aors, "member": g.member}))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({"contacts": r.contacts, "aors": r.aors, "groups": groups})
         );
     } else {
-        println!("{:>6} {:>10} {:>10}", "group", "contacts", "aors");
+        out!("{:>6} {:>10} {:>10}", "group", "contacts", "aors");
         for g in &r.groups {
-            println!("{:>6} {:>10} {:>10}", g.group, g.contacts, g.aors);
+            out!("{:>6} {:>10} {:>10}", g.group, g.contacts, g.aors);
         }
-        println!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
+        out!("{:>6} {:>10} {:>10}", "all", r.contacts, r.aors);
     }
     Ok(())
 }
@@ -481,7 +506,7 @@ fn print_subscribers(json_out: bool, all: &[pb::SubscriberInfo]) {
             .iter()
             .map(|s| json!({"username": s.username, "domain": s.domain, "has_password": s.has_password}))
             .collect();
-        println!("{}", Value::Array(v));
+        out!("{}", Value::Array(v));
     } else {
         for s in all {
             let kind = if s.has_password {
@@ -489,9 +514,9 @@ fn print_subscribers(json_out: bool, all: &[pb::SubscriberInfo]) {
             } else {
                 "ha1 only"
             };
-            println!("{}@{}  ({kind})", s.username, s.domain);
+            out!("{}@{}  ({kind})", s.username, s.domain);
         }
-        println!("{} subscriber(s)", all.len());
+        out!("{} subscriber(s)", all.len());
     }
 }
 
@@ -507,8 +532,8 @@ fn print_account(
     if json_out {
         let mut v = json!({"username": username, "domain": domain});
         v[key] = json!(value);
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!("{text}");
+        out!("{text}");
     }
 }
