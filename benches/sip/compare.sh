@@ -65,8 +65,10 @@
 # of the target's processes, and CPU µs per request of the three MariaDB
 # servers, read from /proc around the probe), rows.tsv (rows per
 # member after each REGISTER ladder), machine.txt, summary.md, logs/ (with
-# the shim's and locsvc's /metrics at the end of each shim ladder: their
-# per-stage latency histograms).
+# the shim's and locsvc's /metrics at the end of each shim ladder, and around
+# each shim probe in logs/TARGET-RUN-KIND-RATE.{shim,locsvc}-{before,after}.prom:
+# their per-stage latency histograms, from which summary.md tells in which
+# stage the probe's slow answers spent their time).
 #
 # Environment knobs (defaults in brackets):
 #   TARGETS ["kamailio shim-proxy shim-redirect"]  RUNS [3]
@@ -404,11 +406,13 @@ probe_steps() {
         slow=$OUT/logs/$target-$run-$kind-$rate.slow
         # What the target (and the databases) spent per request, read from
         # /proc around the probe.
+        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" before
         t0=$(proc_cost "${TARGET_PIDS[@]}")
         d0=$(proc_cost "${dbs[@]}")
         line=$("$PROBE" "${args[@]}" 2>"$WORK/probe.err") || true
         t1=$(proc_cost "${TARGET_PIDS[@]}")
         d1=$(proc_cost "${dbs[@]}")
+        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" after
         grep -v '^slow' "$WORK/probe.err" >>"$OUT/logs/probe.log" || true
         grep '^slow' "$WORK/probe.err" >"$slow" || rm -f "$slow"
         # No line: the probe could not run (see probe.log); all of it failed.
@@ -419,6 +423,14 @@ probe_steps() {
             "$tc" "$tsw" "$dc" >>"$OUT/probe.tsv"
         tail -n1 "$OUT/probe.tsv" >&2
     done
+}
+
+# stage_metrics TARGET PREFIX WHEN: a shim target's two /metrics as
+# PREFIX.shim-WHEN.prom and PREFIX.locsvc-WHEN.prom (nothing for Kamailio).
+stage_metrics() {
+    [[ $1 == shim-* ]] || return 0
+    curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" >"$2.shim-$3.prom" 2>/dev/null || true
+    curl -s --max-time 5 "http://127.0.0.1:$LOCSVC_METRICS_PORT/metrics" >"$2.locsvc-$3.prom" 2>/dev/null || true
 }
 
 # proc_cost PID...: "CPU-ticks context-switches" summed over the PIDs, their

@@ -258,6 +258,75 @@ if probes:
         p("target's context switches per request.\n")
         probe_tables("####", costed, cost_cell)
 
+# Where the probes' slow answers spent their time: observations above 20 ms
+# in each stage histogram of the shim and locsvc during the probe (the
+# `stage_metrics` snapshots of compare.sh), beside the probe's own count.
+SLOW_S = 0.02
+SLOW_STAGES = (
+    ("shim", "proxy_shim_stage_seconds", 'stage="total"', "shim total"),
+    ("shim", "proxy_shim_stage_seconds", 'stage="wait"', "shim wait"),
+    ("shim", "proxy_shim_stage_seconds", 'stage="handle"', "shim handle"),
+    ("locsvc", "locsvc_rpc_duration_seconds", "", "locsvc RPC"),
+    ("locsvc", "locsvc_aor_lock_wait_seconds", "", "AoR lock"),
+    ("locsvc", "locsvc_member_query_seconds", "", "member part"),
+    ("locsvc", "locsvc_store_queue_seconds", "", "queue"),
+    ("locsvc", "locsvc_store_statement_seconds", "", "statement"),
+)
+
+
+def over_slow(path, metric, match):
+    """Observations above SLOW_S so far in every series of `metric` whose
+    labels contain `match` (None when the file is missing)."""
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return None
+    total = 0.0
+    for l in lines:
+        if not l.startswith(metric + "_bucket{") or match not in l:
+            continue
+        labels, value = l.rsplit(" ", 1)
+        if 'le="+Inf"' in labels:
+            total += float(value)
+        elif f'le="{SLOW_S}"' in labels:
+            total -= float(value)
+    return total
+
+
+def slow_cell(rs):
+    """Sums over the runs: the probe's answers above 20 ms, then each stage's."""
+    probe = 0
+    stages = [0.0] * len(SLOW_STAGES)
+    for r in rs:
+        base = f"{out}/logs/{r['target']}-{r['run']}-{r['kind']}-{r['rate']}"
+        try:
+            probe += sum(int(l.split()[2]) > SLOW_S * 1e6 for l in open(base + ".slow"))
+        except OSError:
+            pass
+        for i, (side, metric, match, _) in enumerate(SLOW_STAGES):
+            a = over_slow(f"{base}.{side}-after.prom", metric, match)
+            b = over_slow(f"{base}.{side}-before.prom", metric, match)
+            if a is None or b is None:
+                return None
+            stages[i] += a - b
+    return [str(probe)] + [fmt(x) for x in stages]
+
+
+staged = [(r, slow_cell([r])) for r in probes if r["target"].startswith("shim-")]
+if any(c for _, c in staged):
+    p("\n### Where the slow answers' time went (shim targets)\n")
+    p("Observations above 20 ms during each probe: the probe's answers (from its `.slow` list,")
+    p("PROBE_SLOW_MS ≤ 20), then each stage histogram's (the shim's stages of a request; locsvc's")
+    p("RPCs, AoR-lock waits, member parts of a read or write, coalescer queue waits and batch")
+    p("statements: a REGISTER has one member read and two member writes). A stall counted by the")
+    p("probe and the shim but in none of locsvc's stages happened between them (runtime")
+    p("scheduling, the gRPC hop); one in `statement` is the database's. Per run.\n")
+    p("| target | run | kind | rate | probe | " + " | ".join(n for *_, n in SLOW_STAGES) + " |")
+    p("|---|---|---|---|---|" + "---|" * len(SLOW_STAGES))
+    for r, c in staged:
+        if c:
+            p(f"| {r['target']} | {r['run']} | {r['kind']} | {r['rate']} | " + " | ".join(c) + " |")
+
 pre = [s for s in steps if s["kind"] in ("preregister", "warmup")]
 if pre:
     p("\n## Warm-up and pre-registration (not part of the ladders)\n")
