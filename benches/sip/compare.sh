@@ -329,10 +329,7 @@ stop_target() {
         ;;
     shim-*)
         # Both sides' stage histograms: where the time of the ladder went.
-        curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" \
-            >"$OUT/logs/$tag.shim-metrics.txt" 2>/dev/null || true
-        curl -s --max-time 5 "http://127.0.0.1:$LOCSVC_METRICS_PORT/metrics" \
-            >"$OUT/logs/$tag.locsvc-metrics.txt" 2>/dev/null || true
+        stage_metrics "$target" "$OUT/logs/$tag" metrics.txt
         ;;
     esac
     # Shim before locsvc: reverse start order.
@@ -406,13 +403,13 @@ probe_steps() {
         slow=$OUT/logs/$target-$run-$kind-$rate.slow
         # What the target (and the databases) spent per request, read from
         # /proc around the probe.
-        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" before
+        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" before.prom
         t0=$(proc_cost "${TARGET_PIDS[@]}")
         d0=$(proc_cost "${dbs[@]}")
         line=$("$PROBE" "${args[@]}" 2>"$WORK/probe.err") || true
         t1=$(proc_cost "${TARGET_PIDS[@]}")
         d1=$(proc_cost "${dbs[@]}")
-        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" after
+        stage_metrics "$target" "$OUT/logs/$target-$run-$kind-$rate" after.prom
         grep -v '^slow' "$WORK/probe.err" >>"$OUT/logs/probe.log" || true
         grep '^slow' "$WORK/probe.err" >"$slow" || rm -f "$slow"
         # No line: the probe could not run (see probe.log); all of it failed.
@@ -425,12 +422,12 @@ probe_steps() {
     done
 }
 
-# stage_metrics TARGET PREFIX WHEN: a shim target's two /metrics as
-# PREFIX.shim-WHEN.prom and PREFIX.locsvc-WHEN.prom (nothing for Kamailio).
+# stage_metrics TARGET PREFIX SUFFIX: a shim target's two /metrics as
+# PREFIX.shim-SUFFIX and PREFIX.locsvc-SUFFIX (nothing for Kamailio).
 stage_metrics() {
     [[ $1 == shim-* ]] || return 0
-    curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" >"$2.shim-$3.prom" 2>/dev/null || true
-    curl -s --max-time 5 "http://127.0.0.1:$LOCSVC_METRICS_PORT/metrics" >"$2.locsvc-$3.prom" 2>/dev/null || true
+    curl -s --max-time 5 "http://127.0.0.1:$SHIM_METRICS_PORT/metrics" >"$2.shim-$3" 2>/dev/null || true
+    curl -s --max-time 5 "http://127.0.0.1:$LOCSVC_METRICS_PORT/metrics" >"$2.locsvc-$3" 2>/dev/null || true
 }
 
 # proc_cost PID...: "CPU-ticks context-switches" summed over the PIDs, their

@@ -274,13 +274,17 @@ SLOW_STAGES = (
 )
 
 
-def over_slow(path, metric, match):
-    """Observations above SLOW_S so far in every series of `metric` whose
-    labels contain `match` (None when the file is missing)."""
+def prom_lines(path):
+    """The lines of one /metrics snapshot (None when it is missing)."""
     try:
-        lines = open(path).read().splitlines()
+        return open(path).read().splitlines()
     except OSError:
         return None
+
+
+def over_slow(lines, metric, match):
+    """Observations above SLOW_S in every series of `metric` whose labels
+    contain `match`."""
     total = 0.0
     for l in lines:
         if not l.startswith(metric + "_bucket{") or match not in l:
@@ -293,26 +297,25 @@ def over_slow(path, metric, match):
     return total
 
 
-def slow_cell(rs):
-    """Sums over the runs: the probe's answers above 20 ms, then each stage's."""
-    probe = 0
-    stages = [0.0] * len(SLOW_STAGES)
-    for r in rs:
-        base = f"{out}/logs/{r['target']}-{r['run']}-{r['kind']}-{r['rate']}"
-        try:
-            probe += sum(int(l.split()[2]) > SLOW_S * 1e6 for l in open(base + ".slow"))
-        except OSError:
-            pass
-        for i, (side, metric, match, _) in enumerate(SLOW_STAGES):
-            a = over_slow(f"{base}.{side}-after.prom", metric, match)
-            b = over_slow(f"{base}.{side}-before.prom", metric, match)
-            if a is None or b is None:
-                return None
-            stages[i] += a - b
+def slow_row(r):
+    """The probe's answers above 20 ms, then each stage's observations above
+    20 ms during the probe (None without both snapshots of both sides)."""
+    base = f"{out}/logs/{r['target']}-{r['run']}-{r['kind']}-{r['rate']}"
+    snaps = {(side, when): prom_lines(f"{base}.{side}-{when}.prom")
+             for side in ("shim", "locsvc") for when in ("before", "after")}
+    if None in snaps.values():
+        return None
+    try:
+        probe = sum(int(l.split()[2]) > SLOW_S * 1e6 for l in open(base + ".slow"))
+    except OSError:
+        probe = 0
+    stages = [over_slow(snaps[(side, "after")], metric, match)
+              - over_slow(snaps[(side, "before")], metric, match)
+              for side, metric, match, _ in SLOW_STAGES]
     return [str(probe)] + [fmt(x) for x in stages]
 
 
-staged = [(r, slow_cell([r])) for r in probes if r["target"].startswith("shim-")]
+staged = [(r, slow_row(r)) for r in probes if r["target"].startswith("shim-")]
 if any(c for _, c in staged):
     p("\n### Where the slow answers' time went (shim targets)\n")
     p("Observations above 20 ms during each probe: the probe's answers (from its `.slow` list,")

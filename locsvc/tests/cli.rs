@@ -8,16 +8,18 @@ use std::time::Duration;
 use locsvc::settings::Settings;
 use testkit::{Pki, TestApp, embedded_settings, eventually_every};
 
-/// Runs the `locsvc` binary with `args` (no token from the environment):
-/// (success, stdout, stderr).
-async fn locsvc(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"))
-        .args(args)
+/// The `locsvc` binary with `args`, no token from the environment.
+fn locsvc_command(args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"));
+    c.args(args)
         .env_remove("LOCSVC_TOKEN")
-        .env_remove("LOCSVC_ADMIN_TOKEN")
-        .output()
-        .await
-        .expect("locsvc runs");
+        .env_remove("LOCSVC_ADMIN_TOKEN");
+    c
+}
+
+/// Runs `locsvc ARGS…`: (success, stdout, stderr).
+async fn locsvc(args: &[&str]) -> (bool, String, String) {
+    let out = locsvc_command(args).output().await.expect("locsvc runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -121,9 +123,7 @@ async fn ul_show_into_a_closed_pipe_ends_quietly() {
     // The reader is closed before the command writes anything.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_locsvc"))
-        .args(["ul", "show", "sip:gone@example.com", "--server", &server])
-        .env_remove("LOCSVC_TOKEN")
+    let out = locsvc_command(&["ul", "show", "sip:gone@example.com", "--server", &server])
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         // `output()` would replace the closed pipe with one of its own.
